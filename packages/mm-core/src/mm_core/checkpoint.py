@@ -1,0 +1,152 @@
+"""Checkpoints with torch.distributed.checkpoint: written to a temp dir, then renamed, so a crash keeps the last good one."""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+
+from mm_core.config import dump
+from mm_core.errors import CheckpointError
+
+log = logging.getLogger("mm")
+
+STEP_DIR = re.compile(r"^step_(\d+)$")
+TRAINER_STATE = "trainer_state.pt"
+CONFIG_FILE = "config.yaml"
+
+
+def rng_state(device: torch.device) -> dict:
+    """Every random generator's state on this rank."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if device.type != "cpu":
+        state["device"] = torch.get_device_module(device.type).get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    """Restore what :func:`rng_state` captured."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "device" in state and device.type != "cpu":
+        torch.get_device_module(device.type).set_rng_state(state["device"], device)
+
+
+def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints under ``root`` as (step, path), oldest first."""
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := STEP_DIR.match(p.name))]
+    return sorted(found)
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The newest complete checkpoint under ``root``, or None."""
+    found = list_checkpoints(root)
+    return found[-1][1] if found else None
+
+
+class CheckpointManager:
+    """Saves and restores model, optimizer, LR scheduler, RNG and data position under ``root``."""
+
+    def __init__(self, root: Path, runtime, keep_last: int = 3) -> None:
+        self.root = Path(root)
+        self.runtime = runtime
+        self.keep_last = keep_last
+
+    def save(self, step: int, model, optimizer, scheduler, data_iter) -> Path:
+        """Write checkpoint ``step_<step>`` atomically and prune old ones; returns its path."""
+        rt = self.runtime
+        final = self.root / f"step_{step:08d}"
+        tmp = self.root / f".tmp_step_{step:08d}"
+        if rt.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        rt.barrier()
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+        torch.save(
+            {"rng": rng_state(rt.device), "data": data_iter.state_dict()},
+            tmp / f"rank_{rt.rank:05d}.pt",
+        )
+        if rt.is_main:
+            torch.save(
+                {"step": step, "scheduler": scheduler.state_dict(), "world_size": rt.world_size},
+                tmp / TRAINER_STATE,
+            )
+            (tmp / CONFIG_FILE).write_text(dump(rt.config), encoding="utf-8")
+        rt.barrier()
+        if rt.is_main:
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+            self._prune()
+        rt.barrier()
+        return final
+
+    def _prune(self) -> None:
+        if self.keep_last <= 0:
+            return
+        for _, path in list_checkpoints(self.root)[: -self.keep_last]:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def load(self, path: Path, model, optimizer, scheduler, data_iter) -> int:
+        """Restore everything saved in ``path``; returns the step it was saved at."""
+        rt = self.runtime
+        state_file = path / TRAINER_STATE
+        if not state_file.is_file():
+            raise CheckpointError(f"{path} is not an mm training checkpoint (no {TRAINER_STATE})")
+        trainer_state = torch.load(state_file, weights_only=False)
+        load_model_state(path, model, optimizer)
+        scheduler.load_state_dict(trainer_state["scheduler"])
+        rank_file = path / f"rank_{rt.rank:05d}.pt"
+        if trainer_state["world_size"] == rt.world_size and rank_file.is_file():
+            rank_state = torch.load(rank_file, weights_only=False)
+            set_rng_state(rank_state["rng"], rt.device)
+            data_iter.load_state_dict(rank_state["data"])
+        else:
+            rank0 = torch.load(path / "rank_00000.pt", weights_only=False)
+            data_iter.load_state_dict(rank0["data"])
+            log.warning(
+                "checkpoint %s was saved by %d ranks, resuming on %d: RNG streams restart from the seed",
+                path,
+                trainer_state["world_size"],
+                rt.world_size,
+            )
+        return int(trainer_state["step"])
+
+
+def load_model_state(path: Path, model, optimizer=None) -> None:
+    """Load model (and optimizer) weights from a DCP checkpoint dir into possibly sharded modules."""
+    if not (Path(path) / ".metadata").is_file():
+        raise CheckpointError(f"{path} holds no torch.distributed.checkpoint (.metadata is missing)")
+    model_sd, optim_sd = get_state_dict(model, optimizer or [])
+    state: dict[str, Any] = {"model": model_sd}
+    if optimizer is not None:
+        state["optim"] = optim_sd
+    try:
+        dcp.load(state, checkpoint_id=str(path))
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {path} does not match the model: {_first_line(exc)}") from exc
+    set_state_dict(
+        model,
+        optimizer or [],
+        model_state_dict=state["model"],
+        optim_state_dict=state.get("optim", {}),
+        options=StateDictOptions(strict=True),
+    )
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    missing = re.search(r"Missing key in checkpoint state_dict: [^\n]+", text)
+    return missing.group(0) if missing else text.splitlines()[0] if text else type(exc).__name__

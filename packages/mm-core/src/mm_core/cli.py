@@ -1,0 +1,198 @@
+"""The ``mm`` command: plugins, config, run, infer, extract."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+import pluggy
+
+from mm_core.config import Config, dump
+from mm_core.errors import MMError
+from mm_core.plugins import hooks_of, installed_plugins, load_plugins, make_config, new_plugin_manager
+from mm_core.runtime import create_runtime
+
+log = logging.getLogger("mm")
+
+SECTION_FLAGS = {"model": "model", "data": "data", "fsdp2_config": "parallel.fsdp2"}
+
+
+def setup_logging() -> None:
+    """INFO on rank 0, warnings only elsewhere, each line tagged with its rank under torchrun."""
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    fmt = f"[rank{rank}] %(message)s" if world > 1 else "%(message)s"
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format=fmt, force=True)
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--plugin", action="append", required=True, metavar="NAME",
+        help="plugin entry point or module path; repeat to stack (the last one wins per hook)",
+    )
+    parser.add_argument("--config", action="append", default=[], metavar="FILE",
+                        help="run config (YAML or JSON) with sections model/data/parallel/training/logging")
+    parser.add_argument("--model", metavar="FILE", help="a file holding only the model section (model.json)")
+    parser.add_argument("--data", metavar="FILE", help="a file holding only the data section (data.json)")
+    parser.add_argument("--fsdp2-config", metavar="FILE", help="a file holding parallel.fsdp2 (fsdp2_config.yaml)")
+    parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="dotted overrides, e.g. training.lr=1e-4")
+
+
+def prepare(args: argparse.Namespace, task: str, extra: Sequence[str] = ()) -> tuple[pluggy.PluginManager, Config]:
+    """Load the plugins and build the validated effective config for ``task``."""
+    pm = load_plugins(args.plugin)
+    sections = {sec: getattr(args, flag) for flag, sec in SECTION_FLAGS.items() if getattr(args, flag)}
+    overrides = list(args.overrides) + list(extra)
+    if getattr(args, "resume", False):
+        overrides.append("training.resume=true")
+    return pm, make_config(pm, task, args.config, sections, overrides, plugin_name=args.plugin[-1])
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    """Print installed plugins and the hooks each implements."""
+    found = installed_plugins()
+    if not found:
+        print("no plugins installed (pip install mm-models-video, or a package with an 'mm.plugins' entry point)")
+        return 0
+    pm = new_plugin_manager()
+    rows = []
+    for info in found:
+        try:
+            module = load_plugins([info.name], pm=pm) and pm.get_plugin(info.name)
+            hooks = ", ".join(hooks_of(pm, module))
+        except MMError as exc:
+            hooks = f"(failed to load: {exc})"
+        rows.append((info.name, info.package, info.version, hooks))
+    width = [max(len(r[i]) for r in rows + [("name", "package", "version", "")]) for i in range(3)]
+    print(f"{'name':<{width[0]}}  {'package':<{width[1]}}  {'version':<{width[2]}}  hooks")
+    for name, package, version, hooks in rows:
+        print(f"{name:<{width[0]}}  {package:<{width[1]}}  {version:<{width[2]}}  {hooks}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Print the effective config."""
+    _, config = prepare(args, "run")
+    sys.stdout.write(dump(config))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Train."""
+    from mm_core.trainer import Trainer
+
+    pm, config = prepare(args, "run")
+    runtime = create_runtime(config, args.plugin[-1])
+    try:
+        result = Trainer(pm, runtime).train()
+        if runtime.is_main:
+            first, last = (result.losses[min(result.losses)], result.losses[max(result.losses)]) if result.losses else (0, 0)
+            print(f"done: {result.step} steps, loss {first:.4f} → {last:.4f}; metrics in {result.output_dir / 'metrics.jsonl'}")
+            if result.checkpoint:
+                print(f"checkpoint: {result.checkpoint}")
+    finally:
+        runtime.close()
+    return 0
+
+
+def _subcommand_with_section(hook_name: str, task: str, section: str):
+    def run(args: argparse.Namespace, free: list[str]) -> int:
+        pm, config = prepare(args, task, [f"{section}.{k}" for k in free])
+        if getattr(args, "checkpoint", None):
+            config[section]["checkpoint"] = args.checkpoint
+        runtime = create_runtime(config, args.plugin[-1])
+        try:
+            result = getattr(pm.hook, hook_name)(config=config, runtime=runtime)
+            if result is None:
+                raise MMError(f"plugin(s) {', '.join(args.plugin)} do not implement {hook_name!r}")
+            if runtime.is_main:
+                print(result)
+        finally:
+            runtime.close()
+        return 0
+
+    return run
+
+
+def split_free_flags(argv: Sequence[str], known: set[str]) -> tuple[list[str], list[str]]:
+    """Separate ``--name value`` pairs that are not ``known`` options into ``name=value`` overrides.
+
+    ``--num-frames 9 --prompt "a cat"`` gives ``["num_frames=9", "prompt=a cat"]``.
+    """
+    rest: list[str] = []
+    free: list[str] = []
+    items = list(argv)
+    while items:
+        token = items.pop(0)
+        name = token.split("=", 1)[0]
+        if not token.startswith("--") or name in known:
+            rest.append(token)
+            if name in known and "=" not in token and items and name not in FLAG_ONLY:
+                rest.append(items.pop(0))
+            continue
+        key, eq, value = token[2:].partition("=")
+        if not eq:
+            value = items.pop(0) if items and not items[0].startswith("--") else "true"
+        free.append(f"{key.replace('-', '_')}={value}")
+    return rest, free
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``mm``."""
+    parser = argparse.ArgumentParser(prog="mm", description="Train multimodal models with plugins and parallel engines.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("plugins", help="list installed plugins and their hooks",
+                   description="List installed plugins (entry-point group mm.plugins) and the hooks each implements.")
+    p = sub.add_parser("config", help="print the effective config", description="Print the effective config of a run.")
+    _add_config_args(p)
+    p = sub.add_parser("run", help="train", description="Train with a plugin; works unchanged under torchrun.")
+    _add_config_args(p)
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the output dir")
+    p = sub.add_parser("infer", help="generate with a trained model",
+                       description="Run the plugin's inference; any --name value sets inference.name.")
+    _add_config_args(p)
+    p.add_argument("--checkpoint", metavar="DIR", help="an mm training checkpoint or a Hugging Face directory")
+    p = sub.add_parser("extract", help="encode a dataset into feature shards",
+                       description="Run the plugin's feature extraction; any --name value sets extract.name.")
+    _add_config_args(p)
+    return parser
+
+
+COMMANDS = {
+    "plugins": cmd_plugins,
+    "config": cmd_config,
+    "run": cmd_run,
+}
+WITH_EXTRA = {
+    "infer": _subcommand_with_section("inference", "infer", "inference"),
+    "extract": _subcommand_with_section("extract_features", "extract", "extract"),
+}
+KNOWN_FLAGS = {"--plugin", "--config", "--model", "--data", "--fsdp2-config", "--checkpoint", "--help", "-h"}
+FLAG_ONLY = {"--help", "-h"}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``mm`` command."""
+    setup_logging()
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in WITH_EXTRA:
+            rest, free = split_free_flags(argv[1:], KNOWN_FLAGS)
+            args = parser.parse_args([argv[0], *rest])
+            return WITH_EXTRA[args.command](args, free)
+        args = parser.parse_args(argv)
+        return COMMANDS[args.command](args)
+    except MMError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

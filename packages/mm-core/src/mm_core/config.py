@@ -1,0 +1,207 @@
+"""Load run configs (YAML/JSON, section files, dotted overrides) and validate them against defaults."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mm_core.errors import ConfigError
+
+
+# Values that must be one of a fixed set, by dotted key.
+CHOICES = {
+    "training.lr_decay_style": ("cosine", "linear", "constant"),
+    "parallel.cp.mode": ("ulysses", "ring", "usp"),
+    "parallel.pp.schedule": ("1f1b", "interleaved_1f1b", "gpipe"),
+    "data.on_bad_sample": ("skip", "error"),
+}
+
+
+class Config(dict):
+    """A nested dict whose keys can also be read as attributes (``config.training.lr``)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"config has no key {name!r} (keys: {', '.join(self)})") from None
+
+    def __deepcopy__(self, memo: dict) -> Config:
+        return wrap({k: copy.deepcopy(v, memo) for k, v in self.items()})
+
+    def get_path(self, dotted: str, default: Any = None) -> Any:
+        """The value at a dotted path such as ``training.lr``, or ``default``."""
+        node: Any = self
+        for part in dotted.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                return default
+            node = node[part]
+        return node
+
+    def to_dict(self) -> dict:
+        """A plain-dict deep copy, for printing and saving."""
+        return json.loads(json.dumps(self, default=str))
+
+
+def wrap(value: Any) -> Any:
+    """Turn nested dicts into ``Config`` objects, recursively."""
+    if isinstance(value, Mapping):
+        return Config({k: wrap(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return [wrap(v) for v in value]
+    return value
+
+
+def load_file(path: str | Path) -> dict:
+    """Read a YAML or JSON mapping from ``path``, with one clear error if it is missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"config file {path} is not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top, not a {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> dict:
+    """Turn ``a.b.c=value`` into ``{"a": {"b": {"c": value}}}``; the value is read as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} is not of the form section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    node: dict = {}
+    root = node
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node[part] = {}
+        node = node[part]
+    node[parts[-1]] = value
+    return root
+
+
+def deep_merge(base: Mapping, update: Mapping) -> dict:
+    """A new dict: ``update`` merged over ``base``, dicts merged key by key, anything else replaced."""
+    out = {k: copy.deepcopy(v) for k, v in base.items()}
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    return f"a {type(value).__name__}"
+
+
+def _type_ok(default: Any, value: Any) -> bool:
+    if default is None or value is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, str):
+        return isinstance(value, str)
+    if isinstance(default, list):
+        return isinstance(value, list)
+    if isinstance(default, Mapping):
+        return isinstance(value, Mapping)
+    return True
+
+
+def validate(layer: Mapping, schema: Mapping, source: str, prefix: str = "") -> None:
+    """Check every key of ``layer`` exists in ``schema`` with a compatible type; raise one ConfigError.
+
+    A key whose default is None takes any value; an empty mapping as default takes any keys.
+    """
+    for key, value in layer.items():
+        dotted = f"{prefix}{key}"
+        if key not in schema:
+            close = difflib.get_close_matches(str(key), [str(k) for k in schema], n=1)
+            hint = f"; did you mean {prefix}{close[0]!r}?" if close else ""
+            known = ", ".join(str(k) for k in schema) or "none"
+            raise ConfigError(f"{source}: unknown key {dotted!r}{hint} (known here: {known})")
+        default = schema[key]
+        if not _type_ok(default, value):
+            raise ConfigError(
+                f"{source}: {dotted} must be {_type_name(default)} (like {default!r}), "
+                f"got {_type_name(value)} {value!r}"
+            )
+        if dotted in CHOICES and value not in CHOICES[dotted]:
+            raise ConfigError(f"{source}: {dotted} must be one of {', '.join(CHOICES[dotted])}, got {value!r}")
+        if isinstance(default, Mapping) and default and isinstance(value, Mapping):
+            validate(value, default, source, prefix=f"{dotted}.")
+
+
+def _switch_on_enabled_sections(layer: Mapping, schema: Mapping) -> dict:
+    """Setting any key of a section that has ``enable: false`` by default turns that section on."""
+    out = dict(layer)
+    for key, value in layer.items():
+        default = schema.get(key)
+        if isinstance(value, Mapping) and isinstance(default, Mapping):
+            sub = _switch_on_enabled_sections(value, default)
+            if default.get("enable") is False and "enable" not in sub and sub:
+                sub["enable"] = True
+            out[key] = sub
+    return out
+
+
+def build_config(
+    defaults: Mapping,
+    files: list[str | Path] = (),
+    section_files: Mapping[str, str | Path] | None = None,
+    overrides: list[str] = (),
+) -> Config:
+    """Merge defaults ← run config files ← section files ← dotted overrides, validating each layer.
+
+    ``section_files`` maps a dotted section (``model``, ``data``, ``parallel.fsdp2``) to a file
+    holding just that section, as MindSpeed-MM's model.json / data.json / fsdp2_config.yaml do.
+    """
+    layers: list[tuple[str, dict]] = [(str(f), load_file(f)) for f in files]
+    for section, path in (section_files or {}).items():
+        content: dict = load_file(path)
+        for part in reversed(section.split(".")):
+            content = {part: content}
+        layers.append((str(path), content))
+    layers += [(f"override {o!r}", parse_override(o)) for o in overrides]
+    merged = dict(defaults)
+    for source, layer in layers:
+        validate(layer, defaults, source)
+        merged = deep_merge(merged, _switch_on_enabled_sections(layer, defaults))
+    return wrap(merged)
+
+
+def dump(config: Mapping) -> str:
+    """The config as YAML text, keys in their defined order."""
+    plain = config.to_dict() if isinstance(config, Config) else json.loads(json.dumps(config, default=str))
+    return yaml.safe_dump(plain, sort_keys=False, default_flow_style=False)

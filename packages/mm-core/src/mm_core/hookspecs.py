@@ -1,0 +1,109 @@
+"""The hook contract between mm's trainer and a model-family plugin.
+
+Specs are grouped by the phase in which the trainer calls them. Hooks marked
+``firstresult`` stop at the first non-None result; plugins registered later are
+called first, so stacking ``--plugin a --plugin b`` lets ``b`` override ``a``.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("mm")
+hookimpl = pluggy.HookimplMarker("mm")
+
+
+# --- configuration -----------------------------------------------------------
+
+
+@hookspec
+def default_config(task):
+    """Return a partial config dict of defaults for ``task`` ("run", "infer", "extract").
+
+    Every plugin's result is merged in registration order (mm-core first, the
+    plugin last), and the merged result is also the schema user configs are
+    validated against: a key absent from it is an error.
+    """
+
+
+# --- building ----------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def model_provider(config, runtime):
+    """Build the model to train (on cpu or meta; engines place it). Stops at the first non-None result."""
+
+
+@hookspec(firstresult=True)
+def parallel_plan(model, config):
+    """Describe the model for the engines: a dict with ``fsdp_modules``, ``cp_attention``, ``pp_layers``.
+
+    Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def parallelize_model(model, config, runtime):
+    """Apply the parallel engines to ``model`` and return it (mm-core's default is DDP or nothing).
+
+    Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def datasets_provider(config, runtime):
+    """Return ``(train, valid, test)`` iterables of micro-batches; valid/test may be None.
+
+    Stops at the first non-None result.
+    """
+
+
+# --- each step ---------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def get_batch(data_iterator, runtime):
+    """Take the next micro-batch from ``data_iterator`` and return a dict on ``runtime.device``.
+
+    Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def forward_step(batch, model, runtime):
+    """Run the model on a batch and return its output. Stops at the first non-None result."""
+
+
+@hookspec(firstresult=True)
+def loss_func(output, batch, runtime):
+    """Return ``(loss, metrics)``: a scalar tensor and a dict of floats to log.
+
+    A ``tokens`` entry in metrics is summed over micro-batches and reported as tokens/s.
+    Stops at the first non-None result.
+    """
+
+
+# --- after training ----------------------------------------------------------
+
+
+@hookspec
+def after_training(config, runtime, checkpoint):
+    """Called on every rank once training ends; ``checkpoint`` is the last saved directory or None."""
+
+
+# --- other subcommands ---------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def inference(config, runtime):
+    """Run ``mm infer``: generate from the config's ``inference`` section. Stops at the first non-None result."""
+
+
+@hookspec(firstresult=True)
+def extract_features(config, runtime):
+    """Run ``mm extract``: encode the dataset once into feature shards. Stops at the first non-None result."""
+
+
+@hookspec
+def register_converters(registry):
+    """Add checkpoint converters (name -> converter class) to ``registry`` for ``mm-convert``."""

@@ -1,0 +1,112 @@
+"""Per-step log lines, a progress bar, metrics.jsonl and TensorBoard scalars (rank 0 only)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import sys
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("mm")
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    """Peak memory of this process so far: allocator peak on accelerators, max RSS on the CPU."""
+    if device.type != "cpu":
+        return torch.get_device_module(device.type).max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def format_line(step: int, total: int, values: dict) -> str:
+    """One human-readable log line for a training step."""
+    parts = [f"step {step}/{total}"]
+    order = ("loss", "lr", "grad_norm", "step_s", "data_s", "samples_per_s", "tokens_per_s", "peak_mem_gib")
+    for key in order + tuple(k for k in values if k not in order):
+        if key not in values:
+            continue
+        v = values[key]
+        if key == "lr":
+            parts.append(f"lr {v:.3e}")
+        elif key == "step_s":
+            parts.append(f"{v:.3f} s/step")
+        elif key == "data_s":
+            parts.append(f"data {v:.3f} s")
+        elif key == "samples_per_s":
+            parts.append(f"{v:.2f} samples/s")
+        elif key == "tokens_per_s":
+            parts.append(f"{v:,.0f} tokens/s")
+        elif key == "peak_mem_gib":
+            parts.append(f"mem {v:.2f} GiB")
+        elif isinstance(v, float):
+            parts.append(f"{key} {v:.4g}")
+        else:
+            parts.append(f"{key} {v}")
+    return " | ".join(parts)
+
+
+class MetricsLogger:
+    """Writes metrics where the config asks: log lines, progress bar, jsonl, TensorBoard."""
+
+    def __init__(self, output_dir: Path, total_steps: int, start_step: int, logging_cfg, enabled: bool) -> None:
+        self.enabled = enabled
+        self.total = total_steps
+        self.bar = None
+        self.tb = None
+        self.jsonl = None
+        if not enabled:
+            return
+        output_dir.mkdir(parents=True, exist_ok=True)
+        self.jsonl = open(output_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        if logging_cfg.get("tensorboard"):
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(output_dir / "tensorboard"))
+            except ImportError:
+                log.info("tensorboard is not installed: no TensorBoard scalars (pip install tensorboard)")
+        if logging_cfg.get("progress_bar") and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
+
+    def print(self, message: str) -> None:
+        """Print a line above the progress bar (rank 0 only)."""
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(message)
+        else:
+            print(message, flush=True)
+
+    def log(self, step: int, values: dict, prefix: str = "train") -> None:
+        """Record ``values`` for ``step`` everywhere and print them as one line."""
+        if not self.enabled:
+            return
+        self.print(format_line(step, self.total, values) if prefix == "train" else
+                   f"{prefix} step {step} | " + " | ".join(f"{k} {v:.4g}" for k, v in values.items()))
+        record = {"step": step, **({f"{prefix}_{k}": v for k, v in values.items()} if prefix != "train" else values)}
+        self.jsonl.write(json.dumps(record) + "\n")
+        self.jsonl.flush()
+        if self.tb is not None:
+            for key, value in values.items():
+                self.tb.add_scalar(f"{prefix}/{key}", value, step)
+
+    def advance(self, step: int, loss: float | None = None) -> None:
+        """Move the progress bar to ``step``."""
+        if self.bar is not None:
+            self.bar.n = step
+            if loss is not None:
+                self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            self.bar.refresh()
+
+    def close(self) -> None:
+        """Flush and close every sink."""
+        if self.bar is not None:
+            self.bar.close()
+        if self.tb is not None:
+            self.tb.close()
+        if self.jsonl is not None:
+            self.jsonl.close()

@@ -1,0 +1,53 @@
+"""AdamW and the Megatron-style learning-rate schedule (warmup, then cosine, linear or constant)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from mm_core.config import Config
+
+
+def build_optimizer(model: torch.nn.Module, training: Config, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over trainable parameters; no weight decay on biases and norms; fused on accelerators."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or name.endswith(".bias") else decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": training.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(
+        [g for g in groups if g["params"]],
+        lr=training.lr,
+        betas=(training.adam_beta1, training.adam_beta2),
+        eps=training.adam_eps,
+        fused=device.type in ("cuda", "npu") or None,
+    )
+
+
+def lr_factor(step: int, training: Config) -> float:
+    """Multiplier of ``training.lr`` at optimizer step ``step`` (0-based)."""
+    warmup = training.lr_warmup_iters
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    style = training.lr_decay_style
+    if style == "constant":
+        return 1.0
+    total = training.lr_decay_iters or training.train_iters
+    span = max(total - warmup, 1)
+    progress = min(max(step - warmup, 0) / span, 1.0)
+    floor = training.min_lr / training.lr if training.lr else 0.0
+    if style == "linear":
+        shape = 1.0 - progress
+    else:
+        shape = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return floor + (1.0 - floor) * shape
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, training: Config) -> torch.optim.lr_scheduler.LambdaLR:
+    """A LambdaLR following :func:`lr_factor`."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, training))

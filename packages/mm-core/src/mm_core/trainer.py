@@ -1,0 +1,193 @@
+"""The Megatron-shaped training loop that drives a plugin's hooks."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pluggy
+import torch
+
+from mm_core.checkpoint import CheckpointManager, latest_checkpoint
+from mm_core.data_iter import DataIterator
+from mm_core.errors import ConfigError, MMError, PluginError
+from mm_core.metrics import MetricsLogger, peak_memory_gib
+from mm_core.optim import build_optimizer, build_scheduler
+from mm_core.runtime import Runtime
+
+log = logging.getLogger("mm")
+
+
+@dataclass
+class TrainResult:
+    """What a finished run leaves behind."""
+
+    step: int
+    losses: dict[int, float]
+    checkpoint: Path | None
+    output_dir: Path
+
+
+def accumulation_steps(training, dp_size: int) -> int:
+    """Micro-batches per optimizer step: global / (micro × data-parallel size), which must divide."""
+    per_step = training.micro_batch_size * dp_size
+    if training.global_batch_size % per_step:
+        raise ConfigError(
+            f"training.global_batch_size {training.global_batch_size} is not divisible by "
+            f"micro_batch_size × data-parallel size = {training.micro_batch_size} × {dp_size}"
+        )
+    return training.global_batch_size // per_step
+
+
+def _grad_sync(model: torch.nn.Module, enabled: bool):
+    """Skip gradient reduction on all but the last micro-batch (DDP's no_sync, FSDP2's requires_gradient_sync)."""
+    if hasattr(model, "set_requires_gradient_sync"):
+        model.set_requires_gradient_sync(enabled)
+        return contextlib.nullcontext()
+    if not enabled and hasattr(model, "no_sync"):
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
+def _call(hook, name: str, **kwargs):
+    result = hook(**kwargs)
+    if result is None:
+        raise PluginError(f"no plugin returned a value from hook {name!r}")
+    return result
+
+
+class Trainer:
+    """Builds model, data, optimizer and checkpoints from hooks and runs ``train_iters`` steps."""
+
+    def __init__(self, pm: pluggy.PluginManager, runtime: Runtime) -> None:
+        self.pm = pm
+        self.rt = runtime
+        self.cfg = runtime.config
+        self.training = self.cfg.training
+        self.autocast_dtype = torch.bfloat16 if self.training.bf16 else None
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.rt.device.type, dtype=self.autocast_dtype)
+
+    def _loss(self, data_iter: DataIterator, model: torch.nn.Module) -> tuple[torch.Tensor, dict, float]:
+        """Loss and metrics of one micro-batch, and the seconds spent waiting for it."""
+        hook = self.pm.hook
+        t0 = time.perf_counter()
+        batch = _call(hook.get_batch, "get_batch", data_iterator=data_iter, runtime=self.rt)
+        data_s = time.perf_counter() - t0
+        with self._autocast():
+            output = _call(hook.forward_step, "forward_step", batch=batch, model=model, runtime=self.rt)
+            result = _call(hook.loss_func, "loss_func", output=output, batch=batch, runtime=self.rt)
+        if not (isinstance(result, tuple) and len(result) == 2):
+            raise PluginError("loss_func must return (loss, metrics dict)")
+        loss, metrics = result
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            raise PluginError(f"loss_func must return a scalar tensor as loss, got {type(loss).__name__}")
+        return loss, dict(metrics or {}), data_s
+
+    def train(self) -> TrainResult:
+        """Run the configured number of steps, evaluating, logging and checkpointing as configured."""
+        rt, training, hook = self.rt, self.training, self.pm.hook
+        accum = accumulation_steps(training, rt.dp_size)
+        model = _call(hook.model_provider, "model_provider", config=self.cfg, runtime=rt)
+        model = _call(hook.parallelize_model, "parallelize_model", model=model, config=self.cfg, runtime=rt)
+        datasets = _call(hook.datasets_provider, "datasets_provider", config=self.cfg, runtime=rt)
+        if not (isinstance(datasets, (tuple, list)) and len(datasets) == 3):
+            raise PluginError("datasets_provider must return (train, valid, test)")
+        train_iter = DataIterator(datasets[0], "train")
+        valid_iter = DataIterator(datasets[1], "valid") if datasets[1] is not None else None
+        optimizer = build_optimizer(model, training, rt.device)
+        scheduler = build_scheduler(optimizer, training)
+        ckpt = CheckpointManager(rt.output_dir / "checkpoints", rt, keep_last=training.keep_last)
+
+        step = 0
+        if training.resume:
+            path = latest_checkpoint(ckpt.root)
+            if path is None:
+                log.info("no checkpoint in %s: starting from step 0", ckpt.root)
+            else:
+                step = ckpt.load(path, model, optimizer, scheduler, train_iter)
+                log.info("resumed from %s at step %d", path, step)
+
+        metrics = MetricsLogger(rt.output_dir, training.train_iters, step, self.cfg.logging, rt.is_main)
+        n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        metrics.print(
+            f"training {n_params / 1e6:.2f}M parameters on {rt.world_size} × {rt.device.type} "
+            f"| {accum} micro-batch(es) of {training.micro_batch_size} per step "
+            f"| global batch {training.global_batch_size} | steps {step}→{training.train_iters}"
+        )
+        losses: dict[int, float] = {}
+        last_saved: Path | None = None
+        model.train()
+        try:
+            while step < training.train_iters:
+                values = self._step(model, optimizer, scheduler, train_iter, accum)
+                step += 1
+                losses[step] = values["loss"]
+                if step % self.cfg.logging.log_interval == 0 or step == training.train_iters:
+                    values["peak_mem_gib"] = peak_memory_gib(rt.device)
+                    metrics.log(step, values)
+                metrics.advance(step, values["loss"])
+                if valid_iter is not None and training.eval_interval and step % training.eval_interval == 0:
+                    metrics.log(step, self.evaluate(model, valid_iter), prefix="valid")
+                if training.save_interval and (step % training.save_interval == 0 or step == training.train_iters):
+                    last_saved = ckpt.save(step, model, optimizer, scheduler, train_iter)
+                    metrics.print(f"saved checkpoint {last_saved}")
+        finally:
+            metrics.close()
+        hook.after_training(config=self.cfg, runtime=rt, checkpoint=last_saved)
+        return TrainResult(step, losses, last_saved, rt.output_dir)
+
+    def _step(self, model, optimizer, scheduler, train_iter: DataIterator, accum: int) -> dict:
+        rt = self.rt
+        start = time.perf_counter()
+        data_time = 0.0
+        total_loss = torch.zeros((), device=rt.device)
+        sums: dict[str, float] = {}
+        for micro in range(accum):
+            with _grad_sync(model, micro == accum - 1):
+                loss, extra, wait = self._loss(train_iter, model)
+                data_time += wait
+                (loss / accum).backward()
+            total_loss += loss.detach()
+            for key, value in extra.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+        grad_norm = None
+        if self.training.clip_grad and self.training.clip_grad > 0:
+            params = [p for p in model.parameters() if p.grad is not None]
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.training.clip_grad)
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        mean_loss = float(rt.all_reduce_mean(total_loss / accum))
+        if mean_loss != mean_loss or abs(mean_loss) == float("inf"):
+            raise MMError(f"loss is {mean_loss} at step {scheduler.last_epoch}: training diverged")
+        step_s = time.perf_counter() - start
+        values = {"loss": mean_loss, "lr": lr}
+        if grad_norm is not None:
+            values["grad_norm"] = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+        values["step_s"] = step_s
+        values["data_s"] = data_time
+        values["samples_per_s"] = self.training.global_batch_size / step_s
+        tokens = sums.pop("tokens", None)
+        if tokens is not None:
+            values["tokens_per_s"] = tokens * rt.dp_size / step_s
+        values.update({k: v / accum for k, v in sums.items()})
+        return values
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module, valid_iter: DataIterator) -> dict:
+        """Mean loss over ``training.eval_iters`` validation batches."""
+        model.eval()
+        total = torch.zeros((), device=self.rt.device)
+        for _ in range(self.training.eval_iters):
+            loss, _, _ = self._loss(valid_iter, model)
+            total += loss.detach()
+        model.train()
+        return {"loss": float(self.rt.all_reduce_mean(total / self.training.eval_iters))}

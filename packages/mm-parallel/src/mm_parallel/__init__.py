@@ -1,0 +1,3 @@
+"""mm-parallel: parallel engines for mm."""
+
+__version__ = "0.1.0"
