@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from mm_core.config import dump
@@ -22,6 +26,14 @@ log = logging.getLogger("mm")
 STEP_DIR = re.compile(r"^step_(\d+)$")
 TRAINER_STATE = "trainer_state.pt"
 CONFIG_FILE = "config.yaml"
+
+
+@contextlib.contextmanager
+def _single_process_ok():
+    """Silence DCP's warning that a run without a process group saves in one process: that is intended."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
 
 
 def rng_state(device: torch.device) -> dict:
@@ -73,7 +85,8 @@ class CheckpointManager:
             tmp.mkdir(parents=True)
         rt.barrier()
         model_sd, optim_sd = get_state_dict(model, optimizer)
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+        with _single_process_ok():
+            dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp), no_dist=not dist.is_initialized())
         torch.save(
             {"rng": rng_state(rt.device), "data": data_iter.state_dict()},
             tmp / f"rank_{rt.rank:05d}.pt",
@@ -134,9 +147,10 @@ def load_model_state(path: Path, model, optimizer=None) -> None:
     if optimizer is not None:
         state["optim"] = optim_sd
     try:
-        dcp.load(state, checkpoint_id=str(path))
-    except Exception as exc:
-        raise CheckpointError(f"checkpoint {path} does not match the model: {_first_line(exc)}") from exc
+        with _single_process_ok():
+            dcp.load(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
+    except (Exception, CheckpointException) as exc:  # CheckpointException is a BaseException
+        raise CheckpointError(f"checkpoint {path} does not match the model: {_cause(exc)}") from exc
     set_state_dict(
         model,
         optimizer or [],
@@ -146,7 +160,11 @@ def load_model_state(path: Path, model, optimizer=None) -> None:
     )
 
 
-def _first_line(exc: Exception) -> str:
+def _cause(exc: BaseException) -> str:
+    """The one line of a (multi-rank) DCP failure that says what did not match."""
     text = str(exc).strip()
-    missing = re.search(r"Missing key in checkpoint state_dict: [^\n]+", text)
-    return missing.group(0) if missing else text.splitlines()[0] if text else type(exc).__name__
+    found = re.search(r"(Size mismatch[^\n]+|Missing key[^\n]+|Unexpected key[^\n]+)", text)
+    if found:
+        return found.group(1)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__

@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import torch
+from torch.utils.data import DataLoader
+
 from mm_core.errors import DataError
 
 
@@ -27,9 +30,10 @@ class DataIterator(Iterator):
     are fast-forwarded by drawing and dropping ``n`` batches.
     """
 
-    def __init__(self, iterable: Iterable, name: str = "train") -> None:
+    def __init__(self, iterable: Iterable, name: str = "train", seed: int = 0) -> None:
         self.iterable = iterable
         self.name = name
+        self.seed = seed
         self.epoch = 0
         self.position = 0
         self._skip = 0
@@ -38,12 +42,17 @@ class DataIterator(Iterator):
     def _start_epoch(self) -> None:
         _call_on_loader(self.iterable, "set_epoch", self.epoch)
         skip, self._skip = self._skip, 0
-        if skip and _call_on_loader(self.iterable, "skip", skip):
+        skipped = bool(skip) and _call_on_loader(self.iterable, "skip", skip)
+        if isinstance(self.iterable, DataLoader):
+            # Worker seeds follow (seed, epoch), not the global RNG, so a resumed run draws the same.
+            self.iterable.generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        # Starting an epoch must not consume the global RNG (DataLoader draws from it), else
+        # a resumed run's dropout and noise would diverge from a straight run's.
+        with torch.random.fork_rng(devices=[]):
             self._it = iter(self.iterable)
-            return
-        self._it = iter(self.iterable)
-        for _ in range(skip):
-            next(self._it)
+            if not skipped:
+                for _ in range(skip):
+                    next(self._it)
 
     def __next__(self) -> Any:
         if self._it is None:

@@ -99,8 +99,8 @@ class Trainer:
         datasets = _call(hook.datasets_provider, "datasets_provider", config=self.cfg, runtime=rt)
         if not (isinstance(datasets, (tuple, list)) and len(datasets) == 3):
             raise PluginError("datasets_provider must return (train, valid, test)")
-        train_iter = DataIterator(datasets[0], "train")
-        valid_iter = DataIterator(datasets[1], "valid") if datasets[1] is not None else None
+        train_iter = DataIterator(datasets[0], "train", seed=training.seed)
+        valid_iter = DataIterator(datasets[1], "valid", seed=training.seed) if datasets[1] is not None else None
         optimizer = build_optimizer(model, training, rt.device)
         scheduler = build_scheduler(optimizer, training)
         ckpt = CheckpointManager(rt.output_dir / "checkpoints", rt, keep_last=training.keep_last)

@@ -1,0 +1,78 @@
+"""Plugin loading: entry points or module paths, stacking, and the errors a user meets."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import toy_plugin
+
+from mm_core import hookimpl
+from mm_core.errors import PluginError
+from mm_core.plugins import load_plugins
+
+
+def _module(name: str, **hooks) -> types.ModuleType:
+    module = types.ModuleType(name)
+    for hook_name, fn in hooks.items():
+        setattr(module, hook_name, hookimpl(fn))
+    return module
+
+
+def test_module_path_plugin_loads_and_implements_hooks(mm_pm):
+    pm = load_plugins(["toy_plugin"], pm=mm_pm)
+    assert pm.get_plugin("toy_plugin") is toy_plugin
+    assert pm.hook.model_provider.get_hookimpls()[-1].plugin is toy_plugin
+
+
+def test_unknown_plugin_is_one_clear_error():
+    with pytest.raises(PluginError, match=r"unknown plugin 'no_such_plugin'.*installed: "):
+        load_plugins(["no_such_plugin"])
+
+
+def test_plugin_with_broken_import_names_the_cause(tmp_path, monkeypatch):
+    (tmp_path / "broken_plugin.py").write_text("import not_a_real_module_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PluginError, match="broken_plugin.*not_a_real_module_xyz"):
+        load_plugins(["broken_plugin"])
+
+
+def test_typo_in_hook_name_is_rejected():
+    bad = _module("typo_plugin", model_provder=lambda config, runtime: None)
+    with pytest.raises(PluginError, match=r"model_provder.*known hooks: .*model_provider"):
+        load_plugins([toy_plugin, bad])
+
+
+def test_missing_required_hook_is_rejected():
+    partial = _module("partial", model_provider=lambda config, runtime: None)
+    with pytest.raises(PluginError, match="do not implement required hook.*datasets_provider, loss_func"):
+        load_plugins([partial])
+
+
+def test_stacked_plugin_overrides_one_hook(mm_train):
+    import torch
+
+    def loss_func(output, batch, runtime):
+        return torch.nn.functional.l1_loss(output, batch["y"]), {"l1": 1.0}
+
+    l1 = _module("l1_override", loss_func=loss_func)
+    result = mm_train([toy_plugin, l1], "training.train_iters=2", "training.save_interval=0")
+    base = mm_train([toy_plugin], "training.train_iters=2", "training.save_interval=0",
+                    output_dir=result.output_dir.parent / "base")
+    assert result.losses[1] != base.losses[1]
+    lines = (result.output_dir / "metrics.jsonl").read_text().splitlines()
+    assert '"l1": 1.0' in lines[0]
+
+
+def test_empty_training_data_is_one_clear_error(mm_train):
+    from mm_core.errors import DataError
+
+    empty = _module("empty_data", datasets_provider=lambda config, runtime: ([], None, None))
+    with pytest.raises(DataError, match="train dataset yields no batches"):
+        mm_train([toy_plugin, empty])
+
+
+def test_wrong_loss_func_return_is_named(mm_train):
+    bad = _module("bad_loss", loss_func=lambda output, batch, runtime: output.mean())
+    with pytest.raises(PluginError, match=r"loss_func must return \(loss, metrics dict\)"):
+        mm_train([toy_plugin, bad])

@@ -1,0 +1,93 @@
+"""The training loop: loss, accumulation, schedule, logging, evaluation."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import toy_plugin
+
+from mm_core.config import wrap
+from mm_core.errors import ConfigError
+from mm_core.optim import lr_factor
+from mm_core.trainer import accumulation_steps
+
+QUIET = ("training.save_interval=0", "model.dropout=0.0")
+
+
+def test_loss_goes_down(mm_train):
+    result = mm_train([toy_plugin], "training.train_iters=40", "training.lr_decay_style=constant", *QUIET)
+    first = sum(result.losses[s] for s in range(1, 6)) / 5
+    last = sum(result.losses[s] for s in range(36, 41)) / 5
+    assert last < 0.5 * first
+
+
+def test_gradient_accumulation_matches_one_big_micro_batch(mm_train, tmp_path):
+    accumulated = mm_train([toy_plugin], "training.micro_batch_size=2", *QUIET, output_dir=tmp_path / "a")
+    whole = mm_train([toy_plugin], "training.micro_batch_size=8", *QUIET, output_dir=tmp_path / "b")
+    for step in accumulated.losses:
+        assert accumulated.losses[step] == pytest.approx(whole.losses[step], rel=1e-5, abs=1e-6)
+
+
+def test_global_batch_must_divide():
+    training = wrap({"global_batch_size": 10, "micro_batch_size": 4})
+    with pytest.raises(ConfigError, match="global_batch_size 10 is not divisible by micro_batch_size × data-parallel size = 4 × 1"):
+        accumulation_steps(training, 1)
+    assert accumulation_steps(wrap({"global_batch_size": 16, "micro_batch_size": 2}), 4) == 2
+
+
+@pytest.mark.parametrize(
+    ("style", "step", "expected"),
+    [("constant", 50, 1.0), ("linear", 55, 0.5), ("cosine", 55, 0.5), ("cosine", 100, 0.0), ("linear", 4, 0.5)],
+)
+def test_lr_schedule_shapes(style, step, expected):
+    training = wrap({"lr": 1.0, "min_lr": 0.0, "lr_warmup_iters": 10, "lr_decay_style": style,
+                     "lr_decay_iters": None, "train_iters": 100})
+    assert lr_factor(step, training) == pytest.approx(expected, abs=1e-9)
+
+
+def test_cosine_decays_to_min_lr():
+    training = wrap({"lr": 1.0, "min_lr": 0.1, "lr_warmup_iters": 0, "lr_decay_style": "cosine",
+                     "lr_decay_iters": 10, "train_iters": 20})
+    assert lr_factor(10, training) == pytest.approx(0.1)
+    assert lr_factor(15, training) == pytest.approx(0.1)
+    assert lr_factor(5, training) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+
+
+def test_metrics_jsonl_has_one_record_per_logged_step(mm_train):
+    result = mm_train([toy_plugin], "training.train_iters=6", "logging.log_interval=2", *QUIET)
+    records = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4, 6]
+    for r in records:
+        assert {"loss", "lr", "grad_norm", "step_s", "samples_per_s", "tokens_per_s", "peak_mem_gib"} <= set(r)
+        assert r["loss"] == pytest.approx(result.losses[r["step"]])
+
+
+def test_log_line_shows_progress(mm_train, capsys):
+    mm_train([toy_plugin], "training.train_iters=2", *QUIET)
+    out = capsys.readouterr().out
+    assert "step 2/2 | loss " in out
+    assert "samples/s" in out and "tokens/s" in out and "mem " in out
+
+
+def test_evaluation_runs_every_interval(mm_train):
+    result = mm_train([toy_plugin], "training.train_iters=4", "training.eval_interval=2",
+                      "training.eval_iters=3", *QUIET)
+    records = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
+    valid = [r for r in records if "valid_loss" in r]
+    assert [r["step"] for r in valid] == [2, 4]
+    assert all(r["valid_loss"] > 0 for r in valid)
+
+
+def test_tensorboard_scalars_are_written(mm_train):
+    pytest.importorskip("tensorboard")
+    result = mm_train([toy_plugin], "training.train_iters=2", "logging.tensorboard=true", *QUIET)
+    assert list((result.output_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_diverging_loss_stops_with_a_clear_error(mm_train):
+    from mm_core.errors import MMError
+
+    with pytest.raises(MMError, match="training diverged"):
+        mm_train([toy_plugin], "training.lr=1e30", "training.clip_grad=0", "training.train_iters=30", *QUIET)
