@@ -1,0 +1,119 @@
+"""Video-text datasets over a video index, with bad samples skipped (and counted) or raised."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from mm_core.errors import ConfigError, DataError
+from mm_data.formats import DatasetParam, VideoRecord, read_index
+from mm_data.transforms import resize_center_crop
+from mm_data.video import read_video
+
+log = logging.getLogger("mm.data")
+
+Tokenizer = Callable[[str], Mapping[str, torch.Tensor]]
+
+
+class VideoTextDataset(Dataset):
+    """Map-style dataset of {"video": float [C, T, H, W] in [-1, 1], "prompt": str, "index": int}.
+
+    With a ``tokenizer`` (a callable from the prompt to a dict of tensors, e.g. input_ids and
+    attention_mask) its output is merged into each item. A sample whose video is missing, corrupt
+    or too short, or whose caption is not a string, is bad: with ``on_bad_sample="skip"`` it is
+    logged, counted in ``bad_samples`` and replaced by the next good sample; with ``"error"`` it
+    raises DataError. The clip start is random, drawn from ``seed`` and the index so that a
+    sample reads the same frames every time.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[VideoRecord],
+        num_frames: int,
+        height: int,
+        width: int,
+        target_fps: float | None = None,
+        tokenizer: Tokenizer | None = None,
+        on_bad_sample: str = "skip",
+        seed: int = 0,
+        backend: str | None = None,
+    ) -> None:
+        if on_bad_sample not in ("skip", "error"):
+            raise ConfigError(f"on_bad_sample must be 'skip' or 'error', got {on_bad_sample!r}")
+        self.records = list(records)
+        self.num_frames, self.height, self.width = num_frames, height, width
+        self.target_fps = target_fps
+        self.tokenizer = tokenizer
+        self.on_bad_sample = on_bad_sample
+        self.seed = seed
+        self.backend = backend
+        self.bad_samples = 0
+
+    @classmethod
+    def from_param(
+        cls, param: DatasetParam, tokenizer: Tokenizer | None = None, on_bad_sample: str = "skip", seed: int = 0
+    ) -> VideoTextDataset:
+        """Build from a data.json ``dataset_param`` block: its index, num_frames, max size and train_fps."""
+        return cls(
+            read_index(param.data_path, param.data_folder or None),
+            num_frames=param.num_frames,
+            height=param.max_height,
+            width=param.max_width,
+            target_fps=param.train_fps,
+            tokenizer=tokenizer,
+            on_bad_sample=on_bad_sample,
+            seed=seed,
+        )
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def shapes(self) -> list[tuple[int | None, int | None, int | None]]:
+        """Each sample's (num_frames, height, width) as its index states them, for bucketing."""
+        return [record.shape for record in self.records]
+
+    def load(self, index: int) -> dict[str, Any]:
+        """Sample ``index`` or DataError when it is bad, whatever ``on_bad_sample`` says."""
+        record = self.records[index]
+        if not isinstance(record.caption, str):
+            raise DataError(f"sample {index} ({record.path}): caption {record.caption!r} is not a string")
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        frames = read_video(record.path, self.num_frames, self.target_fps, generator=generator, backend=self.backend)
+        item = {
+            "video": resize_center_crop(frames, self.height, self.width),
+            "prompt": record.caption,
+            "index": index,
+        }
+        if self.tokenizer is not None:
+            item.update(self.tokenizer(record.caption))
+        return item
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        for offset in range(len(self)):
+            candidate = (index + offset) % len(self)
+            try:
+                return self.load(candidate)
+            except DataError as exc:
+                if self.on_bad_sample == "error":
+                    raise
+                self.bad_samples += 1
+                log.warning("skipping bad sample: %s", exc)
+        raise DataError(f"no sample of the {len(self)} in the dataset can be read")
+
+
+def collate(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Stack the items' tensors (video, tokenized text) and indices; list their prompts."""
+    batch: dict[str, Any] = {}
+    for key in items[0]:
+        values = [item[key] for item in items]
+        if isinstance(values[0], torch.Tensor):
+            batch[key] = torch.stack(values)
+        elif isinstance(values[0], int):
+            batch[key] = torch.tensor(values)
+        else:
+            batch[key] = values
+    return batch

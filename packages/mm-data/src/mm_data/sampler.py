@@ -1,0 +1,116 @@
+"""A data-parallel batch sampler that shuffles per epoch, buckets by shape and resumes mid-epoch."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from mm_core.errors import ConfigError
+
+
+class ResumableBatchSampler(Sampler[list[int]]):
+    """Yields this rank's batches of dataset indices for one epoch.
+
+    Each epoch, the indices are grouped by bucket (one bucket when ``buckets`` is None), shuffled
+    with ``seed + epoch`` and cut into global batches of ``batch_size * dp_size`` indices of one
+    bucket; rank ``dp_rank`` takes its slice of each, so ranks see disjoint indices and the same
+    number of batches. A bucket's incomplete last global batch is dropped with ``drop_last``, else
+    filled by repeating that bucket's indices. ``skip(n)`` makes the next iteration start after
+    its first ``n`` batches.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        dp_rank: int = 0,
+        dp_size: int = 1,
+        seed: int = 0,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        buckets: Sequence[Hashable] | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        if not 0 <= dp_rank < dp_size:
+            raise ConfigError(f"dp_rank {dp_rank} must be in [0, dp_size {dp_size})")
+        if buckets is not None and len(buckets) != num_samples:
+            raise ConfigError(f"buckets has {len(buckets)} entries for {num_samples} samples")
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.dp_rank, self.dp_size = dp_rank, dp_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.buckets = list(buckets) if buckets is not None else [None] * num_samples
+        self.epoch = 0
+        self._skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the shuffle of ``epoch`` from the next iteration on."""
+        self.epoch = epoch
+
+    def skip(self, num_batches: int) -> None:
+        """Start the next iteration after its first ``num_batches`` batches (for resuming mid-epoch)."""
+        self._skip = num_batches
+
+    def _global_batches(self) -> list[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        groups: dict[Hashable, list[int]] = {}
+        for index, key in enumerate(self.buckets):
+            groups.setdefault(key, []).append(index)
+        size = self.batch_size * self.dp_size
+        batches = []
+        for indices in groups.values():
+            if self.shuffle:
+                indices = [indices[i] for i in torch.randperm(len(indices), generator=generator).tolist()]
+            if not self.drop_last and len(indices) % size:
+                indices = indices + [indices[i % len(indices)] for i in range(size - len(indices) % size)]
+            batches += [indices[i : i + size] for i in range(0, len(indices) - size + 1, size)]
+        if self.shuffle and len(groups) > 1:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        skip, self._skip = self._skip, 0
+        rank_slice = slice(self.dp_rank * self.batch_size, (self.dp_rank + 1) * self.batch_size)
+        return iter([batch[rank_slice] for batch in self._global_batches()[skip:]])
+
+    def __len__(self) -> int:
+        size = self.batch_size * self.dp_size
+        round_ = (lambda n: n // size) if self.drop_last else (lambda n: -(-n // size))
+        return max(sum(round_(n) for n in Counter(self.buckets).values()) - self._skip, 0)
+
+
+def bucket_keys(
+    shapes: Sequence[tuple[int | None, int | None, int | None]], group_frame: bool, group_resolution: bool
+) -> list[tuple[int | None, int | None, int | None]] | None:
+    """Per-sample bucket keys from (num_frames, height, width) metadata; None when neither grouping is on."""
+    if not (group_frame or group_resolution):
+        return None
+    return [(f if group_frame else None, h if group_resolution else None, w if group_resolution else None)
+            for f, h, w in shapes]
+
+
+def build_dataloader(
+    dataset: Dataset,
+    batch_size: int,
+    dp_rank: int,
+    dp_size: int,
+    seed: int,
+    shuffle: bool = True,
+    drop_last: bool = True,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+    buckets: Sequence[Hashable] | None = None,
+) -> DataLoader:
+    """A DataLoader over ``dataset`` whose batch sampler is a ResumableBatchSampler for this rank."""
+    sampler = ResumableBatchSampler(len(dataset), batch_size, dp_rank, dp_size, seed, shuffle, drop_last, buckets)
+    return DataLoader(
+        dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory, collate_fn=collate_fn
+    )

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Dataset
+
+from mm_core.data_iter import DataIterator
+from mm_data.sampler import ResumableBatchSampler, bucket_keys, build_dataloader
+
+
+class Range(Dataset):
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+
+def rank_batches(n: int, dp_size: int, **kwargs) -> list[list[list[int]]]:
+    return [list(ResumableBatchSampler(n, 2, rank, dp_size, **kwargs)) for rank in range(dp_size)]
+
+
+def test_ranks_get_disjoint_batches_that_cover_the_set() -> None:
+    rank0, rank1 = rank_batches(16, 2, seed=3)
+    seen0, seen1 = {i for b in rank0 for i in b}, {i for b in rank1 for i in b}
+    assert len(rank0) == len(rank1) == 4
+    assert not seen0 & seen1
+    assert seen0 | seen1 == set(range(16))
+
+
+def test_without_drop_last_ranks_still_cover_everything_in_full_batches() -> None:
+    batches = rank_batches(13, 2, seed=0, drop_last=False)
+    assert len(batches[0]) == len(batches[1]) == 4
+    assert all(len(b) == 2 for rank in batches for b in rank)
+    assert {i for rank in batches for b in rank for i in b} == set(range(13))
+    assert len(ResumableBatchSampler(13, 2, 0, 2, drop_last=False)) == 4
+    assert len(ResumableBatchSampler(13, 2, 0, 2)) == 3
+
+
+def test_shuffle_depends_on_seed_and_epoch() -> None:
+    sampler = ResumableBatchSampler(32, 4, seed=1)
+    first = list(sampler)
+    assert list(sampler) == first
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+    assert list(ResumableBatchSampler(32, 4, seed=2)) != first
+    assert list(ResumableBatchSampler(8, 4, shuffle=False)) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
+def test_skip_resumes_exactly_where_a_straight_run_was() -> None:
+    straight = ResumableBatchSampler(20, 2, 1, 2, seed=5)
+    straight.set_epoch(3)
+    expected = list(straight)
+    for n in (0, 2, 4, 5):
+        resumed = ResumableBatchSampler(20, 2, 1, 2, seed=5)
+        resumed.set_epoch(3)
+        resumed.skip(n)
+        assert len(resumed) == 5 - n
+        assert list(resumed) == expected[n:]
+        assert list(resumed) == expected, "skip only applies to the next iteration"
+
+
+def test_data_iterator_resumes_the_same_sequence_through_epochs() -> None:
+    def loader():
+        return build_dataloader(Range(10), batch_size=2, dp_rank=0, dp_size=1, seed=7)
+
+    straight = DataIterator(loader())
+    batches = [next(straight).tolist() for _ in range(12)]
+    for stop in (3, 5, 7):
+        first = DataIterator(loader())
+        for _ in range(stop):
+            next(first)
+        resumed = DataIterator(loader())
+        resumed.load_state_dict(first.state_dict())
+        assert [next(resumed).tolist() for _ in range(12 - stop)] == batches[stop:]
+
+
+def test_bucketing_puts_one_shape_in_each_batch() -> None:
+    shapes = [(17, 64, 64)] * 7 + [(9, 64, 64)] * 5 + [(17, 32, 48)] * 6
+    keys = bucket_keys(shapes, group_frame=True, group_resolution=True)
+    for drop_last in (True, False):
+        per_rank = rank_batches(len(shapes), 2, seed=0, buckets=keys, drop_last=drop_last)
+        assert len(per_rank[0]) == len(per_rank[1])
+        for global_batch in zip(*per_rank):
+            assert len({shapes[i] for b in global_batch for i in b}) == 1
+        if not drop_last:
+            assert {i for rank in per_rank for b in rank for i in b} == set(range(len(shapes)))
+    assert bucket_keys(shapes, group_frame=False, group_resolution=False) is None
+    assert bucket_keys(shapes, group_frame=True, group_resolution=False)[-1] == (17, None, None)
+
+
+def test_build_dataloader_uses_the_resumable_sampler() -> None:
+    loader = build_dataloader(Range(8), batch_size=4, dp_rank=1, dp_size=2, seed=0, shuffle=False)
+    assert isinstance(loader.batch_sampler, ResumableBatchSampler)
+    assert [b.tolist() for b in loader] == [[4, 5, 6, 7]]
+    assert torch.is_tensor(next(iter(loader)))
