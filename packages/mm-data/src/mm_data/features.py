@@ -1,0 +1,129 @@
+"""A feature store: per-sample tensors in safetensors shards plus a ``data.jsonl`` index, written crash-safely."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch.utils.data import Dataset
+
+from mm_core.errors import DataError
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+INDEX = "data.jsonl"
+
+
+class FeatureWriter:
+    """Appends samples (dicts of tensors plus JSON metadata) to ``out_dir`` in shards of ``shard_size``.
+
+    A shard is written under a temporary name and renamed when complete; its index lines are
+    appended after the rename, so the index only ever names complete shards and a crash loses at
+    most the samples of the shard being written. Use one writer per directory (one per rank).
+    """
+
+    def __init__(self, out_dir: str | Path, shard_size: int = 256, prefix: str = "shard") -> None:
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if (self.out_dir / INDEX).exists():
+            raise DataError(f"feature store {self.out_dir} already has a {INDEX}; write into a new folder")
+        self.shard_size = shard_size
+        self.prefix = prefix
+        self.num_samples = 0
+        self._num_shards = 0
+        self._pending: list[tuple[dict[str, torch.Tensor], dict[str, Any]]] = []
+
+    def add(self, tensors: Mapping[str, torch.Tensor], **meta: Any) -> None:
+        """Queue one sample's tensors (e.g. latents, prompt_embeds, prompt_mask) and metadata (e.g. prompt)."""
+        self._pending.append(({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, meta))
+        if len(self._pending) >= self.shard_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the queued samples as one complete shard and index them."""
+        if not self._pending:
+            return
+        name = f"{self.prefix}-{self._num_shards:05d}.safetensors"
+        flat, lines = {}, []
+        for offset, (tensors, meta) in enumerate(self._pending):
+            sample = self.num_samples + offset
+            flat.update({f"{sample}/{key}": value for key, value in tensors.items()})
+            lines.append(json.dumps({"sample": sample, "shard": name, "keys": list(tensors), "meta": meta}) + "\n")
+        tmp = self.out_dir / f".{name}.tmp"
+        save_file(flat, str(tmp))
+        os.replace(tmp, self.out_dir / name)
+        with open(self.out_dir / INDEX, "a", encoding="utf-8") as index:
+            index.write("".join(lines))
+            index.flush()
+            os.fsync(index.fileno())
+        self.num_samples += len(self._pending)
+        self._num_shards += 1
+        self._pending = []
+
+    def close(self) -> None:
+        """Flush the last, partial shard."""
+        self.flush()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_feature_index(path: str | Path) -> list[dict[str, Any]]:
+    """The index entries of a feature store (its folder or its data.jsonl); a torn last line is ignored."""
+    path = Path(path)
+    index = path / INDEX if path.is_dir() else path
+    if not index.is_file():
+        raise DataError(f"feature store {path} has no {INDEX}")
+    text = index.read_text(encoding="utf-8")
+    # A line counts once its newline is written; anything after the last newline is a crash's leftover.
+    lines = text.split("\n")[:-1]
+    entries = []
+    for n, line in enumerate(lines, 1):
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise DataError(f"{index}:{n} is not a JSON object") from None
+    return entries
+
+
+class FeatureDataset(Dataset):
+    """Map-style dataset over a feature store: item ``i`` is its tensors plus its metadata, as written."""
+
+    def __init__(self, path: str | Path) -> None:
+        path = Path(path)
+        self.root = path if path.is_dir() else path.parent
+        self.entries = read_feature_index(path)
+        self._open: tuple[str, Any] | None = None
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Open shard handles do not pickle; DataLoader workers reopen their own.
+        return {**self.__dict__, "_open": None}
+
+    def _shard(self, name: str) -> Any:
+        # Samples are mostly read in shard order, so keeping the last shard open avoids most reopenings.
+        if self._open is None or self._open[0] != name:
+            try:
+                self._open = (name, safe_open(str(self.root / name), framework="pt"))
+            except (OSError, SafetensorError) as exc:
+                raise DataError(f"feature shard {self.root / name} cannot be read: {exc}") from None
+        return self._open[1]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        entry = self.entries[index]
+        shard = self._shard(entry["shard"])
+        item: dict[str, Any] = {key: shard.get_tensor(f"{entry['sample']}/{key}") for key in entry["keys"]}
+        item.update(entry["meta"])
+        return item

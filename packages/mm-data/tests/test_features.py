@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mm_core.errors import DataError
+from mm_data.features import FeatureDataset, FeatureWriter
+
+
+def samples(n: int) -> list[dict[str, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(0)
+    return [
+        {
+            "latents": torch.randn(4, 2, 3, 3, generator=generator).to(torch.bfloat16),
+            "prompt_embeds": torch.randn(5, 8, generator=generator),
+            "prompt_mask": torch.arange(5) < i % 5,
+        }
+        for i in range(n)
+    ]
+
+
+def test_round_trip_is_bitwise(tmp_path: Path) -> None:
+    written = samples(7)
+    with FeatureWriter(tmp_path, shard_size=3) as writer:
+        for i, sample in enumerate(written):
+            writer.add(sample, prompt=f"prompt {i}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "data.jsonl", "shard-00000.safetensors", "shard-00001.safetensors", "shard-00002.safetensors"]
+    dataset = FeatureDataset(tmp_path)
+    assert len(dataset) == 7
+    for i in (0, 4, 6, 1):
+        item = dataset[i]
+        assert item["prompt"] == f"prompt {i}"
+        for key, value in written[i].items():
+            assert item[key].dtype == value.dtype and torch.equal(item[key], value)
+    assert len(FeatureDataset(tmp_path / "data.jsonl")) == 7
+
+
+def test_a_crash_leaves_only_complete_shards_indexed(tmp_path: Path) -> None:
+    writer = FeatureWriter(tmp_path, shard_size=2)
+    for sample in samples(5):
+        writer.add(sample)
+    # Crash before close: the last sample was never flushed; a torn index line and a temp shard are left.
+    (tmp_path / ".shard-00002.safetensors.tmp").write_bytes(b"half")
+    with open(tmp_path / "data.jsonl", "a") as index:
+        index.write('{"sample": 4, "sha')
+    dataset = FeatureDataset(tmp_path)
+    assert len(dataset) == 4
+    assert {entry["shard"] for entry in dataset.entries} == {"shard-00000.safetensors", "shard-00001.safetensors"}
+    assert torch.equal(dataset[3]["prompt_embeds"], samples(5)[3]["prompt_embeds"])
+
+
+def test_store_errors(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="has no data.jsonl"):
+        FeatureDataset(tmp_path)
+    FeatureWriter(tmp_path, shard_size=1).add(samples(1)[0])
+    with pytest.raises(DataError, match="already has a data.jsonl; write into a new folder"):
+        FeatureWriter(tmp_path)
+    (tmp_path / "shard-00000.safetensors").write_bytes(b"garbage")
+    with pytest.raises(DataError, match=r"feature shard .*shard-00000.safetensors cannot be read"):
+        FeatureDataset(tmp_path)[0]
