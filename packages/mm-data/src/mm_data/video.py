@@ -8,7 +8,8 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
-from mm_core.errors import DataError
+
+from mm_core.errors import ConfigError, DataError
 
 try:
     import decord
@@ -27,6 +28,11 @@ def default_backend() -> str:
     return "decord" if decord is not None else "pyav"
 
 
+def _offsets(num_frames: int, source_fps: float, target_fps: float | None) -> list[int]:
+    stride = source_fps / target_fps if target_fps else 1.0
+    return [math.floor(i * stride) for i in range(num_frames)]
+
+
 def frame_indices(
     total: int,
     source_fps: float,
@@ -40,23 +46,15 @@ def frame_indices(
     ``start`` is the first index; without it the start is drawn with ``generator``, or is 0 when
     there is none.
     """
-    stride = source_fps / target_fps if target_fps else 1.0
-    offsets = [math.floor(i * stride) for i in range(num_frames)]
-    span = offsets[-1] + 1
-    if span > total:
-        return []
+    offsets = _offsets(num_frames, source_fps, target_fps)
+    last_start = total - offsets[-1] - 1
     if start is None:
-        last_start = total - span
-        start = int(torch.randint(0, last_start + 1, (), generator=generator)) if generator is not None else 0
-    elif start + span > total:
+        start = 0
+        if generator is not None and last_start > 0:
+            start = int(torch.randint(0, last_start + 1, (), generator=generator))
+    if not 0 <= start <= last_start:
         return []
     return [start + offset for offset in offsets]
-
-
-def frames_needed(num_frames: int, source_fps: float, target_fps: float | None = None) -> int:
-    """How many source frames a clip of ``num_frames`` at ``target_fps`` spans."""
-    stride = source_fps / target_fps if target_fps else 1.0
-    return math.floor((num_frames - 1) * stride) + 1
 
 
 def read_video(
@@ -71,6 +69,8 @@ def read_video(
 
     ``backend`` forces "decord" or "pyav"; by default decord is tried first when installed.
     """
+    if num_frames < 1:
+        raise ConfigError(f"num_frames must be at least 1, got {num_frames}")
     path = Path(path)
     chosen = backend or default_backend()
     if chosen not in BACKENDS:
@@ -103,7 +103,7 @@ def _sample(
     if not indices:
         rate = f" at {target_fps:g} fps from {fps:g} fps" if target_fps else ""
         at = f" from frame {start}" if start is not None else ""
-        needed = frames_needed(num_frames, fps, target_fps) + (start or 0)
+        needed = _offsets(num_frames, fps, target_fps)[-1] + 1 + (start or 0)
         raise DataError(f"video {path} has {total} frames but {needed} are needed for {num_frames} frames{rate}{at}")
     return indices
 
@@ -154,6 +154,7 @@ def _read_pyav(
         wanted = set(indices)
         frames = {}
         with av.open(str(path)) as container:
+            container.streams.video[0].thread_type = "AUTO"
             for i, frame in enumerate(container.decode(video=0)):
                 if i in wanted:
                     frames[i] = frame.to_ndarray(format="rgb24")
