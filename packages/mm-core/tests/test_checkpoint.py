@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-import toy_plugin
 import torch
+import toy_plugin
 
 from mm_core.checkpoint import latest_checkpoint, list_checkpoints, load_model_state
 from mm_core.errors import CheckpointError

@@ -76,3 +76,41 @@ def test_wrong_loss_func_return_is_named(mm_train):
     bad = _module("bad_loss", loss_func=lambda output, batch, runtime: output.mean())
     with pytest.raises(PluginError, match=r"loss_func must return \(loss, metrics dict\)"):
         mm_train([toy_plugin, bad])
+
+
+def test_after_training_gets_the_last_checkpoint(mm_train):
+    seen = []
+    hook = _module("after", after_training=lambda config, runtime, checkpoint: seen.append(checkpoint))
+    result = mm_train([toy_plugin, hook], "training.train_iters=3", "training.save_interval=2")
+    assert seen == [result.checkpoint]
+    assert result.checkpoint.name == "step_00000003"
+
+
+def test_parallelize_model_result_is_what_trains(mm_train):
+    def parallelize_model(model, config, runtime):
+        model.layers[0].requires_grad_(False)
+        return model
+
+    frozen = _module("freeze_first", parallelize_model=parallelize_model)
+    result = mm_train([toy_plugin, frozen], "training.train_iters=1", "training.save_interval=1")
+    from mm_core.checkpoint import load_model_state
+
+    fresh = toy_plugin.ToyModel(8, 32, 0.1)
+    import torch
+
+    torch.manual_seed(1234)
+    initial = toy_plugin.ToyModel(8, 32, 0.1)
+    load_model_state(result.checkpoint, fresh)
+    assert torch.equal(fresh.layers[0].weight, initial.layers[0].weight)
+    assert not torch.equal(fresh.layers[1].weight, initial.layers[1].weight)
+
+
+def test_default_config_of_a_stacked_plugin_wins(mm_pm):
+    from mm_core.plugins import make_config
+
+    later = _module("later", default_config=lambda task: {"model": {"hidden": 7}})
+    pm = load_plugins([toy_plugin, later], pm=mm_pm)
+    config = make_config(pm, "run", plugin_name="later")
+    assert config.model.hidden == 7
+    assert config.model.dim == 8
+    assert config.training.output_dir == "runs/later"

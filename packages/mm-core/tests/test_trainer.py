@@ -32,7 +32,8 @@ def test_gradient_accumulation_matches_one_big_micro_batch(mm_train, tmp_path):
 
 def test_global_batch_must_divide():
     training = wrap({"global_batch_size": 10, "micro_batch_size": 4})
-    with pytest.raises(ConfigError, match="global_batch_size 10 is not divisible by micro_batch_size × data-parallel size = 4 × 1"):
+    expected = "global_batch_size 10 is not divisible by micro_batch_size × data-parallel size = 4 × 1"
+    with pytest.raises(ConfigError, match=expected):
         accumulation_steps(training, 1)
     assert accumulation_steps(wrap({"global_batch_size": 16, "micro_batch_size": 2}), 4) == 2
 

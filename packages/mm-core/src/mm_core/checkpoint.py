@@ -1,4 +1,4 @@
-"""Checkpoints with torch.distributed.checkpoint: written to a temp dir, then renamed, so a crash keeps the last good one."""
+"""DCP checkpoints, written to a temp dir and then renamed, so a crash keeps the last good one."""
 
 from __future__ import annotations
 
@@ -86,14 +86,15 @@ class CheckpointManager:
         rt.barrier()
         model_sd, optim_sd = get_state_dict(model, optimizer)
         with _single_process_ok():
-            dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp), no_dist=not dist.is_initialized())
+            state = {"model": model_sd, "optim": optim_sd}
+            dcp.save(state, checkpoint_id=str(tmp), no_dist=not dist.is_initialized())
         torch.save(
             {"rng": rng_state(rt.device), "data": data_iter.state_dict()},
             tmp / f"rank_{rt.rank:05d}.pt",
         )
         if rt.is_main:
             torch.save(
-                {"step": step, "scheduler": scheduler.state_dict(), "world_size": rt.world_size},
+                {"step": step, "scheduler": scheduler.state_dict(), "world_size": rt.world_size, "dp_size": rt.dp_size},
                 tmp / TRAINER_STATE,
             )
             (tmp / CONFIG_FILE).write_text(dump(rt.config), encoding="utf-8")
@@ -127,8 +128,16 @@ class CheckpointManager:
             set_rng_state(rank_state["rng"], rt.device)
             data_iter.load_state_dict(rank_state["data"])
         else:
-            rank0 = torch.load(path / "rank_00000.pt", weights_only=False)
-            data_iter.load_state_dict(rank0["data"])
+            data = torch.load(path / "rank_00000.pt", weights_only=False)["data"]
+            # Positions count this rank's micro-batches; rescale them to the new data-parallel size.
+            old_dp = trainer_state["dp_size"]
+            if (data["position"] * old_dp) % rt.dp_size:
+                raise CheckpointError(
+                    f"{path} stopped mid-way through a data-parallel round of {old_dp} ranks that "
+                    f"{rt.dp_size} ranks cannot continue exactly; resume with a data-parallel size dividing "
+                    f"{data['position'] * old_dp}"
+                )
+            data_iter.load_state_dict({**data, "position": data["position"] * old_dp // rt.dp_size})
             log.warning(
                 "checkpoint %s was saved by %d ranks, resuming on %d: RNG streams restart from the seed",
                 path,

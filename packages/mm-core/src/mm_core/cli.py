@@ -38,7 +38,8 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", metavar="FILE", help="a file holding only the model section (model.json)")
     parser.add_argument("--data", metavar="FILE", help="a file holding only the data section (data.json)")
     parser.add_argument("--fsdp2-config", metavar="FILE", help="a file holding parallel.fsdp2 (fsdp2_config.yaml)")
-    parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="dotted overrides, e.g. training.lr=1e-4")
+    parser.add_argument("overrides", nargs="*", metavar="key.path=value",
+                        help="dotted overrides, e.g. training.lr=1e-4")
 
 
 def prepare(args: argparse.Namespace, task: str, extra: Sequence[str] = ()) -> tuple[pluggy.PluginManager, Config]:
@@ -89,8 +90,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         result = Trainer(pm, runtime).train()
         if runtime.is_main:
-            first, last = (result.losses[min(result.losses)], result.losses[max(result.losses)]) if result.losses else (0, 0)
-            print(f"done: {result.step} steps, loss {first:.4f} → {last:.4f}; metrics in {result.output_dir / 'metrics.jsonl'}")
+            losses = [result.losses[s] for s in sorted(result.losses)] or [float("nan")]
+            metrics_file = result.output_dir / "metrics.jsonl"
+            print(f"done: {result.step} steps, loss {losses[0]:.4f} → {losses[-1]:.4f}; metrics in {metrics_file}")
             if result.checkpoint:
                 print(f"checkpoint: {result.checkpoint}")
     finally:
@@ -142,7 +144,9 @@ def split_free_flags(argv: Sequence[str], known: set[str]) -> tuple[list[str], l
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``mm``."""
-    parser = argparse.ArgumentParser(prog="mm", description="Train multimodal models with plugins and parallel engines.")
+    parser = argparse.ArgumentParser(
+        prog="mm", description="Train multimodal models with plugins and parallel engines."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("plugins", help="list installed plugins and their hooks",
                    description="List installed plugins (entry-point group mm.plugins) and the hooks each implements.")

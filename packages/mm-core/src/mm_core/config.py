@@ -14,7 +14,6 @@ import yaml
 
 from mm_core.errors import ConfigError
 
-
 # Values that must be one of a fixed set, by dotted key.
 CHOICES = {
     "training.lr_decay_style": ("cosine", "linear", "constant"),

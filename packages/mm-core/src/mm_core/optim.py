@@ -41,10 +41,7 @@ def lr_factor(step: int, training: Config) -> float:
     span = max(total - warmup, 1)
     progress = min(max(step - warmup, 0) / span, 1.0)
     floor = training.min_lr / training.lr if training.lr else 0.0
-    if style == "linear":
-        shape = 1.0 - progress
-    else:
-        shape = 0.5 * (1.0 + math.cos(math.pi * progress))
+    shape = 1.0 - progress if style == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
     return floor + (1.0 - floor) * shape
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -32,10 +33,8 @@ def detect_device(requested: str | None = None) -> torch.device:
         if device.type != "cpu" and not _accelerator_available(device.type):
             raise ConfigError(f"training.device is {requested!r} but no {device.type} device is available")
         return device
-    try:
+    with contextlib.suppress(ImportError):
         import torch_npu  # noqa: F401  (registers the npu accelerator)
-    except ImportError:
-        pass
     acc = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
     return torch.device(acc.type) if acc is not None else torch.device("cpu")
 
@@ -86,6 +85,7 @@ class Runtime:
     local_rank: int = 0
     mesh: object | None = None
     dims: dict[str, int] = field(default_factory=lambda: dict.fromkeys(MESH_DIMS, 1))
+    flat_meshes: dict[str, object] = field(default_factory=dict)
 
     @property
     def is_main(self) -> bool:
@@ -105,18 +105,18 @@ class Runtime:
     @property
     def dp_rank(self) -> int:
         """This rank's index among the data-parallel replicas; ranks of one CP/PP/TP group share it."""
-        if self.mesh is None:
-            return 0
-        return self.mesh["dp"].get_local_rank()
+        return 0 if self.mesh is None else self.submesh("dp").get_local_rank()
 
     @property
     def dp_group(self):
         """The data-parallel process group, or None when not distributed."""
-        return None if self.mesh is None else self.mesh["dp"].get_group()
+        return None if self.mesh is None else self.submesh("dp").get_group()
 
     def submesh(self, name: str):
         """The mesh of dim ``name`` (``dp``, ``dp_shard``, ``cp``, ``pp``...), or None when not distributed."""
-        return None if self.mesh is None else self.mesh[name]
+        if self.mesh is None:
+            return None
+        return self.flat_meshes[name] if name in self.flat_meshes else self.mesh[name]
 
     def barrier(self) -> None:
         """Wait for every rank (no-op on one process)."""
@@ -157,6 +157,7 @@ def create_runtime(config: Config, plugin_name: str = "mm") -> Runtime:
         torch.accelerator.set_device_index(device.index)
     dims = mesh_shape(config, world_size)
     mesh = None
+    flat: dict[str, object] = {}
     if world_size > 1:
         if not dist.is_initialized():
             dist.init_process_group(
@@ -167,8 +168,8 @@ def create_runtime(config: Config, plugin_name: str = "mm") -> Runtime:
         from torch.distributed.device_mesh import init_device_mesh
 
         mesh = init_device_mesh(device.type, tuple(dims[d] for d in MESH_DIMS), mesh_dim_names=MESH_DIMS)
-        mesh["dp_replicate", "dp_shard"]._flatten("dp")
-        mesh["dp_shard", "cp"]._flatten("dp_shard_cp")
+        flat["dp"] = mesh["dp_replicate", "dp_shard"]._flatten("dp")
+        flat["dp_shard_cp"] = mesh["dp_shard", "cp"]._flatten("dp_shard_cp")
     output_dir = Path(training.get("output_dir") or Path("runs") / plugin_name)
     dtype = torch.bfloat16 if training.get("bf16") else torch.float32
     seed_everything(int(training.get("seed", 1234)))
@@ -182,5 +183,6 @@ def create_runtime(config: Config, plugin_name: str = "mm") -> Runtime:
         local_rank=local_rank,
         mesh=mesh,
         dims=dims,
+        flat_meshes=flat,
     )
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
 import pluggy
 import pytest
+import torch.distributed as dist
 
 from mm_core.plugins import load_plugins, make_config, new_plugin_manager
 from mm_core.runtime import create_runtime
@@ -26,6 +31,41 @@ def run_training(
     config = make_config(pm, "run", files, sections, [*overrides, f"training.output_dir={output_dir}"])
     runtime = create_runtime(config)
     return Trainer(pm, runtime).train()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawned_worker(rank: int, world: int, port: int, plugins, output_dir, overrides, sys_path) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    sys.path[:0] = list(sys_path)
+    try:
+        result = run_training(plugins, output_dir, overrides)
+        if rank == 0:
+            Path(output_dir, "losses.json").write_text(json.dumps(result.losses))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def spawn_training(
+    world_size: int,
+    plugins: Sequence[str],
+    output_dir: str | Path,
+    overrides: Sequence[str] = (),
+    sys_path: Sequence[str] = (),
+) -> dict[int, float]:
+    """Train in ``world_size`` gloo processes on the CPU, as torchrun would; returns the per-step losses."""
+    import torch.multiprocessing as mp
+
+    args = (world_size, _free_port(), list(plugins), str(output_dir), ["training.device=cpu", *overrides],
+            [str(p) for p in sys_path])
+    mp.spawn(_spawned_worker, args=args, nprocs=world_size, join=True)
+    return {int(k): v for k, v in json.loads(Path(output_dir, "losses.json").read_text()).items()}
 
 
 @pytest.fixture

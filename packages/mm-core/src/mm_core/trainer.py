@@ -65,6 +65,7 @@ class Trainer:
     def __init__(self, pm: pluggy.PluginManager, runtime: Runtime) -> None:
         self.pm = pm
         self.rt = runtime
+        runtime.hook = pm.hook  # engines ask the plugins through it (parallel_plan)
         self.cfg = runtime.config
         self.training = self.cfg.training
         self.autocast_dtype = torch.bfloat16 if self.training.bf16 else None
