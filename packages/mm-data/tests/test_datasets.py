@@ -91,3 +91,14 @@ def test_all_bad_is_an_error(tmp_path: Path) -> None:
     dataset = VideoTextDataset([VideoRecord(tmp_path / "x.mp4", "x")], 5, 16, 16)
     with pytest.raises(DataError, match="no sample of the 1 in the dataset can be read"):
         dataset[0]
+
+
+def test_worker_processes_give_the_same_batches(shapes_dir: Path) -> None:
+    dataset = VideoTextDataset(read_index(shapes_dir / "data.json"), 5, 16, 16)
+
+    def batches(num_workers: int) -> list[dict]:
+        loader = build_dataloader(dataset, 2, 0, 1, seed=1, num_workers=num_workers, collate_fn=collate)
+        return list(loader)
+
+    for a, b in zip(batches(0), batches(2), strict=True):
+        assert a["prompt"] == b["prompt"] and torch.equal(a["video"], b["video"])
