@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any
 
@@ -81,9 +80,7 @@ class ResumableBatchSampler(Sampler[list[int]]):
         return iter([batch[rank_slice] for batch in self._global_batches()[skip:]])
 
     def __len__(self) -> int:
-        size = self.batch_size * self.dp_size
-        round_ = (lambda n: n // size) if self.drop_last else (lambda n: -(-n // size))
-        return max(sum(round_(n) for n in Counter(self.buckets).values()) - self._skip, 0)
+        return max(len(self._global_batches()) - self._skip, 0)
 
 
 def bucket_keys(
