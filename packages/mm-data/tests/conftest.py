@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from mm_data.synthetic import make_moving_shapes, write_video
 
 LEVEL0, LEVEL_STEP = 10, 12

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from mm_core.errors import ConfigError, DataError
 from mm_data.formats import load_data_config, parse_data_config, read_index
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from mm_core.errors import ConfigError
 from mm_data.transforms import check_video_shape, resize_center_crop
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from mm_core.errors import DataError
 from mm_data.video import frame_indices, read_video
 
