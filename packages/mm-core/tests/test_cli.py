@@ -82,3 +82,16 @@ def test_free_flags_become_section_overrides():
     )
     assert rest == ["--plugin", "wan2_1", "--checkpoint", "ck", "a.b=1"]
     assert free == ["prompt=a red ball", "num_frames=9", "fast=true"]
+
+
+def test_mm_run_works_unchanged_under_torchrun(tmp_path, toy_env):
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "mm_core.cli", "run", "--plugin", "toy_plugin", "training.device=cpu", "training.train_iters=3",
+         "training.save_interval=3", "model.dropout=0.0"],
+        capture_output=True, text=True, env=toy_env, cwd=tmp_path, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("step 3/3 | loss") == 1  # only rank 0 prints
+    assert "on 2 × cpu" in done.stdout
+    assert (tmp_path / "runs/toy_plugin/checkpoints/step_00000003/rank_00001.pt").is_file()
