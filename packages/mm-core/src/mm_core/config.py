@@ -42,6 +42,8 @@ _Loader.add_implicit_resolver(
 
 
 def _yaml(text: str):
+    # MindSpeed-MM's published fsdp2_config.yaml ends lines in tabs, which PyYAML refuses.
+    text = re.sub(r"[ \t]+$", "", text, flags=re.M)
     return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
 
 
@@ -127,38 +129,32 @@ def deep_merge(base: Mapping, update: Mapping) -> dict:
     return out
 
 
+# (type of the default, how to name it, types accepted for it); bool comes before int on purpose.
+_KINDS = (
+    (bool, "a boolean", (bool,)),
+    (int, "an integer", (int,)),
+    (float, "a number", (int, float)),
+    (str, "a string", (str,)),
+    (list, "a list", (list,)),
+    (Mapping, "a mapping", (Mapping,)),
+)
+
+
+def _kind(value: Any) -> tuple | None:
+    return next((k for k in _KINDS if isinstance(value, k[0])), None)
+
+
 def _type_name(value: Any) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    return f"a {type(value).__name__}"
+    kind = _kind(value)
+    return kind[1] if kind else f"a {type(value).__name__}"
 
 
 def _type_ok(default: Any, value: Any) -> bool:
-    if default is None or value is None:
+    kind = _kind(default)
+    if default is None or value is None or kind is None:
         return True
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(default, int):
-        return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(default, float):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if isinstance(default, str):
-        return isinstance(value, str)
-    if isinstance(default, list):
-        return isinstance(value, list)
-    if isinstance(default, Mapping):
-        return isinstance(value, Mapping)
-    return True
+    accepted = kind[2]
+    return isinstance(value, accepted) and (bool in accepted or not isinstance(value, bool))
 
 
 def validate(layer: Mapping, schema: Mapping, source: str, prefix: str = "") -> None:

@@ -63,7 +63,9 @@ def mesh_shape(config: Config, world_size: int) -> dict[str, int]:
     shard = 1
     if fsdp.get("enable"):
         raw = fsdp.get("sharding_size", 1)
-        shard = dp if raw in (None, "auto") else int(raw)
+        if raw not in (None, "auto") and (isinstance(raw, bool) or not isinstance(raw, int)):
+            raise ConfigError(f"parallel.fsdp2.sharding_size must be auto or an integer, got {raw!r}")
+        shard = dp if raw in (None, "auto") else raw
         if shard < 1 or dp % shard:
             raise ConfigError(
                 f"parallel.fsdp2.sharding_size {raw!r} must divide the data-parallel size {dp} "
@@ -86,6 +88,7 @@ class Runtime:
     mesh: object | None = None
     dims: dict[str, int] = field(default_factory=lambda: dict.fromkeys(MESH_DIMS, 1))
     flat_meshes: dict[str, object] = field(default_factory=dict)
+    hook: object | None = None  # the plugin manager's hook relay, set by the Trainer; engines ask plugins with it
 
     @property
     def is_main(self) -> bool:

@@ -1,0 +1,46 @@
+"""Apply the parallel engines to a model in torchtitan's fixed order."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from mm_core import defaults
+from mm_core.config import Config
+from mm_parallel.fsdp2 import apply_fsdp2, check_options, data_parallel_mesh, resolve
+from mm_parallel.meta_init import is_meta, materialize
+from mm_parallel.recompute import apply_recompute
+
+log = logging.getLogger("mm")
+
+
+def model_plan(model: torch.nn.Module, config: Config, runtime) -> dict:
+    """The plugin's ``parallel_plan`` for ``model`` (``fsdp_modules``, ``pretrained``...), or an empty dict."""
+    hook = getattr(runtime, "hook", None)
+    plan = hook.parallel_plan(model=model, config=config) if hook is not None else None
+    return dict(plan or {})
+
+
+def parallelize(model: torch.nn.Module, config: Config, runtime) -> torch.nn.Module:
+    """PP → TP → CP → activation checkpointing → compile → FSDP2, then materialize a meta model and place it.
+
+    Only activation checkpointing and FSDP2 exist so far. Without FSDP2 (disabled, or one
+    process) the model is placed and wrapped by mm-core's default: DDP when data-parallel.
+    """
+    fsdp = config.parallel.fsdp2
+    check_options(fsdp)
+    plan = model_plan(model, config, runtime)
+    on_meta = is_meta(model)
+    model = apply_recompute(model, modules=fsdp.recompute_modules, use_reentrant=fsdp.use_reentrant)
+    sharded = bool(fsdp.enable) and runtime.mesh is not None
+    if sharded:
+        model = apply_fsdp2(model, data_parallel_mesh(runtime), fsdp, default_modules=plan.get("fsdp_modules", ()))
+    elif fsdp.enable:
+        resolve(model, fsdp, plan.get("fsdp_modules", ()))
+        log.info("parallel.fsdp2: one process, nothing to shard; the model trains unsharded in its own dtype")
+    if on_meta:
+        materialize(model, runtime.device, plan.get("pretrained"), offload=sharded and fsdp.offload_to_cpu)
+    if sharded:
+        return model
+    return defaults.parallelize_model(model=model, config=config, runtime=runtime)

@@ -1,0 +1,28 @@
+"""mm-parallel's engine plugin (entry point ``parallel`` of group ``mm.engines``)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from mm_core import hookimpl
+from mm_core.config import Config
+from mm_parallel.fsdp2 import FSDP2_DEFAULTS
+from mm_parallel.meta_init import is_meta
+from mm_parallel.parallelize import parallelize
+
+
+@hookimpl
+def default_config(task: str) -> dict:
+    """The ``parallel.fsdp2`` section: the seeds' fsdp2_config.yaml keys with their defaults, off."""
+    return {"parallel": {"fsdp2": copy.deepcopy(FSDP2_DEFAULTS)}}
+
+
+@hookimpl
+def parallelize_model(model: torch.nn.Module, config: Config, runtime) -> torch.nn.Module | None:
+    """Apply recompute and FSDP2 and materialize meta models; None (mm-core's DDP) when none of that is asked."""
+    fsdp = config.parallel.fsdp2
+    if not (fsdp.enable or fsdp.recompute_modules or is_meta(model)):
+        return None
+    return parallelize(model, config, runtime)
