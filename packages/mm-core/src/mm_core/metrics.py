@@ -20,31 +20,22 @@ def peak_memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+LINE_FORMATS = {
+    "loss": "loss {:.4f}",
+    "lr": "lr {:.3e}",
+    "grad_norm": "grad_norm {:.3f}",
+    "step_s": "{:.3f} s/step",
+    "data_s": "data {:.3f} s",
+    "samples_per_s": "{:.2f} samples/s",
+    "tokens_per_s": "{:,.0f} tokens/s",
+    "peak_mem_gib": "mem {:.2f} GiB",
+}
+
+
 def format_line(step: int, total: int, values: dict) -> str:
-    """One human-readable log line for a training step."""
-    parts = [f"step {step}/{total}"]
-    order = ("loss", "lr", "grad_norm", "step_s", "data_s", "samples_per_s", "tokens_per_s", "peak_mem_gib")
-    for key in order + tuple(k for k in values if k not in order):
-        if key not in values:
-            continue
-        v = values[key]
-        if key == "lr":
-            parts.append(f"lr {v:.3e}")
-        elif key == "step_s":
-            parts.append(f"{v:.3f} s/step")
-        elif key == "data_s":
-            parts.append(f"data {v:.3f} s")
-        elif key == "samples_per_s":
-            parts.append(f"{v:.2f} samples/s")
-        elif key == "tokens_per_s":
-            parts.append(f"{v:,.0f} tokens/s")
-        elif key == "peak_mem_gib":
-            parts.append(f"mem {v:.2f} GiB")
-        elif isinstance(v, float):
-            parts.append(f"{key} {v:.4g}")
-        else:
-            parts.append(f"{key} {v}")
-    return " | ".join(parts)
+    """One human-readable log line for a training step; unknown metrics follow the known ones."""
+    keys = [*(k for k in LINE_FORMATS if k in values), *(k for k in values if k not in LINE_FORMATS)]
+    return " | ".join([f"step {step}/{total}", *(LINE_FORMATS.get(k, k + " {:.4g}").format(values[k]) for k in keys)])
 
 
 class MetricsLogger:
@@ -85,9 +76,12 @@ class MetricsLogger:
         """Record ``values`` for ``step`` everywhere and print them as one line."""
         if not self.enabled:
             return
-        self.print(format_line(step, self.total, values) if prefix == "train" else
-                   f"{prefix} step {step} | " + " | ".join(f"{k} {v:.4g}" for k, v in values.items()))
-        record = {"step": step, **({f"{prefix}_{k}": v for k, v in values.items()} if prefix != "train" else values)}
+        if prefix == "train":
+            self.print(format_line(step, self.total, values))
+            record = {"step": step, **values}
+        else:
+            self.print(f"{prefix} | " + format_line(step, self.total, values))
+            record = {"step": step, **{f"{prefix}_{k}": v for k, v in values.items()}}
         self.jsonl.write(json.dumps(record) + "\n")
         self.jsonl.flush()
         if self.tb is not None:
