@@ -92,3 +92,20 @@ def test_diverging_loss_stops_with_a_clear_error(mm_train):
 
     with pytest.raises(MMError, match="training diverged"):
         mm_train([toy_plugin], "training.lr=1e30", "training.clip_grad=0", "training.train_iters=30", *QUIET)
+
+
+def test_reported_flops_give_tflops_and_mfu(mm_train):
+    import types
+
+    from mm_core import hookimpl
+
+    def loss_func(output, batch, runtime):
+        loss = ((output.float() - batch["y"]) ** 2).mean()
+        return loss, {"flops": 1e12}
+
+    flops = types.ModuleType("flops_plugin")
+    flops.loss_func = hookimpl(loss_func)
+    result = mm_train([toy_plugin, flops], "training.train_iters=2", "logging.peak_tflops=1000.0", *QUIET)
+    record = json.loads((result.output_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["tflops"] == pytest.approx(4e12 / record["step_s"] / 1e12)  # 4 micro-batches
+    assert record["mfu"] == pytest.approx(record["tflops"] / 1000.0)

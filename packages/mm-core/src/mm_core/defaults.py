@@ -41,7 +41,7 @@ CORE_DEFAULTS: dict[str, Any] = {
         "eval_interval": 0,
         "eval_iters": 10,
     },
-    "logging": {"log_interval": 1, "tensorboard": True, "progress_bar": True},
+    "logging": {"log_interval": 1, "tensorboard": True, "progress_bar": True, "peak_tflops": None},
     "inference": {},
     "extract": {},
 }

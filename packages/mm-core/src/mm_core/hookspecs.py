@@ -78,7 +78,8 @@ def forward_step(batch, model, runtime):
 def loss_func(output, batch, runtime):
     """Return ``(loss, metrics)``: a scalar tensor and a dict of floats to log.
 
-    A ``tokens`` entry in metrics is summed over micro-batches and reported as tokens/s.
+    A ``tokens`` entry in metrics is summed over micro-batches and reported as tokens/s; a
+    ``flops`` entry (this rank's forward + backward model FLOPs) as TFLOP/s and MFU.
     Stops at the first non-None result.
     """
 

@@ -13,6 +13,26 @@ import torch
 log = logging.getLogger("mm")
 
 
+# Dense bf16 tensor-core peak per device, by a substring of its name (most specific first).
+PEAK_BF16_TFLOPS = (
+    ("H100 PCIe", 756.0),
+    ("H100", 989.0),
+    ("H200", 989.0),
+    ("H20", 148.0),
+    ("B200", 2250.0),
+    ("A100", 312.0),
+    ("L40S", 362.0),
+)
+
+
+def peak_tflops(device: torch.device) -> float | None:
+    """The device's dense bf16 peak in TFLOP/s when known (for MFU), else None."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16_TFLOPS if key in name), None)
+
+
 def peak_memory_gib(device: torch.device) -> float:
     """Peak memory of this process so far: allocator peak on accelerators, max RSS on the CPU."""
     if device.type != "cpu":
@@ -28,6 +48,8 @@ LINE_FORMATS = {
     "data_s": "data {:.3f} s",
     "samples_per_s": "{:.2f} samples/s",
     "tokens_per_s": "{:,.0f} tokens/s",
+    "tflops": "{:.1f} TFLOP/s",
+    "mfu": "MFU {:.1%}",
     "peak_mem_gib": "mem {:.2f} GiB",
 }
 

@@ -14,7 +14,7 @@ import torch
 from mm_core.checkpoint import CheckpointManager, latest_checkpoint
 from mm_core.data_iter import DataIterator
 from mm_core.errors import ConfigError, MMError, PluginError
-from mm_core.metrics import MetricsLogger, peak_memory_gib
+from mm_core.metrics import MetricsLogger, peak_memory_gib, peak_tflops
 from mm_core.optim import build_optimizer, build_scheduler
 from mm_core.runtime import Runtime
 
@@ -69,6 +69,7 @@ class Trainer:
         self.cfg = runtime.config
         self.training = self.cfg.training
         self.autocast_dtype = torch.bfloat16 if self.training.bf16 else None
+        self.peak_tflops = self.cfg.logging.get("peak_tflops") or peak_tflops(runtime.device)
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -179,6 +180,11 @@ class Trainer:
         tokens = sums.pop("tokens", None)
         if tokens is not None:
             values["tokens_per_s"] = tokens * rt.dp_size / step_s
+        flops = sums.pop("flops", None)
+        if flops is not None:
+            values["tflops"] = flops / step_s / 1e12
+            if self.peak_tflops:
+                values["mfu"] = values["tflops"] / self.peak_tflops
         values.update({k: v / accum for k, v in sums.items()})
         return values
 
