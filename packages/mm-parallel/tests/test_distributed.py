@@ -75,7 +75,7 @@ def test_meta_model_is_sharded_then_loads_pretrained_weights(tmp_path):
     assert report["gradients_match"]
 
 
-def test_hsdp_with_explicit_patterns_offload_and_fresh_meta_init(tmp_path):
+def test_hsdp_with_patterns_mixed_precision_offload_and_fresh_meta_init(tmp_path):
     report = _inspect(
         tmp_path,
         4,
@@ -83,10 +83,12 @@ def test_hsdp_with_explicit_patterns_offload_and_fresh_meta_init(tmp_path):
         "parallel.fsdp2.sub_modules_to_wrap=['blocks.{0-1}', head]",
         "parallel.fsdp2.offload_to_cpu=true",
         "parallel.fsdp2.reshard_after_forward=false",
+        "parallel.fsdp2.param_dtype=bf16",
         "model.meta=true",
     )
     assert report["fsdp"] == ["", "blocks.0", "blocks.1", "head"]
     assert report["placements"] == ["(Replicate(), Shard(dim=0))"]
+    assert report["sharded_dtypes"] == ["torch.float32"] and report["output_dtype"] == "torch.bfloat16"
     assert report["norm_weights"] == [1.0]  # reset_parameters ran on the allocated shards
     assert not report["matches_cpu_model"]
 

@@ -77,6 +77,8 @@ def inspect(out: str, overrides: list[str]) -> None:
         "gradients_match": gradients_match(model, runtime, runtime.config.model),
         "self_sharded": hasattr(model, "shard_config"),
         "placements": sorted({str(p.placements) for p in model.parameters() if isinstance(p, DTensor)}),
+        "sharded_dtypes": sorted({str(p.dtype) for p in model.parameters() if isinstance(p, DTensor)}),
+        "output_dtype": str(model(torch.zeros(2, runtime.config.model.dim)).dtype),
     }
     if runtime.rank == 0:
         Path(out).write_text(json.dumps(report))

@@ -11,6 +11,7 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
 from mm_core.errors import ConfigError
+from mm_core.runtime import Runtime
 from mm_parallel.patterns import expand
 
 log = logging.getLogger("mm")
@@ -58,11 +59,11 @@ def check_options(options: Mapping[str, Any]) -> None:
     for key in ("param_dtype", "reduce_dtype", "output_dtype"):
         parse_dtype(options.get(key), key)
     for key in ("num_to_forward_prefetch", "num_to_backward_prefetch"):
-        if options.get(key, 0) < 0:
+        if options[key] < 0:
             raise ConfigError(f"parallel.fsdp2.{key} must be 0 or more, got {options[key]}")
 
 
-def data_parallel_mesh(runtime) -> DeviceMesh:
+def data_parallel_mesh(runtime: Runtime) -> DeviceMesh:
     """The mesh FSDP2 shards over: ``dp_shard``, or ``(dp_replicate, dp_shard)`` for HSDP."""
     if runtime.dims["dp_replicate"] > 1:
         return runtime.mesh["dp_replicate", "dp_shard"]
@@ -148,7 +149,8 @@ def apply_fsdp2(
     if not isinstance(model, FSDPModule):
         # torch's default (None) keeps the root unsharded after forward: backward needs it right away.
         fully_shard(model, mesh=mesh, **{**kwargs, "reshard_after_forward": None})
+    # FSDP2 leaves what it ignores as it is; these frozen modules still get inputs cast to param_dtype.
     for module in ignored:
-        if not any(t.is_meta for t in (*module.parameters(), *module.buffers())):
-            module.to(device)  # FSDP2 leaves what it ignores where it is
+        on_meta = any(t.is_meta for t in (*module.parameters(), *module.buffers()))
+        module.to(device=None if on_meta else device, dtype=kwargs["mp_policy"].param_dtype)
     return model

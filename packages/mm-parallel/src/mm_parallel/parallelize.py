@@ -8,6 +8,7 @@ import torch
 
 from mm_core import defaults
 from mm_core.config import Config
+from mm_core.runtime import Runtime
 from mm_parallel.fsdp2 import apply_fsdp2, check_options, data_parallel_mesh, resolve
 from mm_parallel.meta_init import is_meta, materialize
 from mm_parallel.recompute import apply_recompute
@@ -15,14 +16,13 @@ from mm_parallel.recompute import apply_recompute
 log = logging.getLogger("mm")
 
 
-def model_plan(model: torch.nn.Module, config: Config, runtime) -> dict:
+def model_plan(model: torch.nn.Module, config: Config, runtime: Runtime) -> dict:
     """The plugin's ``parallel_plan`` for ``model`` (``fsdp_modules``, ``pretrained``...), or an empty dict."""
-    hook = getattr(runtime, "hook", None)
-    plan = hook.parallel_plan(model=model, config=config) if hook is not None else None
+    plan = runtime.hook.parallel_plan(model=model, config=config) if runtime.hook is not None else None
     return dict(plan or {})
 
 
-def parallelize(model: torch.nn.Module, config: Config, runtime) -> torch.nn.Module:
+def parallelize(model: torch.nn.Module, config: Config, runtime: Runtime) -> torch.nn.Module:
     """PP → TP → CP → activation checkpointing → compile → FSDP2, then materialize a meta model and place it.
 
     Only activation checkpointing and FSDP2 exist so far. Without FSDP2 (disabled, or one

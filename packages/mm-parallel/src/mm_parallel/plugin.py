@@ -8,6 +8,7 @@ import torch
 
 from mm_core import hookimpl
 from mm_core.config import Config
+from mm_core.runtime import Runtime
 from mm_parallel.fsdp2 import FSDP2_DEFAULTS
 from mm_parallel.meta_init import is_meta
 from mm_parallel.parallelize import parallelize
@@ -20,7 +21,7 @@ def default_config(task: str) -> dict:
 
 
 @hookimpl
-def parallelize_model(model: torch.nn.Module, config: Config, runtime) -> torch.nn.Module | None:
+def parallelize_model(model: torch.nn.Module, config: Config, runtime: Runtime) -> torch.nn.Module | None:
     """Apply recompute and FSDP2 and materialize meta models; None (mm-core's DDP) when none of that is asked."""
     fsdp = config.parallel.fsdp2
     if not (fsdp.enable or fsdp.recompute_modules or is_meta(model)):
