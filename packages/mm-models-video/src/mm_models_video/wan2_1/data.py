@@ -1,0 +1,116 @@
+"""The wan2_1 training data: raw captioned videos (the seeds' data.json) or extracted features, as dataloaders."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from mm_core.config import Config
+from mm_core.runtime import Runtime
+from mm_data.datasets import VideoTextDataset, collate
+from mm_data.features import FeatureDataset, read_feature_index
+from mm_data.formats import DataConfig, DatasetParam, parse_data_config, read_index
+from mm_data.sampler import bucket_keys, build_dataloader
+from mm_data.synthetic import make_moving_shapes
+from mm_models_video.wan2_1.flavors import get_flavor
+from mm_models_video.wan2_1.schema import check_clip
+
+FEATURE_TYPE = "feature"
+SYNTHETIC_VIDEOS = 16
+
+
+def cache_dir() -> Path:
+    """Where generated data is cached: $MM_CACHE_DIR, else ~/.cache/mm."""
+    return Path(os.environ.get("MM_CACHE_DIR") or Path.home() / ".cache" / "mm")
+
+
+def data_config(config: Config) -> DataConfig:
+    """The data section parsed as a data.json; clip shape defaults come from the model flavor."""
+    flavor = get_flavor(config.model.flavor)
+    raw = config.data.to_dict()
+    clip = {"num_frames": flavor.num_frames, "max_height": flavor.height, "max_width": flavor.width}
+    parsed = parse_data_config({**raw, "dataset_param": {**clip, **raw.get("dataset_param", {})}}, "data")
+    param = parsed.dataset_param
+    if param.dataset_type != FEATURE_TYPE:
+        check_clip(config.model, param.num_frames, param.max_height, param.max_width, "data.dataset_param")
+    return parsed
+
+
+def with_synthetic_data(param: DatasetParam, fps: int) -> DatasetParam:
+    """``param`` itself, or, when it names no data, pointing at the generated moving-shapes dataset (cached)."""
+    if param.data_path:
+        return param
+    folder = make_moving_shapes(
+        cache_dir() / "datasets",
+        num_videos=SYNTHETIC_VIDEOS,
+        num_frames=param.num_frames,
+        height=param.max_height,
+        width=param.max_width,
+        fps=fps,
+    )
+    return replace(param, data_path=str(folder / "data.json"), data_folder=str(folder))
+
+
+def video_dataset(config: Config, data: DataConfig) -> VideoTextDataset:
+    """The raw video-caption dataset the data section names (generated when it names none)."""
+    param = with_synthetic_data(data.dataset_param, get_flavor(config.model.flavor).fps)
+    return VideoTextDataset.from_param(param, on_bad_sample=data.on_bad_sample, seed=config.training.seed)
+
+
+class FeatureCollate:
+    """Collates feature samples, zero-padding their trimmed prompt embeddings to ``text_len`` tokens (picklable)."""
+
+    def __init__(self, text_len: int) -> None:
+        self.text_len = text_len
+
+    def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        padded = []
+        for item in items:
+            embeds = item["prompt_embeds"]
+            padded.append({**item, "prompt_embeds": F.pad(embeds, (0, 0, 0, self.text_len - len(embeds)))})
+        return collate(padded)
+
+
+def build_train_loader(config: Config, runtime: Runtime) -> DataLoader:
+    """This rank's resumable dataloader over videos or features, per the data section."""
+    data = data_config(config)
+    loader = data.dataloader_param
+    dataset: Dataset
+    if data.dataset_param.dataset_type == FEATURE_TYPE:
+        dataset = FeatureDataset(data.dataset_param.data_path)
+        text_len = config.model.predictor.text_len or get_flavor(config.model.flavor).text_len
+        collate_fn, buckets = FeatureCollate(text_len), None
+    else:
+        dataset = video_dataset(config, data)
+        collate_fn = collate
+        buckets = bucket_keys(dataset.shapes(), loader.group_frame, loader.group_resolution)
+    return build_dataloader(
+        dataset,
+        batch_size=config.training.micro_batch_size,
+        dp_rank=runtime.dp_rank,
+        dp_size=runtime.dp_size,
+        seed=config.training.seed,
+        shuffle=loader.shuffle,
+        drop_last=loader.drop_last,
+        num_workers=loader.num_workers,
+        pin_memory=loader.pin_memory and runtime.device.type != "cpu",
+        collate_fn=collate_fn,
+        buckets=buckets,
+    )
+
+
+def example_prompt(config: Config) -> str:
+    """A caption from the training data (the configured inference prompt when there is none), for a first sample."""
+    data = data_config(config)
+    if data.dataset_param.dataset_type == FEATURE_TYPE:
+        captions = [e["meta"].get("prompt") for e in read_feature_index(data.dataset_param.data_path)]
+    else:
+        param = with_synthetic_data(data.dataset_param, get_flavor(config.model.flavor).fps)
+        captions = [r.caption for r in read_index(param.data_path, param.data_folder or None)]
+    return next((c for c in captions if isinstance(c, str)), config.inference.prompt)

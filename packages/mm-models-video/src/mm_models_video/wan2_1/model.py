@@ -1,0 +1,154 @@
+"""WanT2V: Wan2.1 text-to-video as a frozen VAE and UMT5 encoder, a trained transformer and flow-matching diffusion."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKLWan, WanPipeline, WanTransformer3DModel
+from diffusers.pipelines.wan.pipeline_wan import prompt_clean
+from torch import nn
+from transformers import PreTrainedTokenizerBase, UMT5EncoderModel
+
+from mm_models_video.wan2_1.diffusion import FlowMatching
+
+FROZEN = ("ae", "text_encoder")
+
+
+class WanT2V(nn.Module):
+    """ae (AutoencoderKLWan) + text_encoder (UMT5EncoderModel) + predictor (WanTransformer3DModel) + diffusion.
+
+    Only the predictor trains. A frozen part named in ``external`` was loaded from pretrained weights:
+    it is left out of ``state_dict`` (training checkpoints hold only what cannot be reloaded) and its
+    absence is accepted when loading one.
+    """
+
+    def __init__(
+        self,
+        ae: AutoencoderKLWan,
+        text_encoder: UMT5EncoderModel,
+        tokenizer: PreTrainedTokenizerBase,
+        predictor: WanTransformer3DModel,
+        diffusion: FlowMatching,
+        text_len: int,
+        norm_latents: bool = True,
+        do_sample: bool = False,
+        external: Sequence[str] = (),
+    ) -> None:
+        super().__init__()
+        self.ae = ae.requires_grad_(False).eval()
+        self.text_encoder = text_encoder.requires_grad_(False).eval()
+        self.predictor = predictor
+        self.tokenizer = tokenizer
+        self.diffusion = diffusion
+        self.text_len = text_len
+        self.norm_latents = norm_latents
+        self.do_sample = do_sample
+        self.external = tuple(external)
+        self.register_state_dict_post_hook(_drop_external)
+        self.register_load_state_dict_post_hook(_allow_missing_external)
+
+    def train(self, mode: bool = True) -> WanT2V:
+        """Set the predictor's mode; the frozen parts always stay in eval mode."""
+        super().train(mode)
+        self.ae.eval()
+        self.text_encoder.eval()
+        return self
+
+    def _latent_stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (1, self.ae.config.z_dim, 1, 1, 1)
+        mean = torch.tensor(self.ae.config.latents_mean).view(shape).to(like.device, like.dtype)
+        std = torch.tensor(self.ae.config.latents_std).view(shape).to(like.device, like.dtype)
+        return mean, std
+
+    @torch.no_grad()
+    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
+        """Pixels [B, 3, T, H, W] in [-1, 1] -> float32 latents [B, z, 1 + (T-1)/4, H/8, W/8], normalized."""
+        posterior = self.ae.encode(video.to(self.ae.dtype)).latent_dist
+        latents = (posterior.sample() if self.do_sample else posterior.mode()).float()
+        if self.norm_latents:
+            mean, std = self._latent_stats(latents)
+            latents = (latents - mean) / std
+        return latents
+
+    def tokenize(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and attention mask [B, text_len] of the cleaned prompts, as WanPipeline makes them."""
+        tokens = self.tokenizer(
+            [prompt_clean(p) for p in prompts],
+            padding="max_length",
+            max_length=self.text_len,
+            truncation=True,
+            add_special_tokens=True,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        return tokens.input_ids, tokens.attention_mask
+
+    @torch.no_grad()
+    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Prompts -> float32 UMT5 embeddings [B, text_len, D], zero past each prompt's end (as WanPipeline)."""
+        ids, mask = (t.to(self.text_encoder.device) for t in self.tokenize(prompts))
+        hidden = self.text_encoder(ids, mask).last_hidden_state
+        return (hidden * mask.unsqueeze(-1).to(hidden.dtype)).float()
+
+    def forward(
+        self,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        video: torch.Tensor | None = None,
+        prompt: Sequence[str] | None = None,
+        noise: torch.Tensor | None = None,
+        timestep_indices: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor | int]:
+        """Noise the clip's latents and predict the velocity: ``{"pred", "target", "tokens"}``.
+
+        Give ``latents`` and ``prompt_embeds`` (precomputed features) or ``video`` and ``prompt``
+        (encoded here); ``noise`` and ``timestep_indices`` are drawn when not given.
+        """
+        if latents is None:
+            latents = self.encode_video(video)
+        if prompt_embeds is None:
+            prompt_embeds = self.encode_text(prompt)
+        if noise is None:
+            noise = torch.randn_like(latents)
+        if timestep_indices is None:
+            timestep_indices = self.diffusion.sample_indices(latents.shape[0])
+        noised, timesteps = self.diffusion.add_noise(latents, noise, timestep_indices)
+        pred = self.predictor(
+            hidden_states=noised, timestep=timesteps, encoder_hidden_states=prompt_embeds, return_dict=False
+        )[0]
+        patch = self.predictor.config.patch_size
+        tokens = noised[:, 0].numel() // (patch[0] * patch[1] * patch[2])
+        return {"pred": pred, "target": self.diffusion.target(latents, noise), "tokens": tokens}
+
+    def set_attention_processor(self, processor: object) -> None:
+        """Swap the predictor's attention (a diffusers attention processor), e.g. for context parallelism."""
+        self.predictor.set_attn_processor(processor)
+
+    def pipeline(self) -> WanPipeline:
+        """A diffusers WanPipeline over these very modules, with the Euler scheduler of this diffusion."""
+        return WanPipeline(
+            tokenizer=self.tokenizer,
+            text_encoder=self.text_encoder,
+            vae=self.ae,
+            scheduler=self.diffusion.sampling_scheduler(),
+            transformer=self.predictor,
+        )
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write the diffusers layout: model_index.json, transformer/, vae/, text_encoder/, tokenizer/, scheduler/."""
+        self.pipeline().save_pretrained(str(path))
+
+
+def _is_external(module: WanT2V, key: str) -> bool:
+    return any(f".{part}." in f".{key}" for part in module.external)
+
+
+def _drop_external(module: WanT2V, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    for key in [k for k in state_dict if _is_external(module, k)]:
+        del state_dict[key]
+
+
+def _allow_missing_external(module: WanT2V, incompatible) -> None:
+    incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if not _is_external(module, k)]

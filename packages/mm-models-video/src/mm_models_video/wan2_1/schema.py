@@ -1,0 +1,162 @@
+"""The wan2_1 config sections (model.json, data.json, inference, extract) and the checks defaults cannot express."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mm_core.config import Config
+from mm_core.errors import ConfigError
+from mm_data.transforms import check_video_shape
+from mm_models_video.wan2_1.flavors import Flavor, get_flavor
+
+MODEL: dict[str, Any] = {
+    "flavor": "tiny",
+    "from_pretrained": None,
+    "task": "t2v",
+    "ae": {
+        "model_id": "wan_video_vae",
+        "from_pretrained": None,
+        "dtype": None,
+        "enable_tiling": False,
+        "tiling_param": {
+            "tile_sample_min_height": None,
+            "tile_sample_min_width": None,
+            "tile_sample_stride_height": None,
+            "tile_sample_stride_width": None,
+        },
+        "norm_latents": True,
+        "norm_mode": "channel_specified_shift_scale",
+        "do_sample": False,
+    },
+    "text_encoder": {"model_id": "UMT5", "hub_backend": "hf", "from_pretrained": None, "dtype": None},
+    "tokenizer": {"autotokenizer_name": "AutoTokenizer", "hub_backend": "hf", "from_pretrained": None},
+    "predictor": {
+        "model_id": "wandit",
+        "from_pretrained": None,
+        "dtype": None,
+        "model_type": "t2v",
+        "patch_size": None,
+        "text_len": None,
+        "in_dim": None,
+        "hidden_size": None,
+        "ffn_dim": None,
+        "freq_dim": None,
+        "text_dim": None,
+        "img_dim": None,
+        "out_dim": None,
+        "num_heads": None,
+        "num_layers": None,
+        "qk_norm": None,
+        "qk_norm_type": None,
+        "cross_attn_norm": None,
+        "eps": None,
+        "max_seq_len": None,
+    },
+    "diffusion": {
+        "model_id": "wan_flow_match_scheduler",
+        "num_train_timesteps": 1000,
+        "shift": 5.0,
+        "sigma_min": 0.0,
+        "extra_one_step": True,
+    },
+}
+
+# data.json's blocks are validated by mm_data.formats (the seeds' keys); an empty dataset_param.data_path
+# means the generated moving-shapes dataset.
+DATA: dict[str, Any] = {"dataset_param": {}, "dataloader_param": {}, "on_bad_sample": "skip"}
+
+INFERENCE: dict[str, Any] = {
+    "checkpoint": None,
+    "prompt": "a red circle moving right on a blue background",
+    "negative_prompt": "",
+    "num_frames": None,
+    "height": None,
+    "width": None,
+    "steps": 50,
+    "guidance_scale": 5.0,
+    "seed": 0,
+    "fps": None,
+    "output": "wan2_1.mp4",
+}
+
+EXTRACT: dict[str, Any] = {"output_dir": None, "shard_size": 64, "batch_size": 1}
+
+# Values model.json keys must have: mm implements exactly these components.
+FIXED = {
+    "task": "t2v",
+    "ae.model_id": "wan_video_vae",
+    "ae.norm_mode": "channel_specified_shift_scale",
+    "text_encoder.model_id": "UMT5",
+    "text_encoder.hub_backend": "hf",
+    "tokenizer.autotokenizer_name": "AutoTokenizer",
+    "tokenizer.hub_backend": "hf",
+    "predictor.model_id": "wandit",
+    "predictor.model_type": "t2v",
+    "diffusion.model_id": "wan_flow_match_scheduler",
+}
+
+DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
+
+
+def dtype_of(name: str | None, flavor: Flavor, key: str) -> torch.dtype:
+    """The torch dtype a model.json ``dtype`` names (the flavor's default when None)."""
+    name = name or flavor.dtype
+    if name not in DTYPES:
+        raise ConfigError(f"{key} must be one of {', '.join(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
+
+def check_model(model: Config) -> Flavor:
+    """Check the model section beyond its schema; returns its flavor."""
+    flavor = get_flavor(model.flavor)
+    for dotted, expected in FIXED.items():
+        value = model.get_path(dotted)
+        if value != expected:
+            raise ConfigError(f"model.{dotted} must be {expected!r} (mm's wan2_1 implements only that), got {value!r}")
+    for part in ("ae", "text_encoder", "predictor"):
+        dtype_of(model[part].dtype, flavor, f"model.{part}.dtype")
+    return flavor
+
+
+def source(model: Mapping, part: str, subfolder: str) -> str | None:
+    """Where component ``part`` loads from: its own from_pretrained, else ``subfolder`` of model.from_pretrained."""
+    own = model[part].get("from_pretrained")
+    if own:
+        return str(own)
+    return str(Path(model["from_pretrained"]) / subfolder) if model.get("from_pretrained") else None
+
+
+def _pretrained_config(path: str | None) -> dict:
+    """The config.json of a local diffusers component folder, or {} (hub ids are read when loading)."""
+    file = Path(path) / "config.json" if path else None
+    return json.loads(file.read_text(encoding="utf-8")) if file is not None and file.is_file() else {}
+
+
+def video_factors(model: Config) -> tuple[int, int]:
+    """(frames, pixels) a clip's num_frames - 1 and height / width must be multiples of: VAE stride × patch."""
+    flavor = get_flavor(model.flavor)
+    vae = {**flavor.ae, **_pretrained_config(source(model, "ae", "vae"))}
+    predictor = {**flavor.predictor, **_pretrained_config(source(model, "predictor", "transformer"))}
+    patch = model.predictor.patch_size or predictor["patch_size"]
+    return vae["scale_factor_temporal"] * patch[0], vae["scale_factor_spatial"] * patch[1]
+
+
+def check_clip(model: Config, num_frames: int, height: int, width: int, where: str) -> None:
+    """Raise a ConfigError naming ``where`` unless the clip shape fits the VAE and the patch size."""
+    temporal, spatial = video_factors(model)
+    try:
+        check_video_shape(num_frames, height, width, temporal, spatial)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc} for Wan2.1 {model.flavor} (VAE stride × patch size)") from None
