@@ -1,0 +1,94 @@
+"""The data section to a resumable DataLoader: read mllm_format, tokenize (cached), pack or pad."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from torch.utils.data import DataLoader
+
+from mm_core.config import Config
+from mm_core.errors import ConfigError
+from mm_data.mllm_format import read_mllm_dataset
+from mm_data.sampler import build_dataloader
+from mm_models_vlm.qwen2_5_vl.cache import cache_key, load_or_encode, load_processor
+from mm_models_vlm.qwen2_5_vl.dataset import Collator, ConversationDataset
+from mm_models_vlm.qwen2_5_vl.encode import EncodeSettings
+from mm_models_vlm.qwen2_5_vl.synthetic import make_shapes_dataset
+from mm_models_vlm.qwen2_5_vl.tiny import make_tiny_checkpoint
+
+log = logging.getLogger("mm")
+
+
+def cache_root(config: Config) -> Path:
+    """``basic_parameters.cache_dir``, or ``<training.output_dir>/cache``."""
+    cache_dir = config.data.dataset_param.basic_parameters.cache_dir
+    return Path(cache_dir) if cache_dir else Path(config.training.output_dir) / "cache"
+
+
+def model_dir(config: Config) -> Path:
+    """The Hugging Face directory to load: ``model.from_pretrained``, or the generated tiny model."""
+    if config.model.from_pretrained:
+        return Path(config.model.from_pretrained)
+    if config.model.flavor != "tiny":
+        raise ConfigError(f"model.flavor {config.model.flavor!r} needs model.from_pretrained (a Hugging Face "
+                          "directory such as Qwen2.5-VL-3B-Instruct); only flavor tiny is generated")
+    return make_tiny_checkpoint(cache_root(config) / "tiny-qwen2_5_vl")
+
+
+def processor_dir(config: Config) -> Path:
+    """``preprocess_parameters.model_name_or_path``, or the model's directory."""
+    path = config.data.dataset_param.preprocess_parameters.model_name_or_path
+    return Path(path) if path else model_dir(config)
+
+
+def encode_settings(config: Config) -> EncodeSettings:
+    """The tokenization settings from the data section."""
+    pp, bp = config.data.dataset_param.preprocess_parameters, config.data.dataset_param.basic_parameters
+    if bp.cutoff_len < 8:
+        raise ConfigError(f"data.dataset_param.basic_parameters.cutoff_len must be at least 8, got {bp.cutoff_len}")
+    return EncodeSettings(
+        cutoff_len=bp.cutoff_len, image_min_pixels=pp.image_min_pixels, image_max_pixels=pp.image_max_pixels,
+        video_min_pixels=pp.video_min_pixels, video_max_pixels=pp.video_max_pixels, video_fps=float(pp.video_fps),
+        video_maxlen=pp.video_maxlen, train_on_prompt=bp.train_on_prompt, mask_history=bp.mask_history,
+    )
+
+
+def build_dataset(config: Config, runtime) -> ConversationDataset:
+    """Read and tokenize the dataset (local rank 0 fills the cache, the other ranks then read it)."""
+    bp = config.data.dataset_param.basic_parameters
+    dataset, dataset_dir = bp.dataset, bp.dataset_dir
+    if dataset is None:
+        dataset = str(make_shapes_dataset(cache_root(config) / "data"))
+        dataset_dir = str(Path(dataset).parent)
+    attr = dict(config.data.dataset_param.attr)
+    records = read_mllm_dataset(dataset, dataset_dir, attr, bp.max_samples)
+    settings, proc_dir = encode_settings(config), processor_dir(config)
+    files = [f.strip() for f in dataset.split(",") if f.strip()]
+    key = cache_key(files, {"dataset_dir": str(Path(dataset_dir).absolute()), "attr": attr,
+                            "max_samples": bp.max_samples}, proc_dir, settings)
+    cache_file = cache_root(config) / f"qwen2_5_vl_{key}.pt"
+
+    def encoded(overwrite: bool):
+        return load_or_encode(records, cache_file, proc_dir, settings, bp.preprocessing_num_workers,
+                              bp.preprocessing_batch_size, config.data.on_bad_sample, overwrite)
+
+    if runtime.local_rank == 0:
+        samples, stats = encoded(bp.overwrite_cache)
+    runtime.barrier()
+    if runtime.local_rank != 0:
+        samples, stats = encoded(False)
+    if runtime.is_main:
+        log.info("qwen2_5_vl data: %s", stats.summary())
+    return ConversationDataset(samples, load_processor(proc_dir), settings)
+
+
+def build_train_loader(config: Config, runtime) -> DataLoader:
+    """A DataLoader of micro-batches for this data-parallel rank, resumable mid-epoch."""
+    dataset = build_dataset(config, runtime)
+    p = config.data.dataloader_param
+    packing = config.data.dataset_param.basic_parameters.packing
+    seed = p.seed if p.seed is not None else config.training.seed
+    return build_dataloader(dataset, config.training.micro_batch_size, runtime.dp_rank, runtime.dp_size, seed,
+                            p.shuffle, p.drop_last, p.num_workers, p.pin_memory,
+                            Collator(packing, dataset.processor.tokenizer.pad_token_id))

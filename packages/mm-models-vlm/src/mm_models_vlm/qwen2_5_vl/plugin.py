@@ -1,0 +1,77 @@
+"""The ``qwen2_5_vl`` plugin: finetune Qwen2.5-VL (transformers' model) on mllm_format conversations."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+
+from mm_core import hookimpl
+from mm_core.config import Config
+from mm_models_vlm.qwen2_5_vl.data import build_train_loader, model_dir
+from mm_models_vlm.qwen2_5_vl.dataset import VISION_KEYS
+from mm_models_vlm.qwen2_5_vl.encode import IGNORE_INDEX
+from mm_models_vlm.qwen2_5_vl.model import apply_freeze, load_model, packed_position_ids
+from mm_models_vlm.qwen2_5_vl.schema import defaults
+
+log = logging.getLogger("mm")
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "mm_token_type_ids", *VISION_KEYS)
+
+
+@hookimpl
+def default_config(task: str) -> dict:
+    """The model.json / data_3b.json sections and the embedded tiny run's training values."""
+    return defaults()
+
+
+@hookimpl
+def model_provider(config: Config, runtime) -> torch.nn.Module:
+    """Qwen2.5-VL from ``model.from_pretrained`` (or the generated tiny model), with the configured parts frozen."""
+    model = load_model(model_dir(config), config.model.attn_implementation)
+    frozen = apply_freeze(model, config.model)
+    if frozen and runtime.is_main:
+        log.info("qwen2_5_vl: frozen %s", ", ".join(frozen))
+    return model
+
+
+@hookimpl
+def datasets_provider(config: Config, runtime):
+    """The tokenized, cached mllm_format dataset as this rank's DataLoader; no validation or test split."""
+    return build_train_loader(config, runtime), None, None
+
+
+@hookimpl
+def forward_step(batch: dict, model: torch.nn.Module, runtime) -> torch.Tensor:
+    """Logits of the batch; a packed row gets per-sample positions so samples do not attend to each other."""
+    inputs = {key: batch[key] for key in MODEL_INPUTS if key in batch}
+    if "cu_seqlens" in batch:
+        inputs["position_ids"] = packed_position_ids(model, batch)
+    return model(**inputs, use_cache=False).logits
+
+
+@hookimpl
+def loss_func(output: torch.Tensor, batch: dict, runtime) -> tuple[torch.Tensor, dict]:
+    """Next-token cross-entropy averaged over the assistant tokens of the micro-batch."""
+    labels = batch["labels"][:, 1:]
+    logits = output[:, :-1].float()
+    total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX,
+                            reduction="sum")
+    targets = (labels != IGNORE_INDEX).sum()
+    tokens = batch["attention_mask"].sum() if "attention_mask" in batch else batch["input_ids"].numel()
+    return total / targets.clamp(min=1), {"tokens": float(tokens), "targets": float(targets)}
+
+
+@hookimpl
+def parallel_plan(model: torch.nn.Module, config: Config) -> dict:
+    """FSDP2 units: every vision block and every decoder layer (transformers' module names)."""
+    return {"fsdp_modules": ["model.visual.blocks.{*}", "model.language_model.layers.{*}"]}
+
+
+@hookimpl
+def after_training(config: Config, runtime, checkpoint) -> None:
+    """Say where the checkpoint went and how to turn it into a Hugging Face directory."""
+    if runtime.is_main and checkpoint is not None:
+        print(f"qwen2_5_vl: checkpoint in {checkpoint}\n"
+              f"  export to Hugging Face: python -m mm_models_vlm.qwen2_5_vl.export {checkpoint} <out_dir>")

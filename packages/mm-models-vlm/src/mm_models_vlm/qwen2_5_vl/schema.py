@@ -1,0 +1,89 @@
+"""The qwen2_5_vl config sections: the seeds' model.json and data_3b.json keys with their defaults.
+
+A key whose default is None takes any value and an empty mapping takes any keys, so MindSpeed-MM's
+model.json (Megatron-style architecture blocks) loads unchanged; the architecture itself comes from
+the Hugging Face directory's config.json.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mm_data.mllm_format import DEFAULT_ATTR
+
+MODEL: dict[str, Any] = {
+    "flavor": "tiny",  # tiny: a generated tiny model (embedded run, tests); other names need from_pretrained
+    "from_pretrained": None,  # a Hugging Face directory (Qwen2.5-VL-3B-Instruct layout)
+    "attn_implementation": "sdpa",  # sdpa | eager | flash_attention_2
+    "model_id": "qwen2_5vl",
+    "img_context_token_id": None,
+    "video_token_id": None,
+    "vision_start_token_id": None,
+    # freeze: image_encoder.vision_encoder.freeze (vision tower), image_encoder.vision_projector.freeze
+    # (merger), text_decoder.freeze (LLM and lm_head)
+    "image_encoder": {"vision_encoder": {}, "vision_projector": {}},
+    "text_decoder": {},
+    "text_encoder": None,
+    "video_encoder": None,
+}
+
+DATA: dict[str, Any] = {
+    "dataset_param": {
+        "dataset_type": "huggingface",
+        "preprocess_parameters": {
+            "model_name_or_path": None,  # processor directory; default: model.from_pretrained
+            "use_fast_tokenizer": True,
+            "split_special_tokens": False,
+            "image_max_pixels": 262144,
+            "image_min_pixels": 0,
+            "video_max_pixels": 16384,
+            "video_min_pixels": 0,
+            "video_fps": 2.0,
+            "video_maxlen": 64,
+        },
+        "basic_parameters": {
+            "template": "qwen2vl",
+            "dataset_dir": "./data",
+            "dataset": None,  # comma-separated mllm_format files; None: the generated shapes dataset
+            "cache_dir": None,  # default: <training.output_dir>/cache
+            "train_on_prompt": False,
+            "mask_history": False,
+            "preprocessing_batch_size": 1000,
+            "preprocessing_num_workers": 16,
+            "max_samples": None,
+            "tool_format": None,
+            "cutoff_len": 1024,
+            "packing": True,  # concatenate a micro-batch into one sequence, no attention across samples
+            "overwrite_cache": False,
+        },
+        "attr": dict(DEFAULT_ATTR),
+    },
+    "dataloader_param": {
+        "dataloader_mode": "sampler",
+        "drop_last": True,
+        "sampler_type": "BaseRandomBatchSampler",
+        "collate_param": {},
+        "pin_memory": False,
+        "shuffle": True,
+        "num_workers": 0,
+        "seed": None,  # default: training.seed
+    },
+}
+
+# The embedded run: a tiny model on generated shape images, on the CPU in about a minute.
+TRAINING: dict[str, Any] = {
+    "train_iters": 80,
+    "micro_batch_size": 4,
+    "global_batch_size": 4,
+    "lr": 3.0e-3,
+    "lr_warmup_iters": 5,
+    "bf16": False,
+    "save_interval": 80,
+    "keep_last": 1,
+}
+
+
+
+def defaults() -> dict[str, Any]:
+    """The plugin's default_config: model and data sections and the embedded run's training values."""
+    return {"model": MODEL, "data": DATA, "training": TRAINING}

@@ -1,0 +1,60 @@
+"""Packing: one row of several samples gives the logits and loss each sample gets alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mm_models_vlm.qwen2_5_vl import plugin
+from mm_models_vlm.qwen2_5_vl.dataset import ConversationDataset, collate_packed, collate_padded
+
+
+@pytest.fixture
+def items(encoder, processor, settings, record, image_files):
+    """Three samples: two images of different sizes, a text-only one, and a two-image one."""
+    records = [
+        record("<image>What shape is in the image?", "A red circle.", images=[image_files[1]]),
+        record("Describe the picture.", "A green square.", "Which colour is the shape?", "Green."),
+        record("<image>Compare <image>", "Two red circles.", images=[image_files[2], image_files[0]]),
+    ]
+    dataset = ConversationDataset([encoder.encode(r) for r in records], processor, settings)
+    return [dataset[i] for i in range(len(dataset))]
+
+
+def _run(model, batch):
+    with torch.no_grad():
+        logits = plugin.forward_step(batch=batch, model=model, runtime=None)
+        loss, metrics = plugin.loss_func(output=logits, batch=batch, runtime=None)
+    return logits, loss, metrics
+
+
+def test_packed_logits_and_loss_equal_unpacked(model, items, processor):
+    packed_logits, packed_loss, metrics = _run(model, collate_packed(items))
+    padded_logits, padded_loss, padded_metrics = _run(model, collate_padded(items, processor.tokenizer.pad_token_id))
+    assert packed_loss == pytest.approx(padded_loss.item(), rel=1e-5)
+    assert metrics["targets"] == padded_metrics["targets"]
+    start = 0
+    for row, item in enumerate(items):
+        n = len(item["input_ids"])
+        alone, _, _ = _run(model, collate_padded([item], processor.tokenizer.pad_token_id))
+        torch.testing.assert_close(packed_logits[0, start : start + n], alone[0], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(padded_logits[row, :n], alone[0], rtol=1e-4, atol=1e-4)
+        start += n
+
+
+def test_packing_without_per_sample_positions_would_differ(model, items):
+    """The check above has teeth: one row without per-sample positions mixes the samples."""
+    batch = collate_packed(items)
+    packed_logits, _, _ = _run(model, batch)
+    del batch["cu_seqlens"]
+    mixed_logits, _, _ = _run(model, batch)
+    n = len(items[0]["input_ids"])
+    torch.testing.assert_close(mixed_logits[0, :n], packed_logits[0, :n], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(mixed_logits[0, n:], packed_logits[0, n:], rtol=1e-3, atol=1e-3)
+
+
+def test_packed_row_masks_each_samples_first_label(items):
+    batch = collate_packed(items)
+    starts = batch["cu_seqlens"][:-1]
+    assert (batch["labels"][0, starts] == -100).all()
+    assert batch["image_grid_thw"].shape[0] == 3
