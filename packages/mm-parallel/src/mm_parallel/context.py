@@ -1,0 +1,148 @@
+"""The context-parallel groups a model's attention runs on, and how a sequence is laid out over them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+import torch.distributed as dist
+from torch.distributed import ProcessGroup
+from torch.distributed.device_mesh import DeviceMesh
+
+from mm_core.errors import ConfigError
+
+MODES = ("ulysses", "ring", "usp")
+
+
+@dataclass(frozen=True)
+class SequenceLayout:
+    """Where each token of a ``length``-token sequence lives on ``ring`` × ``ulysses`` ranks.
+
+    The sequence is padded to ``padded`` tokens and cut into ``chunks`` equal chunks. With a ring, ring rank i holds
+    chunks i and 2·ring−1−i ("zigzag"), so that every rank does the same causal work; each ring shard is then split
+    contiguously over its ``ulysses`` ranks. Context-parallel rank c is ring rank c // ulysses, ulysses rank
+    c % ulysses.
+    """
+
+    length: int
+    ring: int = 1
+    ulysses: int = 1
+
+    @property
+    def chunks(self) -> int:
+        """Number of equal chunks the padded sequence is cut into."""
+        return 2 * self.ring if self.ring > 1 else 1
+
+    @property
+    def padded(self) -> int:
+        """The length rounded up so every rank gets the same number of tokens."""
+        multiple = self.chunks * self.ulysses
+        return -(-self.length // multiple) * multiple
+
+    @property
+    def chunk_len(self) -> int:
+        """Tokens per chunk."""
+        return self.padded // self.chunks
+
+    def ring_positions(self, ring_rank: int) -> torch.Tensor:
+        """Sequence positions of ring rank ``ring_rank``'s tokens, in the order it holds them."""
+        ids = (ring_rank, self.chunks - 1 - ring_rank) if self.ring > 1 else (0,)
+        return torch.cat([torch.arange(i * self.chunk_len, (i + 1) * self.chunk_len) for i in ids])
+
+    def positions(self, cp_rank: int) -> torch.Tensor:
+        """Sequence positions (padding included) of context-parallel rank ``cp_rank``'s shard, in order."""
+        ring_rank, ulysses_rank = divmod(cp_rank, self.ulysses)
+        return self.ring_positions(ring_rank).chunk(self.ulysses)[ulysses_rank]
+
+    @cached_property
+    def order(self) -> torch.Tensor:
+        """The positions of all shards concatenated in rank order: a permutation of ``range(padded)``."""
+        return torch.cat([self.positions(rank) for rank in range(self.ring * self.ulysses)])
+
+
+@dataclass
+class ContextParallel:
+    """The process groups and mode of context parallelism; ``length`` is the sequence last split over them."""
+
+    mode: str
+    group: ProcessGroup
+    ulysses_group: ProcessGroup | None = None
+    ring_group: ProcessGroup | None = None
+    length: int | None = None
+
+    @property
+    def size(self) -> int:
+        """Ranks in the context-parallel group."""
+        return dist.get_world_size(self.group)
+
+    @property
+    def rank(self) -> int:
+        """This rank's index in the context-parallel group."""
+        return dist.get_rank(self.group)
+
+    @property
+    def ulysses_size(self) -> int:
+        """Ranks that exchange attention heads (1 without Ulysses)."""
+        return 1 if self.ulysses_group is None else dist.get_world_size(self.ulysses_group)
+
+    @property
+    def ring_size(self) -> int:
+        """Ranks that pass key/value blocks around (1 without a ring)."""
+        return 1 if self.ring_group is None else dist.get_world_size(self.ring_group)
+
+    def layout(self, length: int) -> SequenceLayout:
+        """The layout of a ``length``-token sequence over these groups."""
+        return SequenceLayout(length, ring=self.ring_size, ulysses=self.ulysses_size)
+
+
+def build_context(
+    mesh_or_group: DeviceMesh | ProcessGroup, mode: str = "ulysses", ulysses_degree: int | None = None
+) -> ContextParallel:
+    """Context parallelism of ``mode`` over a 1-D cp DeviceMesh or group (usp: a mesh and ``ulysses_degree``)."""
+    if mode not in MODES:
+        raise ConfigError(f"parallel.cp.mode {mode!r} is not one of {', '.join(MODES)}")
+    is_mesh = isinstance(mesh_or_group, DeviceMesh)
+    group = mesh_or_group.get_group() if is_mesh else mesh_or_group
+    if mode == "ulysses":
+        return ContextParallel(mode, group, ulysses_group=group)
+    if mode == "ring":
+        return ContextParallel(mode, group, ring_group=group)
+    size = dist.get_world_size(group)
+    if not is_mesh or ulysses_degree is None or ulysses_degree < 1 or size % ulysses_degree:
+        raise ConfigError(
+            f"cp mode usp needs the cp DeviceMesh and a ulysses degree dividing the cp size {size}, "
+            f"got ulysses degree {ulysses_degree}"
+        )
+    # Ulysses is the inner dim: its all-to-alls then stay between neighbouring ranks (one node).
+    grid = mesh_or_group._unflatten(0, (size // ulysses_degree, ulysses_degree), ("cp_ring", "cp_ulysses"))
+    return ContextParallel(
+        mode, group, ulysses_group=grid.get_group("cp_ulysses"), ring_group=grid.get_group("cp_ring")
+    )
+
+
+_current: ContextParallel | None = None
+
+
+def current_context() -> ContextParallel | None:
+    """The context parallelism ``attention`` and the sequence helpers use when given no group."""
+    return _current
+
+
+def set_context_parallel(cp: ContextParallel | None) -> ContextParallel | None:
+    """Make ``cp`` the current context parallelism (None: none); returns the previous one."""
+    global _current
+    previous, _current = _current, cp
+    return previous
+
+
+@contextmanager
+def context_parallel(cp: ContextParallel | None) -> Iterator[ContextParallel | None]:
+    """Within the block, ``attention`` and the sequence helpers run on ``cp``."""
+    previous = set_context_parallel(cp)
+    try:
+        yield cp
+    finally:
+        set_context_parallel(previous)

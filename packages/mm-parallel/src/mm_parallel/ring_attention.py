@@ -1,0 +1,159 @@
+"""Ring attention: key/value blocks travel around the group; partial outputs merge by their log-sum-exp."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import lru_cache
+
+import torch
+import torch.distributed as dist
+from torch.distributed import ProcessGroup
+
+from mm_parallel.context import SequenceLayout
+
+Block = tuple[slice, slice, torch.Tensor | None]
+KV_TAG, GRAD_TAG = 0, 1
+
+
+@lru_cache(maxsize=256)
+def _plan(layout: SequenceLayout, q_rank: int, kv_rank: int, causal: bool) -> tuple[Block, ...]:
+    """(query rows, key rows, mask or None when all may attend) of the blocks where some query sees some key.
+
+    Causal blocks are the zigzag chunks, so each is entirely visible, diagonal or skipped; a key is visible when it is
+    not padding (and, causal, not after the query). Every query of a kept block sees at least one key, so no row of a
+    block is entirely masked.
+    """
+    q_pos, k_pos = layout.ring_positions(q_rank), layout.ring_positions(kv_rank)
+    step = layout.chunk_len if causal else len(q_pos)
+    blocks = []
+    for qs in range(0, len(q_pos), step):
+        for ks in range(0, len(k_pos), step):
+            keys, queries = k_pos[ks : ks + step], q_pos[qs : qs + step]
+            mask = (keys < layout.length).expand(len(queries), -1)
+            if causal:
+                mask = mask & (keys[None, :] <= queries[:, None])
+            if mask.any():
+                blocks.append((slice(qs, qs + step), slice(ks, ks + step), None if mask.all() else mask))
+    return tuple(blocks)
+
+
+def _scores(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, scale: float) -> torch.Tensor:
+    s = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+    return s if mask is None else s.masked_fill(~mask.to(s.device), float("-inf"))
+
+
+def _block_forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    s = _scores(q, k, mask, scale)
+    lse = s.logsumexp(-1)
+    return torch.matmul((s - lse.unsqueeze(-1)).exp(), v.float()), lse
+
+
+def _block_backward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    scale: float,
+    grad: torch.Tensor,
+    lse: torch.Tensor,
+    delta: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # The softmax of the whole row is rebuilt from the saved global lse, as in flash attention's backward.
+    p = (_scores(q, k, mask, scale) - lse.unsqueeze(-1)).exp()
+    ds = p * (torch.matmul(grad, v.float().transpose(-1, -2)) - delta.unsqueeze(-1))
+    dq = torch.matmul(ds, k.float()) * scale
+    dk = torch.matmul(ds.transpose(-1, -2), q.float()) * scale
+    return dq, dk, torch.matmul(p.transpose(-1, -2), grad)
+
+
+def _send_next(tensor: torch.Tensor, group: ProcessGroup, tag: int) -> tuple[torch.Tensor, list]:
+    """Start sending ``tensor`` to the next rank and receiving the previous rank's into a new buffer."""
+    rank, size = dist.get_rank(group), dist.get_world_size(group)
+    recv = torch.empty_like(tensor)
+    ops = [
+        dist.P2POp(dist.isend, tensor, dist.get_global_rank(group, (rank + 1) % size), group, tag),
+        dist.P2POp(dist.irecv, recv, dist.get_global_rank(group, (rank - 1) % size), group, tag),
+    ]
+    return recv, dist.batch_isend_irecv(ops)
+
+
+def _around(kv: torch.Tensor, group: ProcessGroup) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield (owner rank, block) for every rank's key/value block; the next block is in flight while one is used."""
+    rank, size = dist.get_rank(group), dist.get_world_size(group)
+    for step in range(size):
+        last = step == size - 1
+        if not last:
+            following, works = _send_next(kv, group, KV_TAG)
+        yield (rank - step) % size, kv
+        if not last:
+            for work in works:
+                work.wait()
+            kv = following
+
+
+class _RingAttention(torch.autograd.Function):
+    """Exact attention of this rank's queries over the keys/values of every rank of ``group``, forward and backward."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, group: ProcessGroup, layout: SequenceLayout, causal: bool, scale: float):
+        rank = dist.get_rank(group)
+        out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+        lse = torch.full(q.shape[:-1], float("-inf"), dtype=torch.float32, device=q.device)
+        for owner, kv in _around(torch.stack([k, v]), group):
+            for rows, cols, mask in _plan(layout, rank, owner, causal):
+                block_out, block_lse = _block_forward(
+                    q[..., rows, :], kv[0, ..., cols, :], kv[1, ..., cols, :], mask, scale
+                )
+                merged = torch.logaddexp(lse[..., rows], block_lse)
+                out[..., rows, :] = out[..., rows, :] * (lse[..., rows] - merged).exp().unsqueeze(-1) + block_out * (
+                    block_lse - merged
+                ).exp().unsqueeze(-1)
+                lse[..., rows] = merged
+        out = out.to(q.dtype)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.group, ctx.layout, ctx.causal, ctx.scale = group, layout, causal, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        q, k, v, out, lse = ctx.saved_tensors
+        group, rank = ctx.group, dist.get_rank(ctx.group)
+        grad = grad.float()
+        delta = (grad * out.float()).sum(-1)
+        dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+        # The gradient of a key/value block travels with it and gets home one pass after the last use.
+        dkv = torch.zeros((2, *k.shape), dtype=torch.float32, device=k.device)
+        for owner, kv in _around(torch.stack([k, v]), group):
+            for rows, cols, mask in _plan(ctx.layout, rank, owner, ctx.causal):
+                bq, bk, bv = _block_backward(
+                    q[..., rows, :],
+                    kv[0, ..., cols, :],
+                    kv[1, ..., cols, :],
+                    mask,
+                    ctx.scale,
+                    grad[..., rows, :],
+                    lse[..., rows],
+                    delta[..., rows],
+                )
+                dq[..., rows, :] += bq
+                dkv[0, ..., cols, :] += bk
+                dkv[1, ..., cols, :] += bv
+            dkv, works = _send_next(dkv, group, GRAD_TAG)
+            for work in works:
+                work.wait()
+        return dq.to(q.dtype), dkv[0].to(k.dtype), dkv[1].to(v.dtype), None, None, None, None
+
+
+def ring_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    group: ProcessGroup,
+    layout: SequenceLayout,
+    causal: bool,
+    scale: float,
+) -> torch.Tensor:
+    """Attention of [b, h, s, d] ring shards laid out by ``layout`` over the whole sequence of ``group``."""
+    return _RingAttention.apply(q, k, v, group, layout, causal, scale)

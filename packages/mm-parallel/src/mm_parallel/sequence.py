@@ -1,0 +1,57 @@
+"""Cut a sequence into this rank's context-parallel shard and put the shards back together."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch.distributed import ProcessGroup
+
+from mm_parallel.context import ContextParallel, current_context
+
+
+def _require(cp: ContextParallel | None) -> ContextParallel:
+    cp = cp if cp is not None else current_context()
+    if cp is None:
+        raise RuntimeError("no context parallelism: pass cp= or enter mm_parallel.context_parallel(...)")
+    return cp
+
+
+def split_sequence(x: torch.Tensor, dim: int, cp: ContextParallel | None = None) -> torch.Tensor:
+    """This rank's shard of ``x`` along ``dim``, zero-padded to the layout's length; records the length on ``cp``."""
+    cp = _require(cp)
+    length = x.shape[dim]
+    layout = cp.layout(length)
+    cp.length = length
+    if layout.padded > length:
+        shape = list(x.shape)
+        shape[dim] = layout.padded - length
+        x = torch.cat([x, x.new_zeros(shape)], dim)
+    return x.index_select(dim, layout.positions(cp.rank).to(x.device))
+
+
+class _AllGather(torch.autograd.Function):
+    """Concatenate every rank's tensor along ``dim``; backward sums the gradients and returns each rank its part."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, dim: int, group: ProcessGroup) -> torch.Tensor:
+        ctx.dim, ctx.group = dim, group
+        shards = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(shards, x.contiguous(), group=group)
+        return torch.cat(shards, dim)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        parts = [part.contiguous() for part in grad.chunk(dist.get_world_size(ctx.group), ctx.dim)]
+        out = torch.empty_like(parts[0])
+        dist.reduce_scatter(out, parts, group=ctx.group)
+        return out, None, None
+
+
+def gather_sequence(
+    x: torch.Tensor, dim: int, cp: ContextParallel | None = None, length: int | None = None
+) -> torch.Tensor:
+    """The whole sequence from every rank's shard of ``x``, padding dropped (``length``: default the last split's)."""
+    cp = _require(cp)
+    layout = cp.layout(length if length is not None else cp.length or x.shape[dim] * cp.size)
+    full = _AllGather.apply(x, dim, cp.group)
+    return full.index_select(dim, layout.order.argsort().to(x.device)).narrow(dim, 0, layout.length)

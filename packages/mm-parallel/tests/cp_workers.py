@@ -1,0 +1,102 @@
+"""What each rank runs in the context-parallel tests: many cases per spawn, compared on rank 0, written as JSON."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.distributed.device_mesh import init_device_mesh
+
+from mm_core.errors import ConfigError
+from mm_parallel import ContextParallel, attention, build_context, context_parallel, gather_sequence, split_sequence
+
+
+def _max_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a - b).abs().max().item()
+
+
+def attention_errors(
+    cp: ContextParallel, seed: int, length: int, heads: int, causal: bool, layout: str, kv_heads: int | None = None
+) -> dict[str, float]:
+    """Largest differences of output and q/k/v gradients between ``cp`` and SDPA on the whole sequence."""
+    torch.manual_seed(seed)
+    seq_dim = 1 if layout == "bshd" else 2
+
+    def shape(h: int) -> tuple[int, ...]:
+        return (2, length, h, 8) if layout == "bshd" else (2, h, length, 8)
+
+    q, k, v = (torch.randn(shape(h)) for h in (heads, kv_heads or heads, kv_heads or heads))
+    grad = torch.randn(shape(heads))
+    full = [t.clone().requires_grad_() for t in (q, k, v)]
+    bhsd = [t.transpose(1, 2) if layout == "bshd" else t for t in full]
+    expected = F.scaled_dot_product_attention(*bhsd, is_causal=causal, enable_gqa=kv_heads is not None)
+    expected = expected.transpose(1, 2) if layout == "bshd" else expected
+    expected.backward(grad)
+
+    with context_parallel(cp):
+        shards = [split_sequence(t, seq_dim).requires_grad_() for t in (q, k, v)]
+        out = attention(*shards, causal=causal, layout=layout)
+        out.backward(split_sequence(grad, seq_dim))
+        result = {"out": _max_error(gather_sequence(out.detach(), seq_dim), expected.detach())}
+        for name, shard, reference in zip("qkv", shards, full):
+            result[f"d{name}"] = _max_error(gather_sequence(shard.grad, seq_dim), reference.grad)
+    return result
+
+
+def sequence_errors(cp: ContextParallel, length: int) -> dict[str, float]:
+    """gather(split(x)) == x, and the gather's backward gives each rank its part of the gradient summed over ranks."""
+    x = torch.randn(3, length, 2, generator=torch.Generator().manual_seed(length))
+    weight = torch.randn(3, length, 2, generator=torch.Generator().manual_seed(length + 1))
+    shard = split_sequence(x, 1, cp).requires_grad_()
+    (gather_sequence(shard, 1, cp) * weight).sum().backward()
+    return {
+        "roundtrip": _max_error(gather_sequence(shard.detach(), 1, cp), x),
+        "grad": _max_error(shard.grad, cp.size * split_sequence(weight, 1, cp)),
+    }
+
+
+def error_message(cp: ContextParallel, heads: int) -> str:
+    """The ConfigError a cp attention over ``heads`` heads raises, or '' if it runs."""
+    q = torch.randn(1, 4 * cp.size, heads, 8)
+    try:
+        attention(*(split_sequence(q, 1, cp) for _ in range(3)), cp_group=cp)
+    except ConfigError as exc:
+        return str(exc)
+    return ""
+
+
+def _cases(cp: ContextParallel, lengths: tuple[int, ...], heads: int) -> dict[str, dict[str, float]]:
+    report = {}
+    for seed, (length, causal) in enumerate(itertools.product(lengths, (False, True))):
+        layout = ("bshd", "bhsd")[(seed + seed // 2) % 2]
+        report[f"{cp.mode}-{length}-{'causal' if causal else 'full'}-{layout}"] = attention_errors(
+            cp, seed, length, heads, causal, layout
+        )
+    report[f"{cp.mode}-gqa"] = attention_errors(cp, 99, lengths[-1], heads, True, "bshd", kv_heads=heads // 2)
+    report[f"{cp.mode}-sequence"] = sequence_errors(cp, lengths[-1])
+    return report
+
+
+def check(out: str) -> None:
+    """Every mode this world size allows, against one-process SDPA; rank 0 writes the report to ``out``."""
+    dist.init_process_group("gloo")
+    world = dist.get_world_size()
+    mesh = init_device_mesh("cpu", (1, world), mesh_dim_names=("dp", "cp"))["cp"]
+    lengths = (4 * world, 3 * world + 1, world - 1)
+    report = {}
+    for mode in ("ulysses", "ring"):
+        report |= _cases(build_context(mesh, mode), lengths, heads=world)
+    errors = {"ulysses": error_message(build_context(mesh, "ulysses"), heads=world + 1)}
+    if world == 4:
+        usp = build_context(mesh, "usp", ulysses_degree=2)
+        report |= _cases(usp, lengths, heads=2)
+        errors["usp"] = error_message(usp, heads=3)
+        pairs = init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "cp"))["cp"]
+        report |= {f"pairs-{k}": v for k, v in _cases(build_context(pairs, "ring"), (5,), heads=2).items()}
+    if int(os.environ["RANK"]) == 0:
+        with open(out, "w") as f:
+            json.dump({"errors": report, "messages": errors}, f)
