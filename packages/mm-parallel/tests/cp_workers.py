@@ -85,7 +85,10 @@ def check(out: str) -> None:
     """Every mode this world size allows, against one-process SDPA; rank 0 writes the report to ``out``."""
     dist.init_process_group("gloo")
     world = dist.get_world_size()
-    mesh = init_device_mesh("cpu", (1, world), mesh_dim_names=("dp", "cp"))["cp"]
+    # Shaped like mm-core's runtime mesh: cp is a dim of a larger mesh that was also flattened with dp_shard.
+    root = init_device_mesh("cpu", (1, world), mesh_dim_names=("dp_shard", "cp"))
+    root["dp_shard", "cp"]._flatten("dp_shard_cp")
+    mesh = root["cp"]
     lengths = (4 * world, 3 * world + 1, world - 1)
     report = {}
     for mode in ("ulysses", "ring"):

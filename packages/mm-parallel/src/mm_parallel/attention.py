@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from torch.distributed import ProcessGroup
 from torch.distributed.device_mesh import DeviceMesh
 
-from mm_core.errors import ConfigError
 from mm_parallel.context import ContextParallel, SequenceLayout, build_context, current_context
 from mm_parallel.ring_attention import ring_attention
 from mm_parallel.ulysses import check_heads, heads_to_sequence, sequence_to_heads
@@ -69,7 +68,7 @@ def attention(
         k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
     seq = cp.layout(seq_len or cp.length or q.shape[2] * cp.size)
     if seq.padded != q.shape[2] * cp.size:
-        raise ConfigError(
+        raise ValueError(
             f"a {seq.length}-token sequence is {seq.padded} padded tokens over {cp.size} cp ranks, "
             f"not {q.shape[2]} per rank: shard it with mm_parallel.split_sequence"
         )
