@@ -54,6 +54,11 @@ def predictor_overrides(predictor: Config, flavor: Flavor) -> dict[str, Any]:
                 f"model.predictor.hidden_size {predictor.hidden_size} is not divisible by num_heads {heads}"
             )
         out["attention_head_dim"] = predictor.hidden_size // heads
+        if out["attention_head_dim"] % 2:
+            raise ConfigError(
+                f"model.predictor.hidden_size {predictor.hidden_size} / num_heads {heads} = "
+                f"{out['attention_head_dim']} per head, which must be even (rotary embedding)"
+            )
     return out
 
 
@@ -110,6 +115,15 @@ def build_model(model: Config) -> WanT2V:
     ae_path = source(model, "ae", "vae")
     text_path = source(model, "text_encoder", "text_encoder")
     tokenizer_path = source(model, "tokenizer", "tokenizer")
+    if tokenizer_path:
+        tokenizer = _from_pretrained(AutoTokenizer, tokenizer_path, "model.tokenizer.from_pretrained")
+    elif model.flavor == "tiny":
+        tokenizer = build_char_tokenizer()
+    else:
+        raise ConfigError(
+            f"model.tokenizer.from_pretrained (or model.from_pretrained) is needed for flavor {model.flavor!r}: "
+            "the UMT5 tokenizer of Wan2.1, e.g. Wan2.1-T2V-1.3B-Diffusers/tokenizer"
+        )
     if ae_path:
         ae = _from_pretrained(AutoencoderKLWan, ae_path, "model.ae.from_pretrained", torch_dtype=ae_dtype)
     else:
@@ -122,15 +136,6 @@ def build_model(model: Config) -> WanT2V:
         )
     else:
         text_encoder = _fixed_init(lambda: UMT5EncoderModel(UMT5Config(**flavor.text_encoder)), text_dtype)
-    if tokenizer_path:
-        tokenizer = _from_pretrained(AutoTokenizer, tokenizer_path, "model.tokenizer.from_pretrained")
-    elif model.flavor == "tiny":
-        tokenizer = build_char_tokenizer()
-    else:
-        raise ConfigError(
-            f"model.tokenizer.from_pretrained (or model.from_pretrained) is needed for flavor {model.flavor!r}: "
-            "the UMT5 tokenizer of Wan2.1, e.g. Wan2.1-T2V-1.3B-Diffusers/tokenizer"
-        )
     diffusion = model.diffusion
     return WanT2V(
         ae=ae,

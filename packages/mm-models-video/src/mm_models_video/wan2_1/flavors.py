@@ -122,3 +122,12 @@ def get_flavor(name: str) -> Flavor:
     if name not in FLAVORS:
         raise ConfigError(f"model.flavor {name!r} is not a Wan2.1 flavor (known: {', '.join(FLAVORS)})")
     return FLAVORS[name]
+
+
+def flavor_of(transformer_config: dict[str, Any]) -> str | None:
+    """The flavor whose transformer has the depth and width of ``transformer_config``, if any."""
+    shape = ("num_layers", "num_attention_heads", "attention_head_dim")
+    for name, flavor in FLAVORS.items():
+        if all(transformer_config.get(key) == flavor.predictor[key] for key in shape):
+            return name
+    return None

@@ -13,7 +13,7 @@ from mm_core.errors import CheckpointError
 from mm_core.runtime import Runtime
 from mm_data.synthetic import write_video
 from mm_models_video.wan2_1.build import build_model
-from mm_models_video.wan2_1.flavors import get_flavor
+from mm_models_video.wan2_1.flavors import flavor_of, get_flavor
 from mm_models_video.wan2_1.model import WanT2V
 from mm_models_video.wan2_1.schema import check_clip, dtype_of
 
@@ -41,7 +41,9 @@ def model_source(config: Config) -> tuple[Config, Path | None]:
     if not path.exists():
         raise CheckpointError(f"inference.checkpoint {path} does not exist")
     if (path / "model_index.json").is_file():
-        return wrap({**config.model, "from_pretrained": str(path)}), None
+        transformer = load_file(path / "transformer" / "config.json")
+        flavor = flavor_of(transformer) or config.model.flavor
+        return wrap({**config.model, "flavor": flavor, "from_pretrained": str(path)}), None
     checkpoint = resolve_checkpoint(path)
     if not (checkpoint / CONFIG_FILE).is_file():
         raise CheckpointError(f"checkpoint {checkpoint} has no {CONFIG_FILE} to rebuild its model from")
