@@ -14,7 +14,7 @@ CORE_DEFAULTS: dict[str, Any] = {
     "data": {"on_bad_sample": "skip"},
     "parallel": {
         "fsdp2": {},
-        "cp": {"size": 1, "mode": "ulysses"},
+        "cp": {"size": 1, "mode": "ulysses", "ulysses_degree": None},
         "pp": {"size": 1, "schedule": "1f1b", "pipeline_num_layers": None, "virtual_stages": 1},
     },
     "training": {
@@ -78,11 +78,15 @@ def forward_step(batch, model, runtime):
 
 @hookimpl(trylast=True)
 def parallelize_model(model, config, runtime):
-    """Without an engine: move to the device and wrap in DDP when there is more than one data-parallel rank."""
+    """Without an engine: move to the device and wrap in DDP when gradients differ between ranks.
+
+    Context-parallel ranks see different parts of one sequence, so DDP averages over them too.
+    """
     model = model.to(runtime.device)
-    if runtime.dp_size > 1:
+    if runtime.dp_size * runtime.dims["cp"] > 1:
         from torch.nn.parallel import DistributedDataParallel
 
+        group = runtime.submesh("dp_cp").get_group() if runtime.dims["cp"] > 1 else runtime.dp_group
         device_ids = [runtime.device.index] if runtime.device.type != "cpu" else None
-        model = DistributedDataParallel(model, device_ids=device_ids, process_group=runtime.dp_group)
+        model = DistributedDataParallel(model, device_ids=device_ids, process_group=group)
     return model

@@ -173,6 +173,7 @@ def create_runtime(config: Config, plugin_name: str = "mm") -> Runtime:
         mesh = init_device_mesh(device.type, tuple(dims[d] for d in MESH_DIMS), mesh_dim_names=MESH_DIMS)
         flat["dp"] = mesh["dp_replicate", "dp_shard"]._flatten("dp")
         flat["dp_shard_cp"] = mesh["dp_shard", "cp"]._flatten("dp_shard_cp")
+        flat["dp_cp"] = mesh["dp_replicate", "dp_shard", "cp"]._flatten("dp_cp")
     output_dir = Path(training.get("output_dir") or Path("runs") / plugin_name)
     dtype = torch.bfloat16 if training.get("bf16") else torch.float32
     seed_everything(int(training.get("seed", 1234)))

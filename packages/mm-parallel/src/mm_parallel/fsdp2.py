@@ -64,10 +64,15 @@ def check_options(options: Mapping[str, Any]) -> None:
 
 
 def data_parallel_mesh(runtime: Runtime) -> DeviceMesh:
-    """The mesh FSDP2 shards over: ``dp_shard``, or ``(dp_replicate, dp_shard)`` for HSDP."""
+    """The mesh FSDP2 shards over: ``dp_shard``, or ``(dp_replicate, dp_shard)`` for HSDP.
+
+    With context parallelism the cp ranks join the shard dim (``dp_shard_cp``): they hold different
+    tokens of the same samples, so their gradients are averaged like data-parallel ones.
+    """
+    shard = "dp_shard_cp" if runtime.dims["cp"] > 1 else "dp_shard"
     if runtime.dims["dp_replicate"] > 1:
-        return runtime.mesh["dp_replicate", "dp_shard"]
-    return runtime.mesh["dp_shard"]
+        return runtime.mesh["dp_replicate", shard]
+    return runtime.submesh(shard)
 
 
 def fsdp_kwargs(options: Mapping[str, Any], device: torch.device) -> dict[str, Any]:

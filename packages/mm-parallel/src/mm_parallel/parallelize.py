@@ -9,6 +9,7 @@ import torch
 from mm_core import defaults
 from mm_core.config import Config
 from mm_core.runtime import Runtime
+from mm_parallel.context import build_context, set_context_parallel
 from mm_parallel.fsdp2 import apply_fsdp2, check_options, data_parallel_mesh, resolve
 from mm_parallel.meta_init import is_meta, materialize
 from mm_parallel.recompute import apply_recompute
@@ -22,16 +23,24 @@ def model_plan(model: torch.nn.Module, config: Config, runtime: Runtime) -> dict
     return dict(plan or {})
 
 
+def apply_context_parallel(runtime: Runtime, size: int, mode: str, ulysses_degree: int | None = None) -> None:
+    """Make ``mm_parallel.attention`` shard sequences over the runtime's ``cp`` mesh dim (nothing when size is 1)."""
+    if size > 1:
+        set_context_parallel(build_context(runtime.submesh("cp"), mode, ulysses_degree))
+        log.info("context parallel: %s over %d ranks", mode, size)
+
+
 def parallelize(model: torch.nn.Module, config: Config, runtime: Runtime) -> torch.nn.Module:
     """PP → TP → CP → activation checkpointing → compile → FSDP2, then materialize a meta model and place it.
 
-    Only activation checkpointing and FSDP2 exist so far. Without FSDP2 (disabled, or one
-    process) the model is placed and wrapped by mm-core's default: DDP when data-parallel.
+    PP and TP do not exist yet. Without FSDP2 (disabled, or one process) the model is placed and
+    wrapped by mm-core's default: DDP when data-parallel.
     """
     fsdp = config.parallel.fsdp2
     check_options(fsdp)
     plan = model_plan(model, config, runtime)
     on_meta = is_meta(model)
+    apply_context_parallel(runtime, **config.parallel.cp)
     model = apply_recompute(model, modules=fsdp.recompute_modules, use_reentrant=fsdp.use_reentrant)
     sharded = bool(fsdp.enable) and runtime.mesh is not None
     if sharded:

@@ -9,16 +9,20 @@ from torch.distributed import ProcessGroup
 from mm_parallel.context import ContextParallel, current_context
 
 
-def _require(cp: ContextParallel | None) -> ContextParallel:
+def _active(cp: ContextParallel | None) -> ContextParallel | None:
+    """``cp``, else the current context; None when there is no context parallelism to apply."""
     cp = cp if cp is not None else current_context()
-    if cp is None:
-        raise RuntimeError("no context parallelism: pass cp= or enter mm_parallel.context_parallel(...)")
-    return cp
+    return cp if cp is not None and cp.size > 1 else None
 
 
 def split_sequence(x: torch.Tensor, dim: int, cp: ContextParallel | None = None) -> torch.Tensor:
-    """This rank's shard of ``x`` along ``dim``, zero-padded to the layout's length; records the length on ``cp``."""
-    cp = _require(cp)
+    """This rank's shard of ``x`` along ``dim``, zero-padded to the layout's length; records the length on ``cp``.
+
+    Without context parallelism (no context, or one rank) ``x`` is returned as it is.
+    """
+    cp = _active(cp)
+    if cp is None:
+        return x
     length = x.shape[dim]
     layout = cp.layout(length)
     cp.length = length
@@ -50,8 +54,13 @@ class _AllGather(torch.autograd.Function):
 def gather_sequence(
     x: torch.Tensor, dim: int, cp: ContextParallel | None = None, length: int | None = None
 ) -> torch.Tensor:
-    """The whole sequence from every rank's shard of ``x``, padding dropped (``length``: default the last split's)."""
-    cp = _require(cp)
+    """The whole sequence from every rank's shard of ``x``, padding dropped (``length``: default the last split's).
+
+    Without context parallelism ``x`` is returned as it is.
+    """
+    cp = _active(cp)
+    if cp is None:
+        return x
     layout = cp.layout(length if length is not None else cp.length or x.shape[dim] * cp.size)
     full = _AllGather.apply(x, dim, cp.group)
     return full.index_select(dim, layout.order.argsort().to(x.device)).narrow(dim, 0, layout.length)
