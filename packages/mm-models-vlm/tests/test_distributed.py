@@ -1,4 +1,4 @@
-"""Two gloo processes (data-parallel, shared tokenization cache) train exactly like one."""
+"""Two gloo processes (data-parallel, shared tokenization cache) train exactly like one, with DDP and with FSDP2."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ OVERRIDES = ["training.train_iters=2", "training.save_interval=0", "training.mic
              "data.dataset_param.basic_parameters.preprocessing_num_workers=1"]
 
 
-@pytest.mark.slow
-def test_two_processes_match_one(mm_train, tmp_path):
+@pytest.mark.parametrize("engine", [[], ["parallel.fsdp2.enable=true"]], ids=["ddp", "fsdp2"])
+def test_two_processes_match_one(mm_train, tmp_path, engine):
     single = mm_train(["qwen2_5_vl"], *OVERRIDES, output_dir=tmp_path / "one").losses
-    double = spawn_training(2, ["qwen2_5_vl"], tmp_path / "two", OVERRIDES)
+    double = spawn_training(2, ["qwen2_5_vl"], tmp_path / "two", [*OVERRIDES, *engine])
     assert double == pytest.approx(single, rel=1e-4)

@@ -81,10 +81,35 @@ def tiny_config(processor: Qwen2_5_VLProcessor) -> Qwen2_5_VLConfig:
 
 
 def make_tiny_checkpoint(path: str | Path, seed: int = 0) -> Path:
-    """Write a tiny Qwen2.5-VL directory (config, random weights, tokenizer, processor) once; returns it."""
+    """Write a tiny Qwen2.5-VL directory (config, random weights, tokenizer, processor) once; returns it.
+
+    Under torch.distributed only rank 0 writes (transformers' save_pretrained skips the other ranks) and
+    every rank waits for it.
+    """
     path = Path(path)
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if not distributed or torch.distributed.get_rank() == 0:
+        _write_tiny_checkpoint(path, seed)
+    if distributed:
+        torch.distributed.barrier()
+    return path
+
+
+def _write_tiny_checkpoint(path: Path, seed: int) -> None:
     if (path / "config.json").is_file():
-        return path
+        return
+    processor = tiny_processor()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2_5_VLForConditionalGeneration(tiny_config(processor))
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    try:
+        tmp.rename(path)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp)
     processor = tiny_processor()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
