@@ -58,6 +58,14 @@ def load_model(model_config: Config, checkpoint: Path | None) -> WanT2V:
     return model.eval()
 
 
+def cast_keeping_fp32_modules(module: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Cast floating-point weights to ``dtype``, keeping diffusers' ``_keep_in_fp32_modules`` like from_pretrained."""
+    keep = tuple(getattr(module, "_keep_in_fp32_modules", None) or ())
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        if tensor.is_floating_point() and not any(k in name for k in keep):
+            tensor.data = tensor.data.to(dtype)
+
+
 def generate(config: Config, runtime: Runtime) -> str:
     """Sample one video for the inference section's prompt with WanPipeline and write it as mp4."""
     inf = config.inference
@@ -67,7 +75,7 @@ def generate(config: Config, runtime: Runtime) -> str:
     height, width = inf.height or flavor.height, inf.width or flavor.width
     check_clip(model_config, num_frames, height, width, "inference")
     model = load_model(model_config, checkpoint).to(runtime.device)
-    model.predictor.to(dtype_of(model_config.predictor.dtype, flavor, "model.predictor.dtype"))
+    cast_keeping_fp32_modules(model.predictor, dtype_of(model_config.predictor.dtype, flavor, "model.predictor.dtype"))
     guided = inf.guidance_scale > 1.0
     pipe = model.pipeline()
     pipe.set_progress_bar_config(disable=True)
