@@ -1,0 +1,105 @@
+"""The guide's CustomT2VDataset over a data.json: clips and tokenized captions, as this rank's dataloader."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from diffusers.pipelines.wan.pipeline_wan import prompt_clean
+from torch.utils.data import DataLoader
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from mm_core.config import Config
+from mm_core.errors import ConfigError
+from mm_core.runtime import Runtime
+from mm_data.datasets import VideoTextDataset, collate
+from mm_data.formats import DataConfig, parse_data_config
+from mm_data.sampler import bucket_keys, build_dataloader
+from mm_data.transforms import check_video_shape
+from mm_models_video.custom_dit.schema import CLIP
+from mm_models_video.wan2_1.build import _from_pretrained
+from mm_models_video.wan2_1.data import with_synthetic_data
+from mm_models_video.wan2_1.flavors import VAE_STRIDES
+from mm_models_video.wan2_1.tokenizer import build_char_tokenizer
+
+# Token length of the character tokenizer used when tokenizer_config names no pretrained tokenizer.
+CHAR_TEXT_LEN = 64
+SYNTHETIC_FPS = 8
+
+
+class PromptTokenizer:
+    """Caption -> {"prompt_ids", "prompt_mask"} of ``max_length`` tokens, cleaned as WanPipeline cleans prompts."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    @classmethod
+    def from_config(cls, tokenizer_config: dict | None) -> PromptTokenizer:
+        """From data.json's ``tokenizer_config`` (AutoTokenizer arguments); none gives the tiny character tokenizer."""
+        if not isinstance(tokenizer_config, (dict, type(None))):
+            raise ConfigError(f"data.dataset_param.tokenizer_config must be an object, got {tokenizer_config!r}")
+        config = dict(tokenizer_config or {})
+        path = config.pop("pretrained_model_name_or_path", None)
+        if path is None:
+            return cls(build_char_tokenizer(), int(config.get("model_max_length", CHAR_TEXT_LEN)))
+        tokenizer = _from_pretrained(AutoTokenizer, str(path), "data.dataset_param.tokenizer_config", **config)
+        return cls(tokenizer, tokenizer.model_max_length)
+
+    def __call__(self, caption: str) -> dict[str, torch.Tensor]:
+        tokens = self.tokenizer(
+            prompt_clean(caption),
+            padding="max_length",
+            max_length=self.max_length,
+            truncation=True,
+            add_special_tokens=True,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        return {"prompt_ids": tokens.input_ids[0], "prompt_mask": tokens.attention_mask[0]}
+
+
+class CustomT2VDataset(VideoTextDataset):
+    """{"video": [3, T, H, W] in [-1, 1], "prompt_ids", "prompt_mask", "prompt", "index"} per data.json entry."""
+
+    @classmethod
+    def from_data_config(cls, data: DataConfig, seed: int = 0) -> CustomT2VDataset:
+        """Over the dataset_param's index (the generated moving shapes when it names none), tokenizing captions."""
+        param = with_synthetic_data(data.dataset_param, SYNTHETIC_FPS)
+        tokenizer = PromptTokenizer.from_config(param.tokenizer_config)
+        return cls.from_param(param, tokenizer=tokenizer, on_bad_sample=data.on_bad_sample, seed=seed)
+
+
+def data_config(config: Config) -> DataConfig:
+    """The data section parsed as a data.json, its clip shape checked against the VAE strides × patch size."""
+    raw: dict[str, Any] = config.data.to_dict()
+    parsed = parse_data_config({**raw, "dataset_param": {**CLIP, **raw.get("dataset_param", {})}}, "data")
+    param, patch = parsed.dataset_param, config.model.predictor.patch_size
+    temporal = VAE_STRIDES["scale_factor_temporal"] * patch[0]
+    spatial = VAE_STRIDES["scale_factor_spatial"] * math.lcm(patch[1], patch[2])
+    try:
+        check_video_shape(param.num_frames, param.max_height, param.max_width, temporal, spatial)
+    except ConfigError as exc:
+        raise ConfigError(f"data.dataset_param: {exc} (Wan VAE stride × model.predictor.patch_size)") from None
+    return parsed
+
+
+def build_train_loader(config: Config, runtime: Runtime) -> DataLoader:
+    """This rank's resumable dataloader over CustomT2VDataset, per the data section."""
+    data = data_config(config)
+    dataset = CustomT2VDataset.from_data_config(data, seed=config.training.seed)
+    loader = data.dataloader_param
+    return build_dataloader(
+        dataset,
+        batch_size=config.training.micro_batch_size,
+        dp_rank=runtime.dp_rank,
+        dp_size=runtime.dp_size,
+        seed=config.training.seed,
+        shuffle=loader.shuffle,
+        drop_last=loader.drop_last,
+        num_workers=loader.num_workers,
+        pin_memory=loader.pin_memory and runtime.device.type != "cpu",
+        collate_fn=collate,
+        buckets=bucket_keys(dataset.shapes(), loader.group_frame, loader.group_resolution),
+    )
