@@ -110,16 +110,3 @@ def _write_tiny_checkpoint(path: Path, seed: int) -> None:
         tmp.rename(path)
     except OSError:  # another process finished first
         shutil.rmtree(tmp)
-    processor = tiny_processor()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Qwen2_5_VLForConditionalGeneration(tiny_config(processor))
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    try:
-        tmp.rename(path)
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp)
-    return path
