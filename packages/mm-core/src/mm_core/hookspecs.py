@@ -103,3 +103,8 @@ def inference(config, runtime):
 @hookspec(firstresult=True)
 def extract_features(config, runtime):
     """Run ``mm extract``: encode the dataset once into feature shards. Stops at the first non-None result."""
+
+
+@hookspec
+def register_converters(registry):
+    """Add checkpoint converters (name -> converter class) to registry for mm-convert."""

@@ -10,6 +10,7 @@ from mm_core.config import Config
 from mm_core.runtime import Runtime
 from mm_models_video.wan2_1 import schema
 from mm_models_video.wan2_1.build import build_model
+from mm_models_video.wan2_1.convert import register_converters  # noqa: F401 (mm-convert hook)
 from mm_models_video.wan2_1.data import build_train_loader, data_config, example_prompt
 from mm_models_video.wan2_1.extract import extract_features as run_extraction
 from mm_models_video.wan2_1.infer import generate

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from mm_core import hookimpl
 from mm_core.config import Config
+from mm_models_vlm.qwen2_5_vl.convert import register_converters  # noqa: F401 (mm-convert hook)
 from mm_models_vlm.qwen2_5_vl.data import build_train_loader, model_dir
 from mm_models_vlm.qwen2_5_vl.dataset import VISION_KEYS
 from mm_models_vlm.qwen2_5_vl.encode import IGNORE_INDEX

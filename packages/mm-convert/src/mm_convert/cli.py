@@ -1,0 +1,96 @@
+"""The ``mm-convert CONVERTER SUBCOMMAND [--cfg.a.b VALUE ...]`` command."""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from collections.abc import Sequence
+
+from mm_convert.converter import Converter
+from mm_convert.errors import ConvertError
+from mm_convert.options import REQUIRED, build_options, option_fields, parse_flags, type_name
+from mm_convert.registry import Registry, collect_converters
+from mm_core.errors import MMError
+
+USAGE = "usage: mm-convert CONVERTER SUBCOMMAND [--cfg.NAME VALUE ...]   (--NAME VALUE works too)"
+HELP = ("-h", "--help")
+
+
+def overview(registry: Registry) -> str:
+    """Every converter with its subcommands, one line each."""
+    lines = [USAGE, "", "converters (from the installed mm plugins):"]
+    for name in sorted(registry):
+        lines.append(f"  {name}: {registry[name].description}")
+        lines += [f"    {sub.name:<16} {sub.help}" for sub in registry[name].subcommands().values()]
+    if not registry:
+        lines.append("  none: install a plugin package such as mm-models-video")
+    lines += ["", "mm-convert CONVERTER SUBCOMMAND --help lists a subcommand's options"]
+    return "\n".join(lines)
+
+
+def converter_help(converter: type[Converter]) -> str:
+    """One converter's subcommands."""
+    lines = [f"usage: mm-convert {converter.name} SUBCOMMAND [--cfg.NAME VALUE ...]", "", converter.description, ""]
+    lines += [f"  {sub.name:<16} {sub.help}" for sub in converter.subcommands().values()]
+    lines += [f"  {alias:<16} same as {name}" for alias, name in converter.aliases.items()]
+    return "\n".join(lines)
+
+
+def subcommand_help(converter: type[Converter], name: str) -> str:
+    """One subcommand's options with their types and defaults."""
+    sub = converter.subcommands()[converter.aliases.get(name, name)]
+    lines = [f"usage: mm-convert {converter.name} {name} [--cfg.NAME VALUE ...]", "", sub.help, "", "options:"]
+    for dotted, kind, default, text in option_fields(sub.options):
+        value = "required" if default is REQUIRED else f"default: {default}"
+        lines.append(f"  --cfg.{dotted} ({type_name(kind)}, {value})  {text}")
+    return "\n".join(lines)
+
+
+def _pick(name: str, choices: Sequence[str], what: str) -> str:
+    if name in choices:
+        return name
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    hint = f"did you mean {close[0]}? " if close else ""
+    raise ConvertError(f"unknown {what} {name!r} ({hint}known: {', '.join(choices) or 'none'})")
+
+
+def _split_mode(tokens: list[str]) -> tuple[str | None, list[str]]:
+    """``--mode NAME`` (convert_ckpt.py's way of naming the subcommand) taken out of ``tokens``."""
+    for i, token in enumerate(tokens):
+        if token == "--mode" and i + 1 < len(tokens):
+            return tokens[i + 1], tokens[:i] + tokens[i + 2:]
+        if token.startswith("--mode="):
+            return token.split("=", 1)[1], tokens[:i] + tokens[i + 1:]
+    return None, tokens
+
+
+def run(argv: Sequence[str]) -> str:
+    """Parse ``argv`` and run it; returns the text to print."""
+    registry = collect_converters()
+    if not argv or argv[0] in HELP:
+        return overview(registry)
+    converter = registry[_pick(argv[0], sorted(registry), "converter")]
+    rest = list(argv[1:])
+    name, rest = (rest[0], rest[1:]) if rest and not rest[0].startswith("-") else _split_mode(rest)
+    if name is None:
+        return converter_help(converter)
+    name = _pick(name, [*converter.subcommands(), *converter.aliases], f"{converter.name} subcommand")
+    if any(token in HELP for token in rest):
+        return subcommand_help(converter, name)
+    options = converter.subcommands()[converter.aliases.get(name, name)].options
+    opts = build_options(options, parse_flags(rest), f"{converter.name} {name}")
+    return converter().run(name, opts)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``mm-convert``: prints the result, or one error line and exits with status 2."""
+    try:
+        print(run(list(sys.argv[1:] if argv is None else argv)))
+    except MMError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

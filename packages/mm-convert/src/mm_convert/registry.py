@@ -1,0 +1,40 @@
+"""The converters of every installed plugin, gathered through the ``register_converters`` hook."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import sys
+
+from mm_convert.converter import Converter
+from mm_convert.errors import ConvertError
+from mm_core.plugins import PLUGIN_GROUP, new_plugin_manager
+
+
+class Registry(dict):
+    """Converter name -> Converter subclass; plugins fill it in their ``register_converters`` hook."""
+
+    def add(self, converter: type[Converter]) -> None:
+        """Register ``converter`` under its ``name``; two different classes with one name is an error."""
+        if not (isinstance(converter, type) and issubclass(converter, Converter) and converter.name):
+            raise ConvertError(f"{converter!r} is not a named mm_convert.Converter subclass")
+        known = self.get(converter.name)
+        if known is not None and known is not converter:
+            raise ConvertError(f"converter {converter.name!r} is registered twice: {known} and {converter}")
+        self[converter.name] = converter
+
+
+def collect_converters() -> Registry:
+    """Every installed plugin's converters; a plugin that fails to import is reported and skipped."""
+    pm = new_plugin_manager()
+    for ep in md.entry_points(group=PLUGIN_GROUP):
+        try:
+            module = ep.load()
+        except Exception as exc:  # one broken plugin must not hide the others' converters
+            print(f"warning: plugin {ep.name!r} ({ep.value}) failed to import, its converters are missing: {exc}",
+                  file=sys.stderr)
+            continue
+        if not pm.is_registered(module):
+            pm.register(module, name=ep.name)
+    registry = Registry()
+    pm.hook.register_converters(registry=registry)
+    return registry

@@ -1,0 +1,74 @@
+"""The mm-convert command: converters from the plugins' register_converters hook, help, errors, the seeds' syntax."""
+
+from __future__ import annotations
+
+import pytest
+
+from mm_convert import Converter, ConvertError, Registry, collect_converters
+from mm_convert.cli import main
+from mm_convert.options import build_options, parse_flags
+
+
+def test_register_converters_hook_gives_both_families():
+    registry = collect_converters()
+    assert {"Wan21Converter", "Qwen2_5_VLConverter"} <= set(registry)
+    assert list(registry["Qwen2_5_VLConverter"].subcommands()) == ["hf_to_mm", "mm_to_hf", "resplit", "export"]
+
+
+def test_a_converter_registered_twice_under_one_name_is_an_error():
+    registry = Registry()
+
+    class One(Converter):
+        name = "Same"
+
+    class Two(Converter):
+        name = "Same"
+
+    registry.add(One)
+    registry.add(One)
+    with pytest.raises(ConvertError, match="converter 'Same' is registered twice"):
+        registry.add(Two)
+
+
+def test_help_lists_converters_and_subcommands(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for text in ("Wan21Converter", "Qwen2_5_VLConverter", "hf_to_mm", "mm_to_hf", "resplit", "export",
+                 "original_to_hf"):
+        assert text in out
+    assert main(["Wan21Converter"]) == 0
+    assert "convert_to_mm    same as hf_to_mm" in capsys.readouterr().out
+    assert main(["Qwen2_5_VLConverter", "hf_to_mm", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--cfg.parallel_config.llm_pp_layers (list or int, required)" in out
+    assert "--cfg.parallel_config.tp_size (int, default: 1)" in out
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["Qwen25VLConverter"], "unknown converter 'Qwen25VLConverter' (did you mean Qwen2_5_VLConverter?"),
+    (["Wan21Converter", "hf_to_m"], "unknown Wan21Converter subcommand 'hf_to_m' (did you mean hf_to_mm?"),
+    (["Wan21Converter", "hf_to_mm", "--cfg.source_path", "x"], "Wan21Converter hf_to_mm needs --cfg.target_path"),
+    (["Wan21Converter", "hf_to_mm", "--cfg.source_pth", "x"], "unknown option --cfg.source_pth for Wan21Converter "
+                                                              "hf_to_mm (did you mean --cfg.source_path?)"),
+    (["Wan21Converter", "resplit", "--cfg.source_path", "a", "--cfg.target_path", "b", "--cfg.pp_vpp_layers",
+      "many"], "--cfg.pp_vpp_layers expects list or int, got 'many'"),
+    (["Wan21Converter", "hf_to_mm", "--cfg.source_path"], "option --cfg.source_path needs a value"),
+    (["Qwen2_5_VLConverter", "hf_to_mm", "--cfg.mm_dir", "m", "--cfg.hf_config.hf_dir", "/nonexistent",
+      "--cfg.parallel_config.llm_pp_layers", "[[36]]", "--cfg.parallel_config.vit_pp_layers", "[[32]]"],
+     "--cfg.hf_config.hf_dir /nonexistent is not a Hugging Face folder (no config.json)"),
+])
+def test_errors_are_one_line_with_status_2(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_seeds_flags_plain_flags_and_mode_parse_alike():
+    options = collect_converters()["Qwen2_5_VLConverter"].subcommands()["mm_to_hf"].options
+    seeds = ["--cfg.save_hf_dir", "out", "--cfg.mm_dir", "mm", "--cfg.hf_config.hf_dir", "hf",
+             "--cfg.parallel_config.llm_pp_layers", "[36]", "--cfg.parallel_config.vit_pp_layers", "[32]",
+             "--cfg.parallel_config.tp_size", "1"]
+    plain = ["--save-hf-dir=out", "--mm_dir", "mm", "--hf_config.hf_dir", "hf", "--parallel_config.llm_pp_layers",
+             "[36]", "--parallel_config.vit_pp_layers", "[32]"]
+    a, b = (build_options(options, parse_flags(flags), "mm_to_hf") for flags in (seeds, plain))
+    assert a == b and a.parallel_config.llm_pp_layers == [36] and str(a.hf_config.hf_dir) == "hf"
