@@ -5,6 +5,14 @@ from __future__ import annotations
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
+# Spreads (training seed, epoch, sample index) over distinct generator seeds for up to a million samples.
+SEED_STRIDE = 1_000_003
+
+
+def noise_seeds(seed: int, epoch: int, indices: torch.Tensor) -> torch.Tensor:
+    """One generator seed per sample from (training seed, epoch, dataset index) alone, whatever the parallel layout."""
+    return (seed * SEED_STRIDE + epoch) * SEED_STRIDE + indices.long().cpu()
+
 
 class FlowMatching:
     """x_t = (1 - σ) x0 + σ ε at a shifted σ; the predictor learns the velocity ε - x0 (timestep = 1000 σ)."""
@@ -22,6 +30,19 @@ class FlowMatching:
     def sample_indices(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """One uniformly drawn training-timestep index per sample."""
         return torch.randint(0, self.num_train_timesteps, (batch_size,), generator=generator)
+
+    def draw(self, latents: torch.Tensor, seeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each sample's noise (shaped like its latents) and timestep index, from a generator seeded with its seed."""
+        noise, indices = [], []
+        for seed in seeds.tolist():
+            generator = torch.Generator(latents.device).manual_seed(seed)
+            indices.append(
+                torch.randint(0, self.num_train_timesteps, (1,), generator=generator, device=latents.device)
+            )
+            noise.append(
+                torch.randn(latents.shape[1:], generator=generator, device=latents.device, dtype=latents.dtype)
+            )
+        return torch.stack(noise), torch.cat(indices)
 
     def add_noise(
         self, latents: torch.Tensor, noise: torch.Tensor, indices: torch.Tensor

@@ -100,16 +100,20 @@ class WanT2V(nn.Module):
         prompt: Sequence[str] | None = None,
         noise: torch.Tensor | None = None,
         timestep_indices: torch.Tensor | None = None,
+        noise_seeds: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor | int]:
         """Noise the clip's latents and predict the velocity: ``{"pred", "target", "tokens"}``.
 
         Give ``latents`` and ``prompt_embeds`` (precomputed features) or ``video`` and ``prompt``
-        (encoded here); ``noise`` and ``timestep_indices`` are drawn when not given.
+        (encoded here). Without ``noise`` and ``timestep_indices`` they are drawn per sample from
+        ``noise_seeds`` (see ``diffusion.noise_seeds``), else from the global RNG.
         """
         if latents is None:
             latents = self.encode_video(video)
         if prompt_embeds is None:
             prompt_embeds = self.encode_text(prompt)
+        if noise is None and timestep_indices is None and noise_seeds is not None:
+            noise, timestep_indices = self.diffusion.draw(latents, noise_seeds)
         if noise is None:
             noise = torch.randn_like(latents)
         if timestep_indices is None:

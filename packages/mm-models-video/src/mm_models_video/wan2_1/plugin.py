@@ -7,11 +7,14 @@ import torch.nn.functional as F
 
 from mm_core import hookimpl
 from mm_core.config import Config
+from mm_core.data_iter import DataIterator
+from mm_core.defaults import to_device
 from mm_core.runtime import Runtime
 from mm_models_video.wan2_1 import schema
 from mm_models_video.wan2_1.build import build_model
 from mm_models_video.wan2_1.convert import register_converters  # noqa: F401 (mm-convert hook)
 from mm_models_video.wan2_1.data import build_train_loader, data_config, example_prompt
+from mm_models_video.wan2_1.diffusion import noise_seeds
 from mm_models_video.wan2_1.extract import extract_features as run_extraction
 from mm_models_video.wan2_1.infer import generate
 from mm_models_video.wan2_1.model import WanT2V
@@ -27,7 +30,7 @@ TRAINING = {
     "save_interval": 60,
 }
 
-MODEL_INPUTS = ("latents", "prompt_embeds", "video", "prompt")
+MODEL_INPUTS = ("latents", "prompt_embeds", "video", "prompt", "noise_seeds")
 
 
 @hookimpl
@@ -64,6 +67,14 @@ def parallel_plan(model: WanT2V, config: Config) -> dict:
 def datasets_provider(config: Config, runtime: Runtime) -> tuple:
     """This rank's training dataloader (videos or extracted features); no validation or test split."""
     return build_train_loader(config, runtime), None, None
+
+
+@hookimpl
+def get_batch(data_iterator: DataIterator, runtime: Runtime) -> dict:
+    """The next batch on the device, with per-sample noise seeds from (training seed, epoch, sample index)."""
+    batch = next(data_iterator)
+    batch["noise_seeds"] = noise_seeds(runtime.config.training.seed, data_iterator.epoch, batch["index"])
+    return to_device(batch, runtime.device)
 
 
 @hookimpl
