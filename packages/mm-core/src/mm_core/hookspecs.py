@@ -36,7 +36,19 @@ def model_provider(config, runtime):
 
 @hookspec(firstresult=True)
 def parallel_plan(model, config):
-    """Describe the model for the engines: a dict with ``fsdp_modules``, ``cp_attention``, ``pp_layers``.
+    """Describe the model for the engines as a dict; every key is optional until its engine is turned on.
+
+    - ``fsdp_modules``: module patterns FSDP2 wraps (``["blocks.{*}"]``); ``pretrained``: weights to load after
+      a meta-device model is allocated.
+    - Pipeline parallelism (``parallel.pp.size > 1``) sees the forward as ``pre → layers → post``:
+      ``pp_layers`` is the path of the ``nn.ModuleList`` cut into stages (``"blocks"``);
+      ``pp_pre(model, batch) -> carry`` runs on the first stage up to the first layer, ``carry`` being a tensor
+      or a tuple of tensors (``(hidden, *extras)``: extras pass every layer unchanged);
+      ``pp_post(model, carry, batch) -> output`` runs on the last stage after the last layer, and its output goes
+      to ``loss_func`` (``forward_step`` is not called under PP); optional ``pp_layer(layer, carry) -> carry``
+      calls one layer (default ``layer(hidden, *extras)``); ``pp_pre_modules`` / ``pp_post_modules`` list the
+      paths (modules or parameters) that ``pp_pre`` / ``pp_post`` use. Every parameter must fall under one of
+      the three. See docs/pipeline_parallel.md.
 
     Stops at the first non-None result.
     """

@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import pluggy
 import torch
@@ -40,6 +42,34 @@ def accumulation_steps(training, dp_size: int) -> int:
             f"micro_batch_size × data-parallel size = {training.micro_batch_size} × {dp_size}"
         )
     return training.global_batch_size // per_step
+
+
+@runtime_checkable
+class StepRunner(Protocol):
+    """A model that runs a whole step's forward and backward itself; ``parallelize_model`` may return one.
+
+    Pipeline parallelism needs this: its schedule interleaves the forwards and backwards of all micro-batches
+    across ranks, so no per-micro-batch loop in the trainer can drive it, and a gradient norm spans parameters
+    held by other ranks. The trainer stays engine-agnostic: it draws the micro-batches, hands them over with
+    the plugin's loss and its autocast, and still owns the optimizer, LR schedule, logging and checkpoints
+    (the runner is an ``nn.Module`` whose parameters carry the same names as without the engine).
+    """
+
+    def forward_backward(
+        self,
+        batches: list,
+        loss_fn: Callable[[Any, Any], tuple[torch.Tensor, dict]],
+        autocast: Callable[[], contextlib.AbstractContextManager],
+        backward: bool = True,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Forward (and backward unless ``backward`` is False) every batch; the summed loss and metrics.
+
+        ``loss_fn(output, batch)`` is the plugin's loss; gradients must end as the mean over the batches. The
+        result is the same on every rank that shares these batches.
+        """
+
+    def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
+        """Clip the gradients by their total 2-norm over all ranks holding parts of the model; returns the norm."""
 
 
 def _grad_sync(model: torch.nn.Module, enabled: bool):
@@ -76,21 +106,54 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.rt.device.type, dtype=self.autocast_dtype)
 
-    def _loss(self, data_iter: DataIterator, model: torch.nn.Module) -> tuple[torch.Tensor, dict, float]:
-        """Loss and metrics of one micro-batch, and the seconds spent waiting for it."""
-        hook = self.pm.hook
+    def _batch(self, data_iter: DataIterator) -> tuple[Any, float]:
+        """The next micro-batch and the seconds spent waiting for it."""
         t0 = time.perf_counter()
-        batch = _call(hook.get_batch, "get_batch", data_iterator=data_iter, runtime=self.rt)
-        data_s = time.perf_counter() - t0
-        with self._autocast():
-            output = _call(hook.forward_step, "forward_step", batch=batch, model=model, runtime=self.rt)
-            result = _call(hook.loss_func, "loss_func", output=output, batch=batch, runtime=self.rt)
+        batch = _call(self.pm.hook.get_batch, "get_batch", data_iterator=data_iter, runtime=self.rt)
+        return batch, time.perf_counter() - t0
+
+    def _loss_of(self, output, batch) -> tuple[torch.Tensor, dict]:
+        """The plugin's loss and metrics of one micro-batch's output, checked."""
+        result = _call(self.pm.hook.loss_func, "loss_func", output=output, batch=batch, runtime=self.rt)
         if not (isinstance(result, tuple) and len(result) == 2):
             raise PluginError("loss_func must return (loss, metrics dict)")
         loss, metrics = result
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise PluginError(f"loss_func must return a scalar tensor as loss, got {type(loss).__name__}")
-        return loss, dict(metrics or {}), data_s
+        return loss, dict(metrics or {})
+
+    def _loss(self, data_iter: DataIterator, model: torch.nn.Module) -> tuple[torch.Tensor, dict, float]:
+        """Loss and metrics of one micro-batch, and the seconds spent waiting for it."""
+        batch, data_s = self._batch(data_iter)
+        with self._autocast():
+            output = _call(self.pm.hook.forward_step, "forward_step", batch=batch, model=model, runtime=self.rt)
+            loss, metrics = self._loss_of(output, batch)
+        return loss, metrics, data_s
+
+    def _run_steps(
+        self, model, data_iter: DataIterator, count: int, backward: bool = True
+    ) -> tuple[torch.Tensor, dict[str, float], float]:
+        """Forward (and backward) ``count`` micro-batches: summed loss, summed metrics, seconds waiting for data.
+
+        A StepRunner gets them all at once; otherwise they run one by one, gradients reduced after the last.
+        """
+        if isinstance(model, StepRunner):
+            drawn = [self._batch(data_iter) for _ in range(count)]
+            loss, sums = model.forward_backward([b for b, _ in drawn], self._loss_of, self._autocast, backward)
+            return loss, sums, sum(wait for _, wait in drawn)
+        total = torch.zeros((), device=self.rt.device)
+        sums: dict[str, float] = {}
+        data_time = 0.0
+        for micro in range(count):
+            with _grad_sync(model, micro == count - 1) if backward else contextlib.nullcontext():
+                loss, extra, wait = self._loss(data_iter, model)
+                data_time += wait
+                if backward:
+                    (loss / count).backward()
+            total += loss.detach()
+            for key, value in extra.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+        return total, sums, data_time
 
     def train(self) -> TrainResult:
         """Run the configured number of steps, evaluating, logging and checkpointing as configured."""
@@ -148,21 +211,14 @@ class Trainer:
     def _step(self, model, optimizer, scheduler, train_iter: DataIterator, accum: int) -> dict:
         rt = self.rt
         start = time.perf_counter()
-        data_time = 0.0
-        total_loss = torch.zeros((), device=rt.device)
-        sums: dict[str, float] = {}
-        for micro in range(accum):
-            with _grad_sync(model, micro == accum - 1):
-                loss, extra, wait = self._loss(train_iter, model)
-                data_time += wait
-                (loss / accum).backward()
-            total_loss += loss.detach()
-            for key, value in extra.items():
-                sums[key] = sums.get(key, 0.0) + float(value)
+        total_loss, sums, data_time = self._run_steps(model, train_iter, accum)
         grad_norm = None
         if self.training.clip_grad and self.training.clip_grad > 0:
-            params = [p for p in model.parameters() if p.grad is not None]
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.training.clip_grad)
+            if isinstance(model, StepRunner):
+                grad_norm = model.clip_grad_norm_(self.training.clip_grad)
+            else:
+                params = [p for p in model.parameters() if p.grad is not None]
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, self.training.clip_grad)
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
         scheduler.step()
@@ -192,9 +248,6 @@ class Trainer:
     def evaluate(self, model: torch.nn.Module, valid_iter: DataIterator) -> dict:
         """Mean loss over ``training.eval_iters`` validation batches."""
         model.eval()
-        total = torch.zeros((), device=self.rt.device)
-        for _ in range(self.training.eval_iters):
-            loss, _, _ = self._loss(valid_iter, model)
-            total += loss.detach()
+        total, _, _ = self._run_steps(model, valid_iter, self.training.eval_iters, backward=False)
         model.train()
         return {"loss": float(self.rt.all_reduce_mean(total / self.training.eval_iters))}

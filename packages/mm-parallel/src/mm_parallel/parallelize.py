@@ -12,6 +12,7 @@ from mm_core.runtime import Runtime
 from mm_parallel.context import build_context, set_context_parallel
 from mm_parallel.fsdp2 import apply_fsdp2, check_options, data_parallel_mesh, resolve
 from mm_parallel.meta_init import is_meta, materialize
+from mm_parallel.pipeline import apply_pipeline
 from mm_parallel.recompute import apply_recompute
 
 log = logging.getLogger("mm")
@@ -33,8 +34,10 @@ def apply_context_parallel(runtime: Runtime, size: int, mode: str, ulysses_degre
 def parallelize(model: torch.nn.Module, config: Config, runtime: Runtime) -> torch.nn.Module:
     """PP → TP → CP → activation checkpointing → compile → FSDP2, then materialize a meta model and place it.
 
-    PP and TP do not exist yet. Without FSDP2 (disabled, or one process) the model is placed and
-    wrapped by mm-core's default: DDP when data-parallel.
+    TP does not exist yet. With PP (``parallel.pp.size > 1``) activation checkpointing applies to the whole
+    model before it is cut into stages, and FSDP2 to each stage (:func:`mm_parallel.pipeline.apply_pipeline`).
+    Without FSDP2 (disabled, or one process) the model is placed and wrapped by mm-core's default: DDP when
+    data-parallel.
     """
     fsdp = config.parallel.fsdp2
     check_options(fsdp)
@@ -42,6 +45,8 @@ def parallelize(model: torch.nn.Module, config: Config, runtime: Runtime) -> tor
     on_meta = is_meta(model)
     apply_context_parallel(runtime, **config.parallel.cp)
     model = apply_recompute(model, modules=fsdp.recompute_modules, use_reentrant=fsdp.use_reentrant)
+    if config.parallel.pp.size > 1:
+        return apply_pipeline(model, plan, config, runtime, on_meta)
     sharded = bool(fsdp.enable) and runtime.mesh is not None
     if sharded:
         model = apply_fsdp2(model, data_parallel_mesh(runtime), fsdp, default_modules=plan.get("fsdp_modules", ()))

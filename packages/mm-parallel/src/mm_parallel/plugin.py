@@ -22,8 +22,9 @@ def default_config(task: str) -> dict:
 
 @hookimpl
 def parallelize_model(model: torch.nn.Module, config: Config, runtime: Runtime) -> torch.nn.Module | None:
-    """Apply CP, recompute and FSDP2 and materialize meta models; None (mm-core's DDP) when none of that is asked."""
+    """Apply PP, CP, recompute and FSDP2 and materialize meta models; None (mm-core's DDP) when none is asked."""
     fsdp = config.parallel.fsdp2
-    if not (fsdp.enable or fsdp.recompute_modules or is_meta(model) or config.parallel.cp.size > 1):
+    par = config.parallel
+    if not (fsdp.enable or fsdp.recompute_modules or is_meta(model) or par.cp.size > 1 or par.pp.size > 1):
         return None
     return parallelize(model, config, runtime)

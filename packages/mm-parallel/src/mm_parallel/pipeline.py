@@ -1,0 +1,480 @@
+"""Pipeline parallelism: cut a plugin's layer stack into stages and run them with torch.distributed.pipelining.
+
+A plugin's ``parallel_plan`` describes its model as ``pre → layers → post`` (see the keys of :class:`PipelinePlan`).
+Each pipeline rank keeps the layers of its stages (under their original indices, so ``blocks.7.fc1.weight`` is
+called the same with and without PP), the ``pre`` modules when it runs the first stage and the ``post`` modules
+when it runs the last. The last stage computes the loss; :class:`PipelineModel` runs a whole step's micro-batches
+through a 1F1B, GPipe or interleaved 1F1B schedule.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
+from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
+from torch.distributed.tensor import DTensor
+
+from mm_core.checkpoint import load_model_state
+from mm_core.config import Config
+from mm_core.errors import ConfigError, PluginError
+from mm_core.runtime import Runtime
+from mm_parallel.fsdp2 import apply_fsdp2, data_parallel_mesh, resolve
+from mm_parallel.meta_init import init_weights, materialize
+from mm_parallel.patterns import expand, named_modules
+from mm_parallel.pipeline_layout import local_stages, stage_layer_counts, stage_ranges
+
+SCHEDULES = {"1f1b": Schedule1F1B, "gpipe": ScheduleGPipe, "interleaved_1f1b": ScheduleInterleaved1F1B}
+_WRAPPED = "._checkpoint_wrapped_module"
+
+Carry = torch.Tensor | tuple[torch.Tensor, ...]
+Part = torch.nn.Module | torch.Tensor
+
+
+def call_layer(layer: torch.nn.Module, carry: Carry) -> Carry:
+    """The default ``pp_layer``: ``layer(hidden)``, or ``(layer(hidden, *extras), *extras)`` for a tuple."""
+    if isinstance(carry, tuple):
+        return (layer(*carry), *carry[1:])
+    return layer(carry)
+
+
+@dataclass(frozen=True)
+class PipelinePlan:
+    """The pipeline keys of a plugin's ``parallel_plan``; the model's forward must be ``pre → layers → post``.
+
+    - ``pp_layers``: path of the ``nn.ModuleList`` the stages split (``"blocks"``, ``"model.layers"``).
+    - ``pp_pre(model, batch) -> carry``: everything before the first layer, on the first stage. ``carry`` is a
+      tensor or a tuple of tensors: what travels between stages.
+    - ``pp_post(model, carry, batch) -> output``: everything after the last layer, on the last stage; ``output``
+      goes to the plugin's ``loss_func`` as ``forward_step``'s would.
+    - ``pp_layer(layer, carry) -> carry`` (optional): one layer's step; default :func:`call_layer`.
+    - ``pp_pre_modules`` / ``pp_post_modules``: paths of the modules (or parameters) that ``pp_pre`` / ``pp_post``
+      use; they live on the first / last stage only. Every parameter and persistent buffer of the model must be
+      in the layer stack or one of these lists.
+    """
+
+    layers: str
+    pre: Callable[[torch.nn.Module, Any], Carry]
+    post: Callable[[torch.nn.Module, Carry, Any], Any]
+    pre_modules: tuple[str, ...] = ()
+    post_modules: tuple[str, ...] = ()
+    layer: Callable[[torch.nn.Module, Carry], Carry] = call_layer
+
+    @classmethod
+    def from_plan(cls, plan: Mapping[str, Any]) -> PipelinePlan:
+        """Read and check the ``pp_*`` keys of a ``parallel_plan`` dict."""
+        missing = [key for key in ("pp_layers", "pp_pre", "pp_post") if key not in plan]
+        if missing:
+            raise PluginError(
+                f"parallel.pp.size > 1 needs the plugin's parallel_plan to name its layer stack: missing "
+                f"{', '.join(missing)} (see docs/pipeline_parallel.md)"
+            )
+        layers = plan["pp_layers"]
+        if isinstance(layers, Mapping):
+            raise PluginError("parallel_plan pp_layers with several layer stacks is not supported yet; name one stack")
+        if not isinstance(layers, str):
+            raise PluginError(f"parallel_plan pp_layers must be the path of an nn.ModuleList, got {layers!r}")
+        for key in ("pp_pre", "pp_post", "pp_layer"):
+            if key in plan and not callable(plan[key]):
+                raise PluginError(f"parallel_plan {key} must be a function, got {type(plan[key]).__name__}")
+        return cls(
+            layers=layers,
+            pre=plan["pp_pre"],
+            post=plan["pp_post"],
+            pre_modules=tuple(plan.get("pp_pre_modules", ())),
+            post_modules=tuple(plan.get("pp_post_modules", ())),
+            layer=plan.get("pp_layer", call_layer),
+        )
+
+
+class StageLayers(torch.nn.Module):
+    """The layers of a stack that one rank holds, under their original indices; iterates like a ModuleList."""
+
+    def __init__(self, layers: Mapping[int, torch.nn.Module]) -> None:
+        super().__init__()
+        for index, layer in layers.items():
+            self.add_module(str(index), layer)
+
+    def __iter__(self) -> Iterator[torch.nn.Module]:
+        return iter(self._modules.values())
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __getitem__(self, index: int) -> torch.nn.Module:
+        return self._modules[str(index)]
+
+
+def _clean(name: str) -> str:
+    return name.replace(_WRAPPED, "").replace("_checkpoint_wrapped_module.", "")
+
+
+def _lookup(model: torch.nn.Module, path: str) -> Part:
+    """The module, parameter or buffer at ``path`` (activation-checkpoint wrappers add no path segment)."""
+    modules = named_modules(model)
+    if path in modules:
+        return modules[path]
+    parent, _, name = path.rpartition(".")
+    owner = modules.get(parent)
+    tensor = None if owner is None else owner._parameters.get(name, owner._buffers.get(name))
+    if tensor is None:
+        raise PluginError(f"parallel_plan names {path!r}, which is no module, parameter or buffer of the model")
+    return tensor
+
+
+def _attach(root: torch.nn.Module, parts: Mapping[str, torch.nn.Module]) -> torch.nn.Module:
+    """Register each module under its path in ``root``, creating plain containers for the modules in between."""
+    for path, part in parts.items():
+        node = root
+        *parents, name = path.split(".")
+        for parent in parents:
+            if parent not in node._modules:
+                node.add_module(parent, torch.nn.Module())
+            node = node._modules[parent]
+        node.add_module(name, part)
+    return root
+
+
+def _owner(path: str, groups: Mapping[str, Sequence[str]]) -> str | None:
+    """Which group (layers, pre, post) a parameter or buffer path falls under."""
+    for group, prefixes in groups.items():
+        if any(path == p or path.startswith(p + ".") for p in prefixes):
+            return group
+    return None
+
+
+def _check_coverage(model: torch.nn.Module, plan: PipelinePlan) -> None:
+    """Every parameter and persistent buffer belongs to exactly one of layers / pre / post."""
+    groups = {"pp_layers": [plan.layers], "pp_pre_modules": plan.pre_modules, "pp_post_modules": plan.post_modules}
+    seen: dict[int, tuple[str, str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        name = _clean(name)
+        group = _owner(name, groups)
+        if group is None:
+            raise PluginError(
+                f"parameter {name!r} is in none of the parallel_plan's pp_layers ({plan.layers!r}), pp_pre_modules "
+                f"{list(plan.pre_modules)} or pp_post_modules {list(plan.post_modules)}; name its module in one"
+            )
+        first = seen.setdefault(id(param), (name, group))
+        if first[1] != group:
+            raise PluginError(
+                f"parameter {name!r} ({group}) is tied to {first[0]!r} ({first[1]}): weights shared between "
+                "pipeline stages are not supported; untie them"
+            )
+    persistent = set(model.state_dict(keep_vars=True))
+    for name, _ in model.named_buffers():
+        if name in persistent and _owner(_clean(name), groups) is None:
+            raise PluginError(
+                f"buffer {_clean(name)!r} is saved in checkpoints but is in none of the parallel_plan's pp_layers, "
+                "pp_pre_modules or pp_post_modules; name its module in one"
+            )
+
+
+def _remove(model: torch.nn.Module, path: str) -> None:
+    """Drop the module, parameter or buffer at ``path`` from ``model`` (a rank that does not run it)."""
+    parent_path, _, name = path.rpartition(".")
+    parent = named_modules(model)[parent_path]
+    for slots in (parent._parameters, parent._buffers, parent._modules):
+        if name in slots:
+            slots[name] = None
+
+
+@dataclass
+class _Step:
+    """What the stages need while a schedule runs: the trainer's loss and autocast, and the losses so far."""
+
+    loss_fn: Callable[[Any, Any], tuple[torch.Tensor, dict]]
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    micro_batches: int
+    records: list[tuple[torch.Tensor, dict]] = field(default_factory=list)
+
+
+class PipelineChunk(torch.nn.Module):
+    """One stage's modules, under their original paths; its forward runs pre (first), layers, post + loss (last).
+
+    Parameters and buffers that ``pp_pre`` / ``pp_post`` name directly stay with the plugin's model only (a tensor
+    registered in two modules would part ways as soon as FSDP2 or allocation replaces it).
+    """
+
+    def __init__(
+        self, pipeline: PipelineModel, stage: int, layers: list[torch.nn.Module], parts: Mapping[str, Part]
+    ) -> None:
+        super().__init__()
+        _attach(self, {path: part for path, part in parts.items() if isinstance(part, torch.nn.Module)})
+        # Plain attributes, not submodules: each parameter is registered once, through ``parts``.
+        object.__setattr__(self, "_pipeline", pipeline)
+        object.__setattr__(self, "_layers", layers)
+        self.stage = stage
+        self.is_first = stage == 0
+        self.is_last = stage == pipeline.num_stages - 1
+
+    def forward(self, *carry: torch.Tensor, batch: Any = None) -> Carry:
+        """Run this stage on one micro-batch; the last stage returns the loss, divided by the micro-batch count."""
+        pipe = self._pipeline
+        step, plan, model = pipe.step, pipe.plan, pipe.module
+        with step.autocast():
+            hidden: Any = plan.pre(model, batch) if self.is_first else (carry[0] if len(carry) == 1 else carry)
+            if not isinstance(hidden, torch.Tensor) and not (
+                isinstance(hidden, tuple) and all(isinstance(t, torch.Tensor) for t in hidden)
+            ):
+                raise PluginError(f"parallel_plan pp_pre must return a tensor or a tuple of tensors, got {hidden!r}")
+            for layer in self._layers:
+                hidden = plan.layer(layer, hidden)
+            if not self.is_last:
+                return hidden
+            loss, metrics = step.loss_fn(plan.post(model, hidden, batch), batch)
+        step.records.append((loss.detach(), metrics))
+        # Dividing here rather than the schedule's scale_grads also scales the parameters outside every stage module.
+        return loss / step.micro_batches
+
+
+def _passthrough_loss(loss: torch.Tensor, _target: Any) -> torch.Tensor:
+    """The schedule's loss function: the last stage already returns the loss."""
+    return loss
+
+
+class PipelineModel(torch.nn.Module):
+    """This rank's part of a pipelined model, and the schedule that trains it.
+
+    It is the plugin's model pruned to this rank's stages, seen through another class: it shares the model's
+    parameter, buffer and module tables, so every name is the one it has without PP (``blocks.7.fc1.weight``) and
+    checkpoints move between PP and non-PP runs. It implements mm-core's ``StepRunner``: the trainer hands it a
+    step's micro-batches (``forward_backward``) and lets it clip gradients over all stages (``clip_grad_norm_``).
+    """
+
+    def __init__(self, model: torch.nn.Module, plan: PipelinePlan, config: Config, runtime: Runtime) -> None:
+        super().__init__()
+        pp = config.parallel.pp
+        self.pp_size, self.virtual = int(pp.size), int(pp.virtual_stages)
+        self.schedule_name = pp.schedule
+        _check_schedule(self.schedule_name, self.virtual)
+        self.num_stages = self.pp_size * self.virtual
+        mesh = runtime.submesh("pp")
+        self.group = mesh.get_group()
+        self.pp_rank = mesh.get_local_rank()
+        self.last_rank = (self.num_stages - 1) % self.pp_size
+        self.device = runtime.device
+        self.runtime = runtime
+        object.__setattr__(self, "module", model)
+        object.__setattr__(self, "plan", plan)
+        object.__setattr__(self, "step", None)
+        self._schedules: dict[int, Any] = {}
+
+        _check_coverage(model, plan)
+        stack = _lookup(model, plan.layers)
+        if not isinstance(stack, torch.nn.ModuleList):
+            raise PluginError(f"parallel_plan pp_layers {plan.layers!r} is a {type(stack).__name__}, not a ModuleList")
+        self.layer_counts = stage_layer_counts(
+            len(stack), self.pp_size, self.virtual, pp.pipeline_num_layers, plan.layers
+        )
+        ranges = stage_ranges(self.layer_counts)
+        self.stages = local_stages(self.pp_rank, self.pp_size, self.virtual)
+        has_first, has_last = 0 in self.stages, self.num_stages - 1 in self.stages
+        pre = {p: _lookup(model, p) for p in plan.pre_modules}
+        post = {p: _lookup(model, p) for p in plan.post_modules}
+        for path in [*(() if has_first else pre), *(() if has_last else post)]:
+            _remove(model, path)
+        parent, _, name = plan.layers.rpartition(".")
+        named_modules(model)[parent]._modules[name] = StageLayers({i: stack[i] for s in self.stages for i in ranges[s]})
+        # Share the pruned model's tables: one owner per tensor, the same names, no copy.
+        for table in ("_parameters", "_buffers", "_non_persistent_buffers_set", "_modules"):
+            object.__setattr__(self, table, getattr(model, table))
+        self.chunks = [
+            PipelineChunk(
+                self,
+                s,
+                [stack[i] for i in ranges[s]],
+                {
+                    **(pre if s == 0 else {}),
+                    plan.layers: StageLayers({i: stack[i] for i in ranges[s]}),
+                    **(post if s == self.num_stages - 1 else {}),
+                },
+            )
+            for s in self.stages
+        ]
+        self.stage_modules: list[torch.nn.Module] = list(self.chunks)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Not callable: a pipeline runs whole steps through :meth:`forward_backward`."""
+        raise RuntimeError("a pipelined model runs whole steps: call forward_backward(batches, loss_fn)")
+
+    def train(self, mode: bool = True) -> PipelineModel:
+        """Set training mode on the plugin's model too (its root's flag is its own)."""
+        self.module.train(mode)
+        return super().train(mode)
+
+    def outside_parameters(self) -> list[torch.nn.Parameter]:
+        """Trainable parameters in no stage module (named directly by pp_pre / pp_post): no engine reduces them."""
+        inside = {id(p) for chunk in self.chunks for p in chunk.parameters()}
+        return [p for p in self.parameters() if p.requires_grad and id(p) not in inside]
+
+    def _schedule(self, micro_batches: int):
+        """The schedule for ``micro_batches`` micro-batches per step (one per count: stages keep per-step buffers)."""
+        if micro_batches not in self._schedules:
+            if self.schedule_name != "interleaved_1f1b" and micro_batches < self.pp_size:
+                raise ConfigError(
+                    f"parallel.pp.schedule {self.schedule_name} needs at least pp.size = {self.pp_size} micro-batches "
+                    f"per step, got {micro_batches}: raise training.global_batch_size or lower micro_batch_size"
+                )
+            stages = [
+                PipelineStage(module, chunk.stage, self.num_stages, self.device, group=self.group)
+                for chunk, module in zip(self.chunks, self.stage_modules)
+            ]
+            cls = SCHEDULES[self.schedule_name]
+            first = stages if cls is ScheduleInterleaved1F1B else stages[0]
+            self._schedules[micro_batches] = cls(first, micro_batches, loss_fn=_passthrough_loss, scale_grads=False)
+        return self._schedules[micro_batches]
+
+    def forward_backward(
+        self,
+        batches: list,
+        loss_fn: Callable[[Any, Any], tuple[torch.Tensor, dict]],
+        autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+        backward: bool = True,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Run the schedule over ``batches`` (one per micro-batch); the summed loss and metrics, on every rank.
+
+        Gradients end as the mean over micro-batches (and data-parallel ranks), as the trainer's own loop leaves them.
+        """
+        n = len(batches)
+        object.__setattr__(self, "step", _Step(loss_fn, autocast, n))
+        schedule = self._schedule(n)
+        inputs = {
+            "arg_mbs": [()] * n,
+            "kwarg_mbs": [{"batch": batch} for batch in batches],
+            # The last stage returns the loss itself; the schedule only insists on one target per micro-batch.
+            "target_mbs": [torch.zeros((), device=self.device)] * n,
+        }
+        if backward:
+            schedule.step(**inputs, return_outputs=False)
+            self._average_outside_gradients()
+        else:
+            schedule.eval(**inputs)
+        # Shape inference on a schedule's first step runs the loss once more: keep the last n.
+        records = self.step.records[-n:] if self.last_rank == self.pp_rank else []
+        object.__setattr__(self, "step", None)
+        total = float(sum(loss for loss, _ in records)) if records else 0.0
+        sums: dict[str, float] = {}
+        for _, metrics in records:
+            for key, value in metrics.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+        payload = [(total, sums)]
+        device = self.device if self.device.type != "cpu" else None  # nccl/hccl stage the bytes on the device
+        dist.broadcast_object_list(payload, group=self.group, group_src=self.last_rank, device=device)
+        total, sums = payload[0]
+        return torch.tensor(total, device=self.device), sums
+
+    def _average_outside_gradients(self) -> None:
+        """Average the gradients of :meth:`outside_parameters` over the data-parallel (and cp) ranks."""
+        rt = self.runtime
+        if rt.dp_size * rt.dims["cp"] == 1:
+            return
+        grads = [p.grad for p in self.outside_parameters() if p.grad is not None]
+        if not grads:
+            return
+        group = rt.submesh("dp_cp").get_group()
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat, group=group)
+        flat /= dist.get_world_size(group)
+        for grad, part in zip(grads, flat.split([g.numel() for g in grads])):
+            grad.copy_(part.view_as(grad))
+
+    def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
+        """Clip gradients to ``max_norm`` by their 2-norm over every stage; returns that norm."""
+        params = [p for p in self.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        if isinstance(norm, DTensor):
+            norm = norm.full_tensor()
+        squared = norm.to(self.device, torch.float32) ** 2
+        dist.all_reduce(squared, group=self.group)
+        norm = squared.sqrt()
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+        return norm
+
+
+def _check_schedule(schedule: str, virtual: int) -> None:
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"parallel.pp.schedule {schedule!r} is not one of {', '.join(SCHEDULES)}")
+    if virtual < 1:
+        raise ConfigError(f"parallel.pp.virtual_stages must be at least 1, got {virtual}")
+    if virtual > 1 and schedule != "interleaved_1f1b":
+        raise ConfigError(
+            f"parallel.pp.virtual_stages {virtual} needs parallel.pp.schedule interleaved_1f1b, not {schedule}"
+        )
+
+
+def _allocate(pipe: PipelineModel, device: torch.device, offload: bool) -> None:
+    """Allocate a meta-built pipeline: each stage module (FSDP2-aware), then what lies outside them.
+
+    The stage modules get their modules' ``reset_parameters`` here; the plugin's own ``init_weights`` runs after.
+    """
+    for chunk in pipe.chunks:
+        materialize(chunk, device, offload=offload)
+    for module in pipe.module.modules():
+        for name, param in module._parameters.items():
+            if param is not None and param.is_meta:
+                empty = torch.empty_like(param, device=device)
+                module._parameters[name] = torch.nn.Parameter(empty, param.requires_grad)
+        for name, buffer in module._buffers.items():
+            if buffer is not None and buffer.is_meta:
+                module._buffers[name] = torch.empty_like(buffer, device=device)
+
+
+def _load_pretrained(pipe: PipelineModel, source: Any) -> None:
+    """Load this rank's share of the plugin's pretrained weights (a DCP directory or a full state dict function).
+
+    Unlike without PP, every rank calls the function: each stage needs different weights.
+    """
+    if isinstance(source, (str, Path)):
+        load_model_state(Path(source), pipe)
+        return
+    keys = set(get_model_state_dict(pipe))
+    state = {k: v for k, v in source().items() if k in keys}
+    set_model_state_dict(pipe, state, options=StateDictOptions(full_state_dict=True, strict=True))
+
+
+def apply_pipeline(
+    model: torch.nn.Module, plan: Mapping[str, Any], config: Config, runtime: Runtime, on_meta: bool
+) -> PipelineModel:
+    """Cut ``model`` into this rank's stages, shard each with FSDP2 over dp_shard (else DDP when data-parallel),
+    allocate and place them.
+
+    FSDP2's module patterns are resolved on the whole model first, so that a pattern naming layers of other
+    stages is no error; each stage then wraps the modules it holds, and is its own FSDP2 root.
+    """
+    fsdp = config.parallel.fsdp2
+    wrapped = [n for n, _ in resolve(model, fsdp, plan.get("fsdp_modules", ()))[0]] if fsdp.enable else []
+    ignored = [n for n, _ in expand(fsdp.ignored_modules, model, "parallel.fsdp2.ignored_modules")]
+    pipe = PipelineModel(model, PipelinePlan.from_plan(plan), config, runtime)
+    if fsdp.enable:
+        mesh = data_parallel_mesh(runtime)
+        for chunk in pipe.chunks:
+            names = set(named_modules(chunk))
+            options = {
+                **fsdp,
+                "sub_modules_to_wrap": [n for n in wrapped if n in names],
+                "ignored_modules": [n for n in ignored if n in names],
+            }
+            apply_fsdp2(chunk, mesh, options)
+    if on_meta:
+        _allocate(pipe, runtime.device, offload=fsdp.enable and fsdp.offload_to_cpu)
+        init_weights(pipe.module)
+        if plan.get("pretrained") is not None:
+            _load_pretrained(pipe, plan["pretrained"])
+    else:
+        pipe.module.to(runtime.device)
+    if not fsdp.enable and runtime.dp_size * runtime.dims["cp"] > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        group = runtime.submesh("dp_cp").get_group()
+        device_ids = [runtime.device.index] if runtime.device.type != "cpu" else None
+        pipe.stage_modules = [
+            DistributedDataParallel(chunk, device_ids=device_ids, process_group=group) for chunk in pipe.chunks
+        ]
+    return pipe
