@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 import torch
-import torch.nn.functional as F
 
 from mm_core import hookimpl
 from mm_core.config import Config
@@ -13,6 +12,7 @@ from mm_models_vlm.qwen2_5_vl.convert import register_converters  # noqa: F401 (
 from mm_models_vlm.qwen2_5_vl.data import build_train_loader, model_dir
 from mm_models_vlm.qwen2_5_vl.dataset import VISION_KEYS
 from mm_models_vlm.qwen2_5_vl.encode import IGNORE_INDEX
+from mm_models_vlm.qwen2_5_vl.fused_loss import LMHiddenStates, hidden_states, next_token_loss_sum
 from mm_models_vlm.qwen2_5_vl.model import apply_freeze, load_model, packed_position_ids
 from mm_models_vlm.qwen2_5_vl.schema import defaults
 
@@ -44,22 +44,22 @@ def datasets_provider(config: Config, runtime):
 
 
 @hookimpl
-def forward_step(batch: dict, model: torch.nn.Module, runtime) -> torch.Tensor:
-    """Logits of the batch; a packed row gets per-sample positions so samples do not attend to each other."""
+def forward_step(batch: dict, model: torch.nn.Module, runtime) -> LMHiddenStates:
+    """Final hidden states of the batch, with the lm_head that ``loss_func`` projects them with chunk by chunk.
+
+    A packed row gets per-sample positions so samples do not attend to each other.
+    """
     inputs = {key: batch[key] for key in MODEL_INPUTS if key in batch}
     if "cu_seqlens" in batch:
         inputs["position_ids"] = packed_position_ids(model, batch)
-    return model(**inputs, use_cache=False).logits
+    return hidden_states(model, {**inputs, "use_cache": False})
 
 
 @hookimpl
 def loss_func(output: torch.Tensor, batch: dict, runtime) -> tuple[torch.Tensor, dict]:
-    """Next-token cross-entropy averaged over the assistant tokens of the micro-batch."""
-    labels = batch["labels"][:, 1:]
-    logits = output[:, :-1].float()
-    total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX,
-                            reduction="sum")
-    targets = (labels != IGNORE_INDEX).sum()
+    """Next-token cross-entropy averaged over the assistant tokens of the micro-batch (logits made chunk by chunk)."""
+    total = next_token_loss_sum(output, batch["labels"])
+    targets = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
     tokens = batch["attention_mask"].sum() if "attention_mask" in batch else batch["input_ids"].numel()
     return total / targets.clamp(min=1), {"tokens": float(tokens), "targets": float(targets)}
 
