@@ -57,7 +57,7 @@ SEEDS_OPTIONS = [
 
 def test_the_section_has_every_option_of_the_seeds_and_is_off():
     section = plugin.default_config("run")["parallel"]["fsdp2"]
-    assert sorted(section) == sorted(["enable", *SEEDS_OPTIONS])
+    assert sorted(section) == sorted(["enable", "recompute_mode", *SEEDS_OPTIONS])
     assert section["enable"] is False
     assert section["use_reentrant"] is True and section["num_to_backward_prefetch"] == 1
     assert section is not FSDP2_DEFAULTS

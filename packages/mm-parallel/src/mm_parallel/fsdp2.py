@@ -36,7 +36,8 @@ FSDP2_DEFAULTS: dict[str, Any] = {
     "sub_modules_to_wrap": [],
     "ignored_modules": [],
     "recompute_modules": [],
-    "use_reentrant": True,
+    "recompute_mode": "selective",  # mm's own key: full | selective (attention outputs kept, exact)
+    "use_reentrant": True,  # full mode only; selective is always non-reentrant
     "reshard_after_forward": True,
     "offload_to_cpu": False,
     "pin_memory": False,

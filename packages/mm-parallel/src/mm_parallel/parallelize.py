@@ -44,7 +44,9 @@ def parallelize(model: torch.nn.Module, config: Config, runtime: Runtime) -> tor
     plan = model_plan(model, config, runtime)
     on_meta = is_meta(model)
     apply_context_parallel(runtime, **config.parallel.cp)
-    model = apply_recompute(model, modules=fsdp.recompute_modules, use_reentrant=fsdp.use_reentrant)
+    model = apply_recompute(
+        model, modules=fsdp.recompute_modules, use_reentrant=fsdp.use_reentrant, mode=fsdp.recompute_mode
+    )
     if config.parallel.pp.size > 1:
         return apply_pipeline(model, plan, config, runtime, on_meta)
     sharded = bool(fsdp.enable) and runtime.mesh is not None

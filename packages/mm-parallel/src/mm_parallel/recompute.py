@@ -1,25 +1,56 @@
-"""Activation checkpointing (recompute) of the modules named by ``recompute_modules`` patterns."""
+"""Activation checkpointing (recompute) of the modules named by ``recompute_modules`` patterns.
+
+Two modes: ``full`` recomputes the whole module in backward; ``selective`` recomputes everything but the
+attention kernels, whose outputs are kept (torch.utils.checkpoint's selective policy). Attention is the
+costliest op to redo on long sequences and its outputs are small next to the MLP's activations, so
+``selective`` trades a little memory for most of the recompute time. Both give the gradients of no recompute.
+"""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl, checkpoint_wrapper
+from torch.utils.checkpoint import create_selective_checkpoint_contexts
 
+from mm_core.errors import ConfigError
 from mm_parallel.patterns import expand, named_modules, outermost
 
+RECOMPUTE_MODES = ("full", "selective")
 
-def apply_recompute(model: torch.nn.Module, modules: Sequence[str] = (), use_reentrant: bool = True) -> torch.nn.Module:
+# The fused attention kernels F.scaled_dot_product_attention dispatches to (CUDA, CPU, other backends).
+ATTENTION_OPS = [
+    torch.ops.aten._scaled_dot_product_flash_attention.default,
+    torch.ops.aten._scaled_dot_product_efficient_attention.default,
+    torch.ops.aten._scaled_dot_product_cudnn_attention.default,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default,
+    torch.ops.aten._scaled_dot_product_fused_attention_overrideable.default,
+]
+
+# Keeps the outputs of the attention kernels, recomputes every other op.
+keep_attention = functools.partial(create_selective_checkpoint_contexts, ATTENTION_OPS)
+
+
+def apply_recompute(
+    model: torch.nn.Module, modules: Sequence[str] = (), use_reentrant: bool = True, mode: str = "full"
+) -> torch.nn.Module:
     """Wrap each module matched by ``modules`` so its activations are recomputed in backward; returns ``model``.
 
-    A module inside another matched one is left alone: recomputing it twice would gain nothing.
+    ``mode`` is ``full`` or ``selective`` (keep attention outputs; always non-reentrant, which the selective
+    policy needs). A module inside another matched one is left alone: recomputing it twice would gain nothing.
     """
+    if mode not in RECOMPUTE_MODES:
+        raise ConfigError(f"parallel.fsdp2.recompute_mode must be one of {', '.join(RECOMPUTE_MODES)}, got {mode!r}")
     if not modules:
         return model
-    impl = CheckpointImpl.REENTRANT if use_reentrant else CheckpointImpl.NO_REENTRANT
+    if mode == "selective":
+        options = {"checkpoint_impl": CheckpointImpl.NO_REENTRANT, "context_fn": keep_attention}
+    else:
+        options = {"checkpoint_impl": CheckpointImpl.REENTRANT if use_reentrant else CheckpointImpl.NO_REENTRANT}
     paths = named_modules(model)
     for name, module in outermost(expand(modules, model, "parallel.fsdp2.recompute_modules")):
         parent_name, _, child = name.rpartition(".")
-        paths[parent_name].register_module(child, checkpoint_wrapper(module, checkpoint_impl=impl))
+        paths[parent_name].register_module(child, checkpoint_wrapper(module, **options))
     return model

@@ -1,0 +1,104 @@
+"""Selective recompute keeps attention outputs and gives the gradients of full recompute and of no recompute."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+import toy_net
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from mm_core.errors import ConfigError
+from mm_core.testing import run_training
+from mm_parallel.fsdp2 import FSDP2_DEFAULTS
+from mm_parallel.recompute import ATTENTION_OPS, apply_recompute
+
+
+class AttentionBlock(torch.nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1 = torch.nn.LayerNorm(dim)
+        self.qkv = torch.nn.Linear(dim, 3 * dim)
+        self.out = torch.nn.Linear(dim, dim)
+        self.norm2 = torch.nn.LayerNorm(dim)
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(dim, 4 * dim), torch.nn.GELU(), torch.nn.Linear(4 * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        attn = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d)
+        x = x + self.out(attn)
+        return x + self.mlp(self.norm2(x))
+
+
+class Net(torch.nn.Module):
+    def __init__(self, dim: int = 32, heads: int = 4, depth: int = 3) -> None:
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(AttentionBlock(dim, heads) for _ in range(depth))
+        self.head = torch.nn.Linear(dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+
+class CountAttention(TorchDispatchMode):
+    """Counts how often a fused attention kernel runs (forward and recompute, not its backward)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls += func in ATTENTION_OPS
+        return func(*args, **(kwargs or {}))
+
+
+def _train_step(mode: str | None) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+    torch.manual_seed(0)
+    model = Net()
+    if mode is not None:
+        apply_recompute(model, ["blocks.{*}"], mode=mode)
+    x = torch.randn(2, 16, 32, requires_grad=True)
+    with CountAttention() as counter:
+        loss = model(x).square().mean()
+        loss.backward()
+    grads = {name.replace("_checkpoint_wrapped_module.", ""): p.grad for name, p in model.named_parameters()}
+    return loss.detach(), {**grads, "input": x.grad}, counter.calls
+
+
+def test_selective_recompute_gives_the_gradients_of_no_recompute():
+    plain_loss, plain_grads, _ = _train_step(None)
+    for mode in ("full", "selective"):
+        loss, grads, _ = _train_step(mode)
+        torch.testing.assert_close(loss, plain_loss, rtol=0, atol=0)
+        assert grads.keys() == plain_grads.keys()
+        for name, grad in plain_grads.items():
+            torch.testing.assert_close(grads[name], grad, rtol=1e-6, atol=1e-7, msg=f"{mode}: {name}")
+
+
+def test_selective_recompute_runs_attention_once_per_block():
+    depth = len(Net().blocks)
+    assert _train_step(None)[2] == depth
+    assert _train_step("full")[2] == 2 * depth
+    assert _train_step("selective")[2] == depth
+
+
+def test_unknown_mode_is_one_clear_error():
+    with pytest.raises(ConfigError, match="recompute_mode must be one of full, selective, got 'some'"):
+        apply_recompute(Net(), ["blocks.{*}"], mode="some")
+
+
+def test_selective_is_the_default_mode_and_trains_like_no_recompute(tmp_path):
+    assert FSDP2_DEFAULTS["recompute_mode"] == "selective"
+    plain = run_training([toy_net], tmp_path / "plain").losses
+    selective = run_training([toy_net], tmp_path / "selective", ["parallel.fsdp2.recompute_modules=['blocks.{*}']"])
+    assert selective.losses == pytest.approx(plain, rel=1e-6)
+
+
+def test_a_wrong_mode_in_the_config_names_the_key(tmp_path):
+    overrides = ["parallel.fsdp2.recompute_modules=['blocks.{*}']", "parallel.fsdp2.recompute_mode=partial"]
+    with pytest.raises(ConfigError, match="parallel.fsdp2.recompute_mode must be one of full, selective"):
+        run_training([toy_net], tmp_path, overrides)
