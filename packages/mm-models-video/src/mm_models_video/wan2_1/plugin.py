@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from mm_core import hookimpl
@@ -13,6 +14,7 @@ from mm_core.runtime import Runtime
 from mm_models_video.wan2_1 import schema
 from mm_models_video.wan2_1.build import build_model
 from mm_models_video.wan2_1.convert import register_converters  # noqa: F401 (mm-convert hook)
+from mm_models_video.wan2_1.cp import broadcast_batch, check_heads, enable_context_parallel
 from mm_models_video.wan2_1.data import build_train_loader, data_config, example_prompt
 from mm_models_video.wan2_1.diffusion import noise_seeds
 from mm_models_video.wan2_1.extract import extract_features as run_extraction
@@ -48,9 +50,16 @@ def default_config(task: str) -> dict:
 
 @hookimpl
 def model_provider(config: Config, runtime: Runtime) -> WanT2V:
-    """Check the data shape against the model, then build the WanT2V (on the CPU; the engines place it)."""
+    """Check the data shape against the model, then build the WanT2V (on the CPU; the engines place it).
+
+    With context parallelism the transformer's tokens are split over the cp ranks (see ``cp``).
+    """
     data_config(config)
-    return build_model(config.model)
+    model = build_model(config.model)
+    if runtime.dims["cp"] > 1:
+        check_heads(config.parallel.cp, model.predictor.config.num_attention_heads)
+        enable_context_parallel(model.predictor)
+    return model
 
 
 @hookimpl
@@ -71,10 +80,18 @@ def datasets_provider(config: Config, runtime: Runtime) -> tuple:
 
 @hookimpl
 def get_batch(data_iterator: DataIterator, runtime: Runtime) -> dict:
-    """The next batch on the device, with per-sample noise seeds from (training seed, epoch, sample index)."""
-    batch = next(data_iterator)
-    batch["noise_seeds"] = noise_seeds(runtime.config.training.seed, data_iterator.epoch, batch["index"])
-    return to_device(batch, runtime.device)
+    """The next batch on the device, with per-sample noise seeds from (training seed, epoch, sample index).
+
+    With context parallelism only cp rank 0 reads it; the other ranks of its group receive it.
+    """
+    group = runtime.submesh("cp").get_group() if runtime.dims["cp"] > 1 else None
+    batch = None
+    if group is None or dist.get_rank(group) == 0:
+        batch = next(data_iterator)
+        batch["noise_seeds"] = noise_seeds(runtime.config.training.seed, data_iterator.epoch, batch["index"])
+    if group is None:
+        return to_device(batch, runtime.device)
+    return broadcast_batch(batch, group, runtime.device)
 
 
 @hookimpl

@@ -1,0 +1,76 @@
+"""What each rank runs in the wan2_1 context-parallel transformer test: sharded forward/backward vs the whole one."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import socket
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.distributed.device_mesh import init_device_mesh
+from wan_testing import wan_config
+
+from mm_models_video.wan2_1.build import build_model
+from mm_models_video.wan2_1.cp import enable_context_parallel
+from mm_parallel import build_context, context_parallel
+
+
+def _inputs() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "hidden_states": torch.randn(2, 4, 3, 4, 6, generator=g),  # 3 × 2 × 3 = 18 tokens
+        "timestep": torch.tensor([100.0, 900.0]),
+        "encoder_hidden_states": torch.randn(2, 64, 64, generator=g),
+    }
+
+
+def _run(model: torch.nn.Module, weight: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    out = model(**_inputs(), return_dict=False)[0]
+    (out * weight).sum().backward()
+    return out.detach(), {name: p.grad for name, p in model.named_parameters()}
+
+
+def compare(rank: int, world: int, port: int, out: str) -> None:
+    """For each mode: largest output and gradient differences, and the tokens each rank's blocks saw."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("cp",))
+    torch.manual_seed(0)
+    reference = build_model(wan_config().model).predictor
+    weight = torch.randn(2, 4, 3, 4, 6, generator=torch.Generator().manual_seed(1))
+    expected, expected_grads = _run(reference, weight)
+    report = {}
+    seen: list[int] = []
+    for mode in ("ulysses", "ring"):
+        model = copy.deepcopy(reference)
+        enable_context_parallel(model)
+        model.blocks[0].register_forward_hook(lambda module, args, output: seen.append(output.shape[1]))
+        with context_parallel(build_context(mesh, mode)):
+            pred, grads = _run(model, weight)
+        # Every rank's loss is over the whole output: their gradients sum to world × the gradient (see cp docs).
+        for grad in grads.values():
+            dist.all_reduce(grad)
+            grad /= world
+        report[mode] = {
+            "tokens": seen.pop(),
+            "out": (pred - expected).abs().max().item(),
+            "grad": max((grads[n] - g).abs().max().item() for n, g in expected_grads.items()),
+        }
+    if rank == 0:
+        Path(out).write_text(json.dumps(report))
+    dist.destroy_process_group()
+
+
+def launch(world: int, out: Path) -> dict:
+    """Run ``compare`` on ``world`` gloo processes; rank 0's report."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(compare, args=(world, port, str(out)), nprocs=world, join=True)
+    return json.loads(out.read_text())
