@@ -17,7 +17,9 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
+from torch.distributed.fsdp import FSDPModule
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
 from torch.distributed.tensor import DTensor
 
@@ -230,8 +232,9 @@ class PipelineChunk(torch.nn.Module):
                 return hidden
             loss, metrics = step.loss_fn(plan.post(model, hidden, batch), batch)
         step.records.append((loss.detach(), metrics))
-        # Dividing here rather than the schedule's scale_grads also scales the parameters outside every stage module.
-        return loss / step.micro_batches
+        # Dividing here rather than by the schedule's scale_grads also scales the parameters outside every stage
+        # module. One dimension: a forward-only schedule concatenates the micro-batches' outputs.
+        return torch.stack([loss / step.micro_batches])
 
 
 def _passthrough_loss(loss: torch.Tensor, _target: Any) -> torch.Tensor:
@@ -264,7 +267,7 @@ class PipelineModel(torch.nn.Module):
         object.__setattr__(self, "module", model)
         object.__setattr__(self, "plan", plan)
         object.__setattr__(self, "step", None)
-        self._schedules: dict[int, Any] = {}
+        self._schedules: dict[tuple[int, bool], Any] = {}
 
         _check_coverage(model, plan)
         stack = _lookup(model, plan.layers)
@@ -298,7 +301,6 @@ class PipelineModel(torch.nn.Module):
             )
             for s in self.stages
         ]
-        self.stage_modules: list[torch.nn.Module] = list(self.chunks)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Not callable: a pipeline runs whole steps through :meth:`forward_backward`."""
@@ -309,27 +311,35 @@ class PipelineModel(torch.nn.Module):
         self.module.train(mode)
         return super().train(mode)
 
-    def outside_parameters(self) -> list[torch.nn.Parameter]:
-        """Trainable parameters in no stage module (named directly by pp_pre / pp_post): no engine reduces them."""
-        inside = {id(p) for chunk in self.chunks for p in chunk.parameters()}
-        return [p for p in self.parameters() if p.requires_grad and id(p) not in inside]
+    def unreduced_parameters(self) -> list[torch.nn.Parameter]:
+        """Trainable parameters whose gradients no engine averages over data-parallel ranks.
 
-    def _schedule(self, micro_batches: int):
-        """The schedule for ``micro_batches`` micro-batches per step (one per count: stages keep per-step buffers)."""
-        if micro_batches not in self._schedules:
-            if self.schedule_name != "interleaved_1f1b" and micro_batches < self.pp_size:
+        All of them without FSDP2; with it, those in no stage module (named directly by pp_pre / pp_post).
+        """
+        sharded = {id(p) for chunk in self.chunks if isinstance(chunk, FSDPModule) for p in chunk.parameters()}
+        return [p for p in self.parameters() if p.requires_grad and id(p) not in sharded]
+
+    def _schedule(self, micro_batches: int, backward: bool):
+        """The schedule for a step of ``micro_batches`` (one per count: stages keep per-step buffers).
+
+        Forward-only steps of single-stage schedules use GPipe, which takes fewer micro-batches than stages.
+        """
+        key = (micro_batches, backward)
+        if key not in self._schedules:
+            name = self.schedule_name if backward or self.schedule_name == "interleaved_1f1b" else "gpipe"
+            if name == "1f1b" and micro_batches < self.pp_size:
                 raise ConfigError(
-                    f"parallel.pp.schedule {self.schedule_name} needs at least pp.size = {self.pp_size} micro-batches "
+                    f"parallel.pp.schedule 1f1b needs at least pp.size = {self.pp_size} micro-batches "
                     f"per step, got {micro_batches}: raise training.global_batch_size or lower micro_batch_size"
                 )
             stages = [
-                PipelineStage(module, chunk.stage, self.num_stages, self.device, group=self.group)
-                for chunk, module in zip(self.chunks, self.stage_modules)
+                PipelineStage(chunk, chunk.stage, self.num_stages, self.device, group=self.group)
+                for chunk in self.chunks
             ]
-            cls = SCHEDULES[self.schedule_name]
+            cls = SCHEDULES[name]
             first = stages if cls is ScheduleInterleaved1F1B else stages[0]
-            self._schedules[micro_batches] = cls(first, micro_batches, loss_fn=_passthrough_loss, scale_grads=False)
-        return self._schedules[micro_batches]
+            self._schedules[key] = cls(first, micro_batches, loss_fn=_passthrough_loss, scale_grads=False)
+        return self._schedules[key]
 
     def forward_backward(
         self,
@@ -344,7 +354,7 @@ class PipelineModel(torch.nn.Module):
         """
         n = len(batches)
         object.__setattr__(self, "step", _Step(loss_fn, autocast, n))
-        schedule = self._schedule(n)
+        schedule = self._schedule(n, backward)
         inputs = {
             "arg_mbs": [()] * n,
             "kwarg_mbs": [{"batch": batch} for batch in batches],
@@ -353,7 +363,7 @@ class PipelineModel(torch.nn.Module):
         }
         if backward:
             schedule.step(**inputs, return_outputs=False)
-            self._average_outside_gradients()
+            self._average_gradients()
         else:
             schedule.eval(**inputs)
         # Shape inference on a schedule's first step runs the loss once more: keep the last n.
@@ -370,20 +380,25 @@ class PipelineModel(torch.nn.Module):
         total, sums = payload[0]
         return torch.tensor(total, device=self.device), sums
 
-    def _average_outside_gradients(self) -> None:
-        """Average the gradients of :meth:`outside_parameters` over the data-parallel (and cp) ranks."""
+    def _average_gradients(self) -> None:
+        """Average the gradients of :meth:`unreduced_parameters` over the data-parallel (and cp) ranks.
+
+        One all-reduce per dtype after the schedule: DDP's reducer cannot follow a pipeline's interleaved backwards.
+        """
         rt = self.runtime
         if rt.dp_size * rt.dims["cp"] == 1:
             return
-        grads = [p.grad for p in self.outside_parameters() if p.grad is not None]
-        if not grads:
-            return
         group = rt.submesh("dp_cp").get_group()
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat, group=group)
-        flat /= dist.get_world_size(group)
-        for grad, part in zip(grads, flat.split([g.numel() for g in grads])):
-            grad.copy_(part.view_as(grad))
+        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+        for param in self.unreduced_parameters():
+            if param.grad is not None:
+                by_dtype.setdefault(param.grad.dtype, []).append(param.grad)
+        for grads in by_dtype.values():
+            flat = _flatten_dense_tensors(grads)
+            dist.all_reduce(flat, group=group)
+            flat /= dist.get_world_size(group)
+            for grad, averaged in zip(grads, _unflatten_dense_tensors(flat, grads)):
+                grad.copy_(averaged)
 
     def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
         """Clip gradients to ``max_norm`` by their 2-norm over every stage; returns that norm."""
@@ -442,8 +457,7 @@ def _load_pretrained(pipe: PipelineModel, source: Any) -> None:
 def apply_pipeline(
     model: torch.nn.Module, plan: Mapping[str, Any], config: Config, runtime: Runtime, on_meta: bool
 ) -> PipelineModel:
-    """Cut ``model`` into this rank's stages, shard each with FSDP2 over dp_shard (else DDP when data-parallel),
-    allocate and place them.
+    """Cut ``model`` into this rank's stages, shard each with FSDP2 over dp_shard, allocate and place them.
 
     FSDP2's module patterns are resolved on the whole model first, so that a pattern naming layers of other
     stages is no error; each stage then wraps the modules it holds, and is its own FSDP2 root.
@@ -470,11 +484,8 @@ def apply_pipeline(
     else:
         pipe.module.to(runtime.device)
     if not fsdp.enable and runtime.dp_size * runtime.dims["cp"] > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        group = runtime.submesh("dp_cp").get_group()
-        device_ids = [runtime.device.index] if runtime.device.type != "cpu" else None
-        pipe.stage_modules = [
-            DistributedDataParallel(chunk, device_ids=device_ids, process_group=group) for chunk in pipe.chunks
-        ]
+        # Replicas must start equal, as DDP would make them: every rank takes its data-parallel group's first.
+        group = runtime.submesh("dp_cp")
+        for tensor in pipe.state_dict().values():
+            dist.broadcast(tensor, group=group.get_group(), group_src=0)
     return pipe

@@ -1,0 +1,163 @@
+"""Pipeline parallelism: stage cuts, and training on 2 and 4 gloo ranks equal to one process (losses, grad norms,
+validation losses, post-step weights), with FSDP2 or DDP across pipelines, and resume between PP and no PP."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+from mm_core.errors import ConfigError, PluginError
+from mm_core.testing import run_training, spawn_training
+from mm_parallel.pipeline import PipelinePlan, _check_coverage, _check_schedule
+from mm_parallel.pipeline_layout import bubble_fraction, local_stages, stage_layer_counts
+
+TESTS = Path(__file__).parent
+PLUGIN = ["pp_toy_plugin"]
+SAVE = ["training.save_interval=2", "training.keep_last=0"]
+PP2 = ["parallel.pp.size=2", "parallel.pp.pipeline_num_layers=[3,5]"]
+
+
+def _metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
+    """The train and validation lines of a run's metrics.jsonl."""
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in lines if "loss" in r], [r for r in lines if "valid_loss" in r]
+
+
+def _later_losses(run_dir: Path) -> dict[int, float]:
+    """The training losses of steps 3 and 4 of a finished run, from its metrics.jsonl."""
+    return {r["step"]: r["loss"] for r in _metrics(run_dir)[0] if r["step"] > 2}
+
+
+def _weights(checkpoint: Path, tmp_path: Path) -> dict[str, torch.Tensor]:
+    """The full model weights of a DCP checkpoint, however many ranks wrote it."""
+    out = tmp_path / f"{checkpoint.parent.parent.name}.pt"
+    dcp_to_torch_save(checkpoint, out)
+    return torch.load(out, weights_only=False)["model"]
+
+
+def _assert_same_run(run_dir: Path, reference: Path, tmp_path: Path) -> None:
+    train, valid = _metrics(run_dir)
+    ref_train, ref_valid = _metrics(reference)
+    assert [r["step"] for r in train] == [1, 2, 3, 4]  # logged once per step
+    for key in ("loss", "grad_norm"):
+        assert [r[key] for r in train] == pytest.approx([r[key] for r in ref_train], rel=1e-5), key
+    assert [r["valid_loss"] for r in valid] == pytest.approx([r["valid_loss"] for r in ref_valid], rel=1e-5)
+    last = "checkpoints/step_00000004"
+    weights, expected = _weights(run_dir / last, tmp_path), _weights(reference / last, tmp_path)
+    assert weights.keys() == expected.keys()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(weights[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("single")
+    run_training(PLUGIN, run_dir, ["training.device=cpu", *SAVE])
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def pp2(tmp_path_factory) -> Path:
+    """Two ranks, 1F1B, an uneven cut of the 8 blocks."""
+    run_dir = tmp_path_factory.mktemp("pp2")
+    spawn_training(2, PLUGIN, run_dir, [*PP2, *SAVE], sys_path=[TESTS])
+    return run_dir
+
+
+def test_1f1b_on_two_ranks_equals_one_process(single, pp2, tmp_path):
+    _assert_same_run(pp2, single, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("world", "overrides"),
+    [
+        pytest.param(
+            2,
+            ["parallel.pp.size=2", "parallel.pp.schedule=interleaved_1f1b", "parallel.pp.virtual_stages=2",
+             "parallel.pp.pipeline_num_layers=[[1,3],[2,2]]"],
+            id="interleaved-pp2-v2",
+        ),
+        pytest.param(4, ["parallel.pp.size=4", "model.meta=true"], id="1f1b-pp4-meta", marks=pytest.mark.slow),
+        pytest.param(
+            4,
+            ["parallel.pp.size=2", "parallel.fsdp2.enable=true", "parallel.fsdp2.recompute_modules=['blocks.{1,6}']"],
+            id="pp2-fsdp2",
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(4, ["parallel.pp.size=2"], id="pp2-ddp", marks=pytest.mark.slow),
+    ],
+)
+def test_pipeline_training_equals_one_process(single, tmp_path, world, overrides):
+    spawn_training(world, PLUGIN, tmp_path / "run", [*overrides, *SAVE], sys_path=[TESTS])
+    _assert_same_run(tmp_path / "run", single, tmp_path)
+
+
+def _resume_from_step_2(source: Path, run_dir: Path) -> None:
+    shutil.copytree(source, run_dir)
+    shutil.rmtree(run_dir / "checkpoints" / "step_00000004")
+
+
+def test_pipeline_checkpoint_resumes_without_pipeline(single, pp2, tmp_path):
+    _resume_from_step_2(pp2, tmp_path / "run")
+    losses = run_training(PLUGIN, tmp_path / "run", ["training.device=cpu", "training.resume=true", *SAVE]).losses
+    assert losses == pytest.approx(_later_losses(single), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_checkpoint_without_pipeline_resumes_with_it(single, tmp_path):
+    _resume_from_step_2(single, tmp_path / "run")
+    losses = spawn_training(2, PLUGIN, tmp_path / "run", [*PP2, "training.resume=true", *SAVE], sys_path=[TESTS])
+    assert losses == pytest.approx(_later_losses(single), rel=1e-5)
+
+
+def test_even_and_explicit_cuts():
+    assert stage_layer_counts(10, 4, 1, None, "blocks") == [3, 3, 2, 2]
+    assert stage_layer_counts(8, 2, 1, [3, 5], "blocks") == [3, 5]
+    # MindSpeed-MM's VPP form: one row per virtual stage; stage v·pp + r is row v, column r.
+    assert stage_layer_counts(8, 2, 2, [[1, 3], [2, 2]], "blocks") == [1, 3, 2, 2]
+    assert stage_layer_counts(8, 2, 1, {"blocks": [4, 4], "vit": [2, 0]}, "blocks") == [4, 4]
+    assert local_stages(1, 2, 2) == [1, 3]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ([3, 4], "pipeline_num_layers [3, 4] sums to 7 layers, but the model's 'blocks' has 8"),
+        ([8], "must be a list of 2 layer counts, one per stage"),
+        ([[4, 4]], "needs 2 row(s) (virtual_stages) of 2 (pp.size) counts"),
+        ([9, -1], "whole numbers of layers"),
+        ({"llm": [4, 4]}, "names stacks llm but not 'blocks'"),
+    ],
+)
+def test_bad_pipeline_num_layers_is_one_clear_error(value, message):
+    virtual = 2 if value == [[4, 4]] else 1
+    with pytest.raises(ConfigError) as info:
+        stage_layer_counts(8, 2, virtual, value, "blocks")
+    assert message in str(info.value)
+    assert str(info.value).startswith("parallel.pp.pipeline_num_layers")
+
+
+def test_too_few_layers_for_an_even_cut():
+    with pytest.raises(ConfigError, match="has 3 layers, fewer than the 4 pipeline stages"):
+        stage_layer_counts(3, 2, 2, None, "blocks")
+
+
+def test_plan_and_schedule_errors():
+    with pytest.raises(PluginError, match="missing pp_pre, pp_post"):
+        PipelinePlan.from_plan({"pp_layers": "blocks"})
+    with pytest.raises(ConfigError, match="virtual_stages 2 needs parallel.pp.schedule interleaved_1f1b"):
+        _check_schedule("1f1b", 2)
+    model = torch.nn.ModuleDict({"inp": torch.nn.Linear(2, 2), "blocks": torch.nn.ModuleList([torch.nn.Linear(2, 2)])})
+    plan = PipelinePlan(layers="blocks", pre=lambda m, b: b, post=lambda m, c, b: c)
+    with pytest.raises(PluginError, match="parameter 'inp.weight' is in none of the parallel_plan's pp_layers"):
+        _check_coverage(model, plan)
+
+
+def test_bubble_fraction():
+    assert bubble_fraction(4, 8) == pytest.approx(3 / 11)
+    assert bubble_fraction(4, 8, virtual=2) == pytest.approx(1.5 / 9.5)
