@@ -47,7 +47,7 @@ def parallel_plan(model, config):
       ``pp_post(model, carry, batch) -> output`` runs on the last stage after the last layer, and its output goes
       to ``loss_func`` (``forward_step`` is not called under PP); optional ``pp_layer(layer, carry) -> carry``
       calls one layer (default ``layer(hidden, *extras)``); ``pp_pre_modules`` / ``pp_post_modules`` list the
-      paths (modules or parameters) that ``pp_pre`` / ``pp_post`` use. Every parameter must fall under one of
+      paths (modules, parameters or buffers) that ``pp_pre`` / ``pp_post`` use. Every parameter must be in one of
       the three. See docs/pipeline_parallel.md.
 
     Stops at the first non-None result.
