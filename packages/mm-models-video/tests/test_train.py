@@ -65,7 +65,8 @@ def test_training_reads_features(tmp_path, mm_train) -> None:
     _extract(tmp_path, "training.device=cpu")
     result = mm_train(
         ["wan2_1"], *SHORT_RUN, "training.train_iters=2", "training.save_interval=0",
-        "data.dataset_param.dataset_type=feature", f"data.dataset_param.data_path={tmp_path / 'features' / 'data.jsonl'}",
+        "data.dataset_param.dataset_type=feature",
+        f"data.dataset_param.data_path={tmp_path / 'features' / 'data.jsonl'}",
     )
     assert len(result.losses) == 2
 
