@@ -11,7 +11,7 @@ from mm_data.formats import (
     parse_data_config,
     read_index,
 )
-from mm_data.sampler import ResumableBatchSampler, bucket_keys, build_dataloader
+from mm_data.sampler import ResumableBatchSampler, bucket_keys, build_dataloader, build_rank_loader
 from mm_data.synthetic import make_moving_shapes, write_video
 from mm_data.transforms import check_video_shape, resize_center_crop
 from mm_data.video import frame_indices, read_video
@@ -29,6 +29,7 @@ __all__ = [
     "VideoTextDataset",
     "bucket_keys",
     "build_dataloader",
+    "build_rank_loader",
     "check_video_shape",
     "collate",
     "frame_indices",

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mm_core.errors import ConfigError
+from mm_core.runtime import Runtime
 
 
 class ResumableBatchSampler(Sampler[list[int]]):
@@ -110,4 +111,29 @@ def build_dataloader(
     sampler = ResumableBatchSampler(len(dataset), batch_size, dp_rank, dp_size, seed, shuffle, drop_last, buckets)
     return DataLoader(
         dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory, collate_fn=collate_fn
+    )
+
+
+def build_rank_loader(
+    dataset: Dataset,
+    loader: Any,
+    batch_size: int,
+    runtime: Runtime,
+    seed: int,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+    buckets: Sequence[Hashable] | None = None,
+) -> DataLoader:
+    """``build_dataloader`` for this rank of ``runtime`` with the options of a ``dataloader_param`` block ``loader``."""
+    return build_dataloader(
+        dataset,
+        batch_size=batch_size,
+        dp_rank=runtime.dp_rank,
+        dp_size=runtime.dp_size,
+        seed=seed,
+        shuffle=loader.shuffle,
+        drop_last=loader.drop_last,
+        num_workers=loader.num_workers,
+        pin_memory=loader.pin_memory and runtime.device.type != "cpu",
+        collate_fn=collate_fn,
+        buckets=buckets,
     )

@@ -15,7 +15,7 @@ from mm_core.errors import ConfigError
 from mm_core.runtime import Runtime
 from mm_data.datasets import VideoTextDataset, collate
 from mm_data.formats import DataConfig, parse_data_config
-from mm_data.sampler import bucket_keys, build_dataloader
+from mm_data.sampler import bucket_keys, build_rank_loader
 from mm_data.transforms import check_video_shape
 from mm_models_video.custom_dit.schema import CLIP
 from mm_models_video.wan2_1.build import _from_pretrained
@@ -90,16 +90,7 @@ def build_train_loader(config: Config, runtime: Runtime) -> DataLoader:
     data = data_config(config)
     dataset = CustomT2VDataset.from_data_config(data, seed=config.training.seed)
     loader = data.dataloader_param
-    return build_dataloader(
-        dataset,
-        batch_size=config.training.micro_batch_size,
-        dp_rank=runtime.dp_rank,
-        dp_size=runtime.dp_size,
-        seed=config.training.seed,
-        shuffle=loader.shuffle,
-        drop_last=loader.drop_last,
-        num_workers=loader.num_workers,
-        pin_memory=loader.pin_memory and runtime.device.type != "cpu",
-        collate_fn=collate,
-        buckets=bucket_keys(dataset.shapes(), loader.group_frame, loader.group_resolution),
+    buckets = bucket_keys(dataset.shapes(), loader.group_frame, loader.group_resolution)
+    return build_rank_loader(
+        dataset, loader, config.training.micro_batch_size, runtime, config.training.seed, collate, buckets
     )

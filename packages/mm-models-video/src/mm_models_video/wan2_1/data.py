@@ -16,7 +16,7 @@ from mm_core.runtime import Runtime
 from mm_data.datasets import VideoTextDataset, collate
 from mm_data.features import FeatureDataset, read_feature_index
 from mm_data.formats import DataConfig, DatasetParam, parse_data_config, read_index
-from mm_data.sampler import bucket_keys, build_dataloader
+from mm_data.sampler import bucket_keys, build_rank_loader
 from mm_data.synthetic import make_moving_shapes
 from mm_models_video.wan2_1.flavors import get_flavor
 from mm_models_video.wan2_1.schema import check_clip
@@ -90,18 +90,8 @@ def build_train_loader(config: Config, runtime: Runtime) -> DataLoader:
         dataset = video_dataset(config, data)
         collate_fn = collate
         buckets = bucket_keys(dataset.shapes(), loader.group_frame, loader.group_resolution)
-    return build_dataloader(
-        dataset,
-        batch_size=config.training.micro_batch_size,
-        dp_rank=runtime.dp_rank,
-        dp_size=runtime.dp_size,
-        seed=config.training.seed,
-        shuffle=loader.shuffle,
-        drop_last=loader.drop_last,
-        num_workers=loader.num_workers,
-        pin_memory=loader.pin_memory and runtime.device.type != "cpu",
-        collate_fn=collate_fn,
-        buckets=buckets,
+    return build_rank_loader(
+        dataset, loader, config.training.micro_batch_size, runtime, config.training.seed, collate_fn, buckets
     )
 
 
