@@ -22,9 +22,11 @@ def items(encoder, processor, settings, record, image_files):
 
 
 def _run(model, batch):
+    """Logits (the head applied to forward_step's hidden states), loss and metrics of ``batch``."""
     with torch.no_grad():
-        logits = plugin.forward_step(batch=batch, model=model, runtime=None)
-        loss, metrics = plugin.loss_func(output=logits, batch=batch, runtime=None)
+        hidden = plugin.forward_step(batch=batch, model=model, runtime=None)
+        loss, metrics = plugin.loss_func(output=hidden, batch=batch, runtime=None)
+        logits = hidden.head(hidden.as_subclass(torch.Tensor))
     return logits, loss, metrics
 
 
