@@ -1,7 +1,9 @@
 """A toy plugin for the pipeline tests: embed → conditioned residual MLP blocks → head, on fixed random data.
 
 The blocks take ``(hidden, cond)``: ``cond`` comes from a trainable embedding before the stack, so its gradient
-must travel back through every stage. Its parallel_plan is the pattern a plugin author follows.
+must travel back through every stage. Its parallel_plan is the pattern a plugin author follows. With
+``model.tie``, the head also adds ``skip(x)``, a projection whose weight is ``cond``'s (tied across the stages,
+like an LLM's input embedding and output projection).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ class Block(torch.nn.Module):
 
 
 class StackNet(torch.nn.Module):
-    def __init__(self, dim: int, depth: int) -> None:
+    def __init__(self, dim: int, depth: int, tie: bool = False) -> None:
         super().__init__()
         self.embed = torch.nn.Linear(4, dim)
         self.cond = torch.nn.Linear(4, dim)
@@ -33,24 +35,31 @@ class StackNet(torch.nn.Module):
         self.head = torch.nn.Linear(dim, 2)
         self.scale = torch.nn.Parameter(torch.tensor(0.5))  # held by the root: outside every stage module
         self.register_buffer("shift", torch.tensor(0.1))
+        self.skip = None
+        if tie:
+            self.skip = torch.nn.Linear(4, dim, bias=False)
+            self.skip.weight = self.cond.weight
 
     def pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.embed(x) + self.shift, self.cond(x.flip(-1))
 
-    def post(self, h: torch.Tensor) -> torch.Tensor:
-        return self.head(self.norm_out(h)) * self.scale
+    def post(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm_out(h)
+        if self.skip is not None:
+            h = h + self.skip(x)
+        return self.head(h) * self.scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, cond = self.pre(x)
         for block in self.blocks:
             h = block(h, cond)
-        return self.post(h)
+        return self.post(h, x)
 
 
 @hookimpl
 def default_config(task):
     return {
-        "model": {"dim": 8, "depth": 8, "init_seed": 7, "meta": False},
+        "model": {"dim": 8, "depth": 8, "init_seed": 7, "meta": False, "tie": False},
         "data": {"num_samples": 64},
         "training": {"train_iters": 4, "global_batch_size": 8, "micro_batch_size": 2, "lr": 1e-2, "bf16": False,
                      "save_interval": 0, "clip_grad": 0.5, "eval_interval": 2, "eval_iters": 2},
@@ -61,12 +70,12 @@ def default_config(task):
 @hookimpl
 def model_provider(config, runtime):
     torch.manual_seed(config.model.init_seed)
-    model = StackNet(config.model.dim, config.model.depth)
+    model = StackNet(config.model.dim, config.model.depth, config.model.tie)
     if config.model.meta:
         # The same weights, delivered as pretrained ones into a model built on the meta device.
         weights = model.state_dict()
         with torch.device("meta"):
-            model = StackNet(config.model.dim, config.model.depth)
+            model = StackNet(config.model.dim, config.model.depth, config.model.tie)
         model.pretrained = lambda: weights
     return model
 
@@ -78,9 +87,9 @@ def parallel_plan(model, config):
         "pretrained": getattr(model, "pretrained", None),
         "pp_layers": "blocks",
         "pp_pre": lambda model, batch: model.pre(batch[0]),
-        "pp_post": lambda model, carry, batch: model.post(carry[0]),
+        "pp_post": lambda model, carry, batch: model.post(carry[0], batch[0]),
         "pp_pre_modules": ["embed", "cond", "shift"],
-        "pp_post_modules": ["norm_out", "head", "scale"],
+        "pp_post_modules": ["norm_out", "head", "scale", *(["skip"] if config.model.tie else [])],
     }
 
 

@@ -97,6 +97,33 @@ def test_pipeline_training_equals_one_process(single, tmp_path, world, overrides
     _assert_same_run(tmp_path / "run", single, tmp_path)
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        pytest.param(PP2, id="1f1b-pp2"),
+        pytest.param(["parallel.pp.size=2", "parallel.pp.schedule=interleaved_1f1b", "parallel.pp.virtual_stages=2",
+                      "model.meta=true"], id="interleaved-pp2-v2-meta"),
+    ],
+)
+def test_weights_tied_across_stages_train_as_one_process(tmp_path, overrides):
+    """The last stage's copy of a tied weight starts, and stays, equal to the first stage's: losses and grad norms
+    (the tied weight counted once) equal one process, and the checkpoint holds both names with one value."""
+    tie = ["model.tie=true", *SAVE]
+    run_training(PLUGIN, tmp_path / "one", ["training.device=cpu", *tie])
+    spawn_training(2, PLUGIN, tmp_path / "pp", [*overrides, *tie], sys_path=[TESTS])
+    _assert_same_run(tmp_path / "pp", tmp_path / "one", tmp_path)
+    weights = _weights(tmp_path / "pp/checkpoints/step_00000004", tmp_path)
+    torch.testing.assert_close(weights["skip.weight"], weights["cond.weight"], rtol=0, atol=0)
+
+
+def test_weights_tied_between_layers_and_an_end_are_an_error():
+    model = torch.nn.ModuleDict({"inp": torch.nn.Linear(2, 2), "blocks": torch.nn.ModuleList([torch.nn.Linear(2, 2)])})
+    model.inp.weight = model.blocks[0].weight
+    plan = PipelinePlan(layers="blocks", pre=lambda m, b: b, post=lambda m, c, b: c, pre_modules=("inp",))
+    with pytest.raises(PluginError, match="only weights shared between pp_pre_modules and pp_post_modules"):
+        _check_coverage(model, plan)
+
+
 def _resume_from_step_2(source: Path, run_dir: Path) -> None:
     shutil.copytree(source, run_dir)
     shutil.rmtree(run_dir / "checkpoints" / "step_00000004")

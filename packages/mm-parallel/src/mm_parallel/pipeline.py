@@ -151,10 +151,15 @@ def _owner(path: str, groups: Mapping[str, Sequence[str]]) -> str | None:
     return None
 
 
-def _check_coverage(model: torch.nn.Module, plan: PipelinePlan) -> None:
-    """Every parameter and persistent buffer belongs to exactly one of layers / pre / post."""
+def _check_coverage(model: torch.nn.Module, plan: PipelinePlan) -> list[tuple[str, str]]:
+    """Every parameter and persistent buffer belongs to exactly one of layers / pre / post.
+
+    Returns the weights tied between pre and post (an LLM's input embedding and output projection) as
+    ``(pre name, post name)`` pairs; any other weight shared between groups is an error.
+    """
     groups = {"pp_layers": [plan.layers], "pp_pre_modules": plan.pre_modules, "pp_post_modules": plan.post_modules}
     seen: dict[int, tuple[str, str]] = {}
+    tied: list[tuple[str, str]] = []
     for name, param in model.named_parameters(remove_duplicate=False):
         name = _clean(name)
         group = _owner(name, groups)
@@ -164,11 +169,16 @@ def _check_coverage(model: torch.nn.Module, plan: PipelinePlan) -> None:
                 f"{list(plan.pre_modules)} or pp_post_modules {list(plan.post_modules)}; name its module in one"
             )
         first = seen.setdefault(id(param), (name, group))
-        if first[1] != group:
+        if first[1] == group:
+            continue
+        if {first[1], group} != {"pp_pre_modules", "pp_post_modules"}:
             raise PluginError(
-                f"parameter {name!r} ({group}) is tied to {first[0]!r} ({first[1]}): weights shared between "
-                "pipeline stages are not supported; untie them"
+                f"parameter {name!r} ({group}) is tied to {first[0]!r} ({first[1]}): only weights shared between "
+                "pp_pre_modules and pp_post_modules can be tied across pipeline stages; untie them"
             )
+        pair = (first[0], name) if first[1] == "pp_pre_modules" else (name, first[0])
+        if pair not in tied:
+            tied.append(pair)
     persistent = set(model.state_dict(keep_vars=True))
     for name, _ in model.named_buffers():
         if name in persistent and _owner(_clean(name), groups) is None:
@@ -176,6 +186,7 @@ def _check_coverage(model: torch.nn.Module, plan: PipelinePlan) -> None:
                 f"buffer {_clean(name)!r} is saved in checkpoints but is in none of the parallel_plan's pp_layers, "
                 "pp_pre_modules or pp_post_modules; name its module in one"
             )
+    return tied
 
 
 def _remove(model: torch.nn.Module, path: str) -> None:
@@ -269,7 +280,7 @@ class PipelineModel(torch.nn.Module):
         object.__setattr__(self, "step", None)
         self._schedules: dict[tuple[int, bool], Any] = {}
 
-        _check_coverage(model, plan)
+        tied = _check_coverage(model, plan)
         stack = _lookup(model, plan.layers)
         if not isinstance(stack, torch.nn.ModuleList):
             raise PluginError(f"parallel_plan pp_layers {plan.layers!r} is a {type(stack).__name__}, not a ModuleList")
@@ -279,6 +290,12 @@ class PipelineModel(torch.nn.Module):
         ranges = stage_ranges(self.layer_counts)
         self.stages = local_stages(self.pp_rank, self.pp_size, self.virtual)
         has_first, has_last = 0 in self.stages, self.num_stages - 1 in self.stages
+        # Megatron's way for tied weights: the last stage keeps its own copy under the post name (pruning leaves
+        # it there), :meth:`sync_tied_weights` starts it equal to the first stage's and the two copies' gradients
+        # are summed after each backward. Pipeline rank 0 runs the first stage.
+        side = 0 if has_first and not has_last else 1 if has_last and not has_first else None
+        self._tied = [(names[side], 0 if side else self.last_rank) for names in tied] if side is not None else []
+        self._tied_is_copy = side == 1
         pre = {p: _lookup(model, p) for p in plan.pre_modules}
         post = {p: _lookup(model, p) for p in plan.post_modules}
         for path in [*(() if has_first else pre), *(() if has_last else post)]:
@@ -363,6 +380,7 @@ class PipelineModel(torch.nn.Module):
         }
         if backward:
             schedule.step(**inputs, return_outputs=False)
+            self._sum_tied_gradients()
             self._average_gradients()
         else:
             schedule.eval(**inputs)
@@ -400,10 +418,50 @@ class PipelineModel(torch.nn.Module):
             for grad, averaged in zip(grads, _unflatten_dense_tensors(flat, grads)):
                 grad.copy_(averaged)
 
+    def _tied_parameters(self) -> list[tuple[torch.nn.Parameter, int]]:
+        """This rank's end of each weight tied across stages, and the pipeline rank holding the other end."""
+        return [(_lookup(self.module, name), peer) for name, peer in self._tied]
+
+    def _exchange(self, tensor: torch.Tensor, peer: int) -> torch.Tensor:
+        """Send ``tensor`` to pipeline rank ``peer`` and receive its counterpart (local shards under FSDP2)."""
+        local = tensor.to_local() if isinstance(tensor, DTensor) else tensor
+        received = torch.empty_like(local)
+        ops = [
+            dist.P2POp(dist.isend, local, group=self.group, group_peer=peer),
+            dist.P2POp(dist.irecv, received, group=self.group, group_peer=peer),
+        ]
+        for work in dist.batch_isend_irecv(ops):
+            work.wait()
+        return received
+
+    def sync_tied_weights(self) -> None:
+        """Make the last stage's copy of each tied weight equal to the first stage's."""
+        for param, peer in self._tied_parameters():
+            received = self._exchange(param.detach(), peer)
+            if self._tied_is_copy:
+                local = param.to_local() if isinstance(param, DTensor) else param
+                with torch.no_grad():
+                    local.copy_(received)
+
+    def _sum_tied_gradients(self) -> None:
+        """Sum the two copies' gradients of each tied weight, on both ends (a + b == b + a: they stay identical)."""
+        for param, peer in self._tied_parameters():
+            if not param.requires_grad:
+                continue
+            grad = param.grad if param.grad is not None else torch.zeros_like(param)
+            received = self._exchange(grad, peer)
+            local = grad.to_local() if isinstance(grad, DTensor) else grad
+            local.add_(received)
+            param.grad = grad
+
     def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
-        """Clip gradients to ``max_norm`` by their 2-norm over every stage; returns that norm."""
+        """Clip gradients to ``max_norm`` by their 2-norm over every stage; returns that norm.
+
+        A tied weight counts once, as without PP: the last stage's copy is clipped but left out of the norm.
+        """
         params = [p for p in self.parameters() if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        copies = {id(p) for p, _ in self._tied_parameters()} if self._tied_is_copy else set()
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if id(p) not in copies])
         if isinstance(norm, DTensor):
             norm = norm.full_tensor()
         squared = norm.to(self.device, torch.float32) ** 2
@@ -483,6 +541,7 @@ def apply_pipeline(
             _load_pretrained(pipe, plan["pretrained"])
     else:
         pipe.module.to(runtime.device)
+    pipe.sync_tied_weights()
     if not fsdp.enable and runtime.dp_size * runtime.dims["cp"] > 1:
         # Replicas must start equal, as DDP would make them: every rank takes its data-parallel group's first.
         group = runtime.submesh("dp_cp")
