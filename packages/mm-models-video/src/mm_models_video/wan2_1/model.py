@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from diffusers import AutoencoderKLWan, WanPipeline, WanTransformer3DModel
@@ -14,6 +15,25 @@ from transformers import PreTrainedTokenizerBase, UMT5EncoderModel
 from mm_models_video.wan2_1.diffusion import FlowMatching
 
 FROZEN = ("ae", "text_encoder")
+
+
+class Carry(NamedTuple):
+    """What passes through the transformer blocks (and between pipeline stages): the tokens and their conditions."""
+
+    hidden: torch.Tensor
+    context: torch.Tensor
+    timestep_proj: torch.Tensor
+    rope_cos: torch.Tensor
+    rope_sin: torch.Tensor
+    temb: torch.Tensor
+    target: torch.Tensor
+
+
+def run_block(block: nn.Module, carry: Carry | tuple[torch.Tensor, ...]) -> Carry:
+    """One WanTransformerBlock on the carry's tokens; the conditions pass on unchanged."""
+    carry = Carry(*carry)
+    hidden = block(carry.hidden, carry.context, carry.timestep_proj, (carry.rope_cos, carry.rope_sin))
+    return carry._replace(hidden=hidden)
 
 
 class WanT2V(nn.Module):
@@ -52,8 +72,10 @@ class WanT2V(nn.Module):
     def train(self, mode: bool = True) -> WanT2V:
         """Set the predictor's mode; the frozen parts always stay in eval mode."""
         super().train(mode)
-        self.ae.eval()
-        self.text_encoder.eval()
+        for name in FROZEN:
+            part = getattr(self, name)
+            if part is not None:  # a pipeline stage without the encoders
+                part.eval()
         return self
 
     def _latent_stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,7 +128,28 @@ class WanT2V(nn.Module):
 
         Give ``latents`` and ``prompt_embeds`` (precomputed features) or ``video`` and ``prompt``
         (encoded here). Without ``noise`` and ``timestep_indices`` they are drawn per sample from
-        ``noise_seeds`` (see ``diffusion.noise_seeds``), else from the global RNG.
+        ``noise_seeds`` (see ``diffusion.noise_seeds``), else from the global RNG. It runs
+        :meth:`embed`, each block through :func:`run_block` and :meth:`predict`, as pipeline stages do.
+        """
+        carry = self.embed(latents, prompt_embeds, video, prompt, noise, timestep_indices, noise_seeds)
+        for block in self.predictor.blocks:
+            carry = run_block(block, carry)
+        return self.predict(carry)
+
+    def embed(
+        self,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        video: torch.Tensor | None = None,
+        prompt: Sequence[str] | None = None,
+        noise: torch.Tensor | None = None,
+        timestep_indices: torch.Tensor | None = None,
+        noise_seeds: torch.Tensor | None = None,
+    ) -> Carry:
+        """Everything before the transformer blocks: encode, noise, then the predictor's RoPE and embeddings.
+
+        The predictor's part is diffusers' ``WanTransformer3DModel.forward`` up to its block loop (Wan2.1:
+        one timestep per sample, no image condition).
         """
         if latents is None:
             latents = self.encode_video(video)
@@ -119,12 +162,29 @@ class WanT2V(nn.Module):
         if timestep_indices is None:
             timestep_indices = self.diffusion.sample_indices(latents.shape[0])
         noised, timesteps = self.diffusion.add_noise(latents, noise, timestep_indices)
-        pred = self.predictor(
-            hidden_states=noised, timestep=timesteps, encoder_hidden_states=prompt_embeds, return_dict=False
-        )[0]
-        patch = self.predictor.config.patch_size
-        tokens = noised[:, 0].numel() // (patch[0] * patch[1] * patch[2])
-        return {"pred": pred, "target": self.diffusion.target(latents, noise), "tokens": tokens}
+        predictor = self.predictor
+        rope_cos, rope_sin = predictor.rope(noised)
+        hidden = predictor.patch_embedding(noised).flatten(2).transpose(1, 2).contiguous()
+        temb, timestep_proj, context, _ = predictor.condition_embedder(timesteps, prompt_embeds, None)
+        target = self.diffusion.target(latents, noise)
+        return Carry(hidden, context, timestep_proj.unflatten(1, (6, -1)), rope_cos, rope_sin, temb, target)
+
+    def predict(self, carry: Carry) -> dict[str, torch.Tensor | int]:
+        """Everything after the blocks: the predictor's modulated output norm, projection and unpatchify.
+
+        Returns the loss's inputs ``{"pred", "target", "tokens"}``; ``tokens`` counts the clip's latent patches.
+        """
+        predictor = self.predictor
+        hidden, target = carry.hidden, carry.target
+        shift, scale = (predictor.scale_shift_table + carry.temb.unsqueeze(1)).chunk(2, dim=1)
+        hidden = (predictor.norm_out(hidden.float()) * (1 + scale) + shift).type_as(hidden)
+        hidden = predictor.proj_out(hidden)
+        patch = predictor.config.patch_size
+        batch, _, frames, height, width = target.shape
+        grid = (frames // patch[0], height // patch[1], width // patch[2])
+        pred = hidden.reshape(batch, *grid, *patch, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
+        pred = pred.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+        return {"pred": pred, "target": target, "tokens": grid[0] * grid[1] * grid[2]}
 
     def set_attention_processor(self, processor: object) -> None:
         """Swap the predictor's attention (a diffusers attention processor), e.g. for context parallelism."""

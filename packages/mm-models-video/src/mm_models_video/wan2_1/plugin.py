@@ -10,6 +10,7 @@ from mm_core import hookimpl
 from mm_core.config import Config
 from mm_core.data_iter import DataIterator
 from mm_core.defaults import to_device
+from mm_core.errors import ConfigError
 from mm_core.runtime import Runtime
 from mm_models_video.wan2_1 import schema
 from mm_models_video.wan2_1.build import build_model
@@ -19,7 +20,7 @@ from mm_models_video.wan2_1.data import build_train_loader, data_config, example
 from mm_models_video.wan2_1.diffusion import noise_seeds
 from mm_models_video.wan2_1.extract import extract_features as run_extraction
 from mm_models_video.wan2_1.infer import generate
-from mm_models_video.wan2_1.model import WanT2V
+from mm_models_video.wan2_1.model import FROZEN, Carry, WanT2V, run_block
 
 # The embedded run: a tiny Wan2.1 on generated clips, about a minute on two CPU cores.
 TRAINING = {
@@ -33,6 +34,9 @@ TRAINING = {
 }
 
 MODEL_INPUTS = ("latents", "prompt_embeds", "video", "prompt", "noise_seeds")
+# The predictor's modules before and after its blocks: on the first and the last pipeline stage.
+PP_PRE = ("rope", "patch_embedding", "condition_embedder")
+PP_POST = ("norm_out", "proj_out", "scale_shift_table")
 
 
 @hookimpl
@@ -54,6 +58,11 @@ def model_provider(config: Config, runtime: Runtime) -> WanT2V:
 
     With context parallelism the transformer's tokens are split over the cp ranks (see ``cp``).
     """
+    if runtime.dims["pp"] > 1 and runtime.dims["cp"] > 1:
+        raise ConfigError(
+            f"wan2_1 does not combine pipeline and context parallelism (parallel.pp.size {runtime.dims['pp']}, "
+            f"parallel.cp.size {runtime.dims['cp']}): set one of them to 1"
+        )
     data_config(config)
     model = build_model(config.model)
     if runtime.dims["cp"] > 1:
@@ -64,11 +73,19 @@ def model_provider(config: Config, runtime: Runtime) -> WanT2V:
 
 @hookimpl
 def parallel_plan(model: WanT2V, config: Config) -> dict:
-    """FSDP2 shards each transformer block; CP swaps the blocks' self-attention; PP cuts the block list."""
+    """FSDP2 shards each transformer block; CP swaps the blocks' self-attention; PP cuts the block list.
+
+    Under PP the first stage encodes, noises and embeds (``WanT2V.embed``), the last predicts (``WanT2V.predict``).
+    """
     return {
         "fsdp_modules": ["predictor.blocks.{*}"],
         "cp_attention": ["predictor.blocks.{*}.attn1"],
         "pp_layers": "predictor.blocks",
+        "pp_pre": lambda model, batch: tuple(model.embed(**model_inputs(batch))),
+        "pp_layer": lambda block, carry: tuple(run_block(block, carry)),
+        "pp_post": lambda model, carry, batch: model.predict(Carry(*carry)),
+        "pp_pre_modules": [*FROZEN, *(f"predictor.{name}" for name in PP_PRE)],
+        "pp_post_modules": [f"predictor.{name}" for name in PP_POST],
     }
 
 
@@ -94,10 +111,15 @@ def get_batch(data_iterator: DataIterator, runtime: Runtime) -> dict:
     return broadcast_batch(batch, group, runtime.device)
 
 
+def model_inputs(batch: dict) -> dict:
+    """The batch entries WanT2V takes: the clip and caption (raw or as features) and the noise seeds."""
+    return {key: batch[key] for key in MODEL_INPUTS if key in batch}
+
+
 @hookimpl
 def forward_step(batch: dict, model: torch.nn.Module, runtime: Runtime) -> dict:
     """Run the composite on the batch's clip and caption (raw or as features)."""
-    return model(**{key: batch[key] for key in MODEL_INPUTS if key in batch})
+    return model(**model_inputs(batch))
 
 
 @hookimpl
