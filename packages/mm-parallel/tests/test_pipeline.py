@@ -13,8 +13,8 @@ from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from mm_core.errors import ConfigError, PluginError
 from mm_core.testing import run_training, spawn_training
-from mm_parallel.pipeline import PipelinePlan, _check_coverage, _check_schedule
-from mm_parallel.pipeline_layout import bubble_fraction, local_stages, stage_layer_counts
+from mm_parallel.pipeline import PipelinePlan, _check_coverage, _check_schedule, _pipeline_num_layers
+from mm_parallel.pipeline_layout import bubble_fraction, check_first_stage_stack, local_stages, stage_layer_counts
 
 TESTS = Path(__file__).parent
 PLUGIN = ["pp_toy_plugin"]
@@ -167,6 +167,38 @@ def test_bad_pipeline_num_layers_is_one_clear_error(value, message):
         stage_layer_counts(8, 2, virtual, value, "blocks")
     assert message in str(info.value)
     assert str(info.value).startswith("parallel.pp.pipeline_num_layers")
+
+
+def test_two_stacks_vision_whole_on_the_first_stage():
+    """The seeds' vit_pp_layers / llm_pp_layers: the vision stack runs whole on stage 0, the LLM is cut."""
+    cuts = {"vit": [[32, 0, 0, 0]], "llm": [[1, 10, 10, 15]]}
+    check_first_stage_stack(32, 4, 1, cuts, "vit", "llm")
+    check_first_stage_stack(32, 4, 1, {"llm": [9, 9, 9, 9]}, "vit", "llm")  # no vit entry: all on stage 0
+    assert stage_layer_counts(36, 4, 1, cuts, "llm") == [1, 10, 10, 15]
+    with pytest.raises(ConfigError) as info:
+        check_first_stage_stack(32, 2, 1, {"vit": [16, 16], "llm": [18, 18]}, "vit", "llm")
+    assert str(info.value) == (
+        "parallel.pp.pipeline_num_layers.vit [16, 16] puts vit layers on stage(s) [1]: the 'vit' stack runs whole "
+        "on the first stage, before 'llm'; write [32, 0] (only 'llm' is cut across stages)"
+    )
+    with pytest.raises(ConfigError, match="sums to 30 layers, but the model's 'vit' has 32"):
+        check_first_stage_stack(32, 2, 1, {"vit": [30, 0]}, "vit", "llm")
+
+
+def test_two_stack_plan():
+    plan = PipelinePlan.from_plan({
+        "pp_layers": {"vit": "visual.blocks", "llm": "layers"}, "pp_pre": lambda m, b: b,
+        "pp_post": lambda m, c, b: c, "pp_pre_modules": ["embed"],
+    })
+    assert (plan.layers, plan.name, plan.pre_stacks) == ("layers", "llm", (("vit", "visual.blocks"),))
+    assert plan.pre_modules == ("embed", "visual.blocks")
+
+
+def test_plugin_pipeline_num_layers_fill_in_and_must_agree():
+    assert _pipeline_num_layers(None, {"llm": [1, 3]}) == {"llm": [1, 3]}
+    assert _pipeline_num_layers({"llm": [1, 3]}, {"llm": [1, 3]}) == {"llm": [1, 3]}
+    with pytest.raises(ConfigError, match=r"\[2, 2\] differs from the model section's \{'llm': \[1, 3\]\}"):
+        _pipeline_num_layers([2, 2], {"llm": [1, 3]})
 
 
 def test_too_few_layers_for_an_even_cut():

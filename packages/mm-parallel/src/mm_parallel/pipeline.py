@@ -30,7 +30,7 @@ from mm_core.runtime import Runtime
 from mm_parallel.fsdp2 import apply_fsdp2, data_parallel_mesh, resolve
 from mm_parallel.meta_init import init_weights, materialize
 from mm_parallel.patterns import expand, named_modules
-from mm_parallel.pipeline_layout import local_stages, stage_layer_counts, stage_ranges
+from mm_parallel.pipeline_layout import check_first_stage_stack, local_stages, stage_layer_counts, stage_ranges
 
 SCHEDULES = {"1f1b": Schedule1F1B, "gpipe": ScheduleGPipe, "interleaved_1f1b": ScheduleInterleaved1F1B}
 _WRAPPED = "._checkpoint_wrapped_module"
@@ -59,6 +59,13 @@ class PipelinePlan:
     - ``pp_pre_modules`` / ``pp_post_modules``: paths of the modules (or parameters) that ``pp_pre`` / ``pp_post``
       use; they live on the first / last stage only. Every parameter and persistent buffer of the model must be
       in the layer stack or one of these lists.
+    - Several stacks (a VLM's vision tower and LLM): ``pp_layers`` maps a name to each stack's path in forward
+      order, ``{"vit": "model.visual.blocks", "llm": "model.language_model.layers"}``. The last is cut across
+      the stages; the earlier ones run whole inside ``pp_pre`` on the first stage (their paths join
+      ``pp_pre_modules``), and ``pipeline_num_layers`` may name each stack, the earlier ones only as
+      ``[all, 0, ...]``. ``name`` is the cut stack's name (None for a single stack).
+    - ``pp_num_layers`` (optional): the plugin's own ``pipeline_num_layers`` (from its model section), used
+      when ``parallel.pp.pipeline_num_layers`` is not set.
     """
 
     layers: str
@@ -67,6 +74,9 @@ class PipelinePlan:
     pre_modules: tuple[str, ...] = ()
     post_modules: tuple[str, ...] = ()
     layer: Callable[[torch.nn.Module, Carry], Carry] = call_layer
+    name: str | None = None
+    pre_stacks: tuple[tuple[str, str], ...] = ()
+    num_layers: Any = None
 
     @classmethod
     def from_plan(cls, plan: Mapping[str, Any]) -> PipelinePlan:
@@ -78,20 +88,27 @@ class PipelinePlan:
                 f"{', '.join(missing)} (see docs/pipeline_parallel.md)"
             )
         layers = plan["pp_layers"]
+        stacks: list[tuple[str, str]] = list(layers.items()) if isinstance(layers, Mapping) else []
         if isinstance(layers, Mapping):
-            raise PluginError("parallel_plan pp_layers with several layer stacks is not supported yet; name one stack")
+            if not layers or not all(isinstance(k, str) and isinstance(v, str) for k, v in stacks):
+                raise PluginError(f"parallel_plan pp_layers must map stack names to ModuleList paths, got {layers!r}")
+            layers = stacks[-1][1]
         if not isinstance(layers, str):
             raise PluginError(f"parallel_plan pp_layers must be the path of an nn.ModuleList, got {layers!r}")
         for key in ("pp_pre", "pp_post", "pp_layer"):
             if key in plan and not callable(plan[key]):
                 raise PluginError(f"parallel_plan {key} must be a function, got {type(plan[key]).__name__}")
+        pre_stacks = tuple(stacks[:-1])
         return cls(
             layers=layers,
             pre=plan["pp_pre"],
             post=plan["pp_post"],
-            pre_modules=tuple(plan.get("pp_pre_modules", ())),
+            pre_modules=(*plan.get("pp_pre_modules", ()), *(path for _, path in pre_stacks)),
             post_modules=tuple(plan.get("pp_post_modules", ())),
             layer=plan.get("pp_layer", call_layer),
+            name=stacks[-1][0] if stacks else None,
+            pre_stacks=pre_stacks,
+            num_layers=plan.get("pp_num_layers"),
         )
 
 
@@ -284,8 +301,11 @@ class PipelineModel(torch.nn.Module):
         stack = _lookup(model, plan.layers)
         if not isinstance(stack, torch.nn.ModuleList):
             raise PluginError(f"parallel_plan pp_layers {plan.layers!r} is a {type(stack).__name__}, not a ModuleList")
+        cuts = _pipeline_num_layers(pp.pipeline_num_layers, plan.num_layers)
+        for name, path in plan.pre_stacks:
+            check_first_stage_stack(len(_lookup(model, path)), self.pp_size, self.virtual, cuts, name, plan.name)
         self.layer_counts = stage_layer_counts(
-            len(stack), self.pp_size, self.virtual, pp.pipeline_num_layers, plan.layers
+            len(stack), self.pp_size, self.virtual, cuts, plan.name or plan.layers
         )
         ranges = stage_ranges(self.layer_counts)
         self.stages = local_stages(self.pp_rank, self.pp_size, self.virtual)
@@ -469,6 +489,27 @@ class PipelineModel(torch.nn.Module):
         norm = squared.sqrt()
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
         return norm
+
+
+def _pipeline_num_layers(configured: Any, from_plugin: Any) -> Any:
+    """``parallel.pp.pipeline_num_layers``, else the plugin's own (its model section's); both set must agree."""
+    if configured is None:
+        return from_plugin
+    if from_plugin is not None and _plain(configured) != _plain(from_plugin):
+        raise ConfigError(
+            f"parallel.pp.pipeline_num_layers {_plain(configured)!r} differs from the model section's "
+            f"{_plain(from_plugin)!r}; set one of them"
+        )
+    return configured
+
+
+def _plain(value: Any) -> Any:
+    """Config mappings and lists as plain dicts and lists, for comparing and printing."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _check_schedule(schedule: str, virtual: int) -> None:

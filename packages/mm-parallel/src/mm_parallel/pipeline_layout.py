@@ -58,6 +58,28 @@ def stage_layer_counts(num_layers: int, pp: int, virtual: int, pipeline_num_laye
     return counts
 
 
+def check_first_stage_stack(
+    num_layers: int, pp: int, virtual: int, pipeline_num_layers: Any, stack: str, cut_stack: str
+) -> None:
+    """Check that ``pipeline_num_layers`` keeps ``stack`` whole on the first stage (it runs inside ``pp_pre``).
+
+    A VLM's vision tower runs before its LLM: MindSpeed-MM's usual ``vit_pp_layers`` ``[[32, 0, 0, 0]]`` is
+    supported; a cut that puts any of its layers on a later stage is one clear error. No entry (or null) for
+    ``stack`` means the same as ``[num_layers, 0, ...]``.
+    """
+    if not isinstance(pipeline_num_layers, Mapping) or pipeline_num_layers.get(stack) is None:
+        return
+    value = pipeline_num_layers[stack]
+    counts = stage_layer_counts(num_layers, pp, virtual, value, stack)
+    later = [stage for stage, count in enumerate(counts) if count and stage > 0]
+    if later:
+        raise ConfigError(
+            f"{KEY}.{stack} {value!r} puts {stack} layers on stage(s) {later}: the {stack!r} "
+            f"stack runs whole on the first stage, before {cut_stack!r}; write "
+            f"[{num_layers}{', 0' * (pp * virtual - 1)}] (only {cut_stack!r} is cut across stages)"
+        )
+
+
 def stage_ranges(counts: Sequence[int]) -> list[range]:
     """The layer indices of each stage: consecutive runs of ``counts``."""
     starts = [sum(counts[:i]) for i in range(len(counts))]
