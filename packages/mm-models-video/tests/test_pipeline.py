@@ -31,7 +31,7 @@ def test_split_forward_equals_the_diffusers_transformer(tiny_model) -> None:
     expected = tiny_model.predictor(noised, timesteps, prompt_embeds, return_dict=False)[0]
     torch.testing.assert_close(out["pred"], expected, rtol=0, atol=0)
     torch.testing.assert_close(out["target"], noise - latents, rtol=0, atol=0)
-    assert out["tokens"] == 3 * 2 * 2
+    assert out["tokens"] == 2 * 3 * 2 * 2
 
 
 @pytest.fixture(scope="module")

@@ -172,7 +172,7 @@ class WanT2V(nn.Module):
     def predict(self, carry: Carry) -> dict[str, torch.Tensor | int]:
         """Everything after the blocks: the predictor's modulated output norm, projection and unpatchify.
 
-        Returns the loss's inputs ``{"pred", "target", "tokens"}``; ``tokens`` counts the clip's latent patches.
+        Returns the loss's inputs ``{"pred", "target", "tokens"}``; ``tokens`` counts the batch's latent patches.
         """
         predictor = self.predictor
         hidden, target = carry.hidden, carry.target
@@ -184,7 +184,7 @@ class WanT2V(nn.Module):
         grid = (frames // patch[0], height // patch[1], width // patch[2])
         pred = hidden.reshape(batch, *grid, *patch, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
         pred = pred.flatten(6, 7).flatten(4, 5).flatten(2, 3)
-        return {"pred": pred, "target": target, "tokens": grid[0] * grid[1] * grid[2]}
+        return {"pred": pred, "target": target, "tokens": batch * grid[0] * grid[1] * grid[2]}
 
     def set_attention_processor(self, processor: object) -> None:
         """Swap the predictor's attention (a diffusers attention processor), e.g. for context parallelism."""
