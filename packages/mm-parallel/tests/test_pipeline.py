@@ -192,6 +192,11 @@ def test_two_stack_plan():
     })
     assert (plan.layers, plan.name, plan.pre_stacks) == ("layers", "llm", (("vit", "visual.blocks"),))
     assert plan.pre_modules == ("embed", "visual.blocks")
+    inside = PipelinePlan.from_plan({
+        "pp_layers": {"vit": "visual.blocks", "llm": "layers"}, "pp_pre": lambda m, b: b,
+        "pp_post": lambda m, c, b: c, "pp_pre_modules": ["visual", "embed"],
+    })
+    assert inside.pre_modules == ("visual", "embed")
 
 
 def test_plugin_pipeline_num_layers_fill_in_and_must_agree():

@@ -99,11 +99,14 @@ class PipelinePlan:
             if key in plan and not callable(plan[key]):
                 raise PluginError(f"parallel_plan {key} must be a function, got {type(plan[key]).__name__}")
         pre_stacks = tuple(stacks[:-1])
+        pre_modules = tuple(plan.get("pp_pre_modules", ()))
+        # A stack inside a listed module (model.visual.blocks in model.visual) is already there.
+        pre_modules += tuple(path for _, path in pre_stacks if _owner(path, {"pre": pre_modules}) is None)
         return cls(
             layers=layers,
             pre=plan["pp_pre"],
             post=plan["pp_post"],
-            pre_modules=(*plan.get("pp_pre_modules", ()), *(path for _, path in pre_stacks)),
+            pre_modules=pre_modules,
             post_modules=tuple(plan.get("pp_post_modules", ())),
             layer=plan.get("pp_layer", call_layer),
             name=stacks[-1][0] if stacks else None,

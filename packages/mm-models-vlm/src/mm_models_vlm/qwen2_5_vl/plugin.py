@@ -14,6 +14,7 @@ from mm_models_vlm.qwen2_5_vl.dataset import VISION_KEYS
 from mm_models_vlm.qwen2_5_vl.encode import IGNORE_INDEX
 from mm_models_vlm.qwen2_5_vl.fused_loss import LMHiddenStates, hidden_states, next_token_loss_sum
 from mm_models_vlm.qwen2_5_vl.model import apply_freeze, load_model, packed_position_ids
+from mm_models_vlm.qwen2_5_vl.pipeline import pipeline_plan
 from mm_models_vlm.qwen2_5_vl.schema import defaults
 
 log = logging.getLogger("mm")
@@ -66,8 +67,9 @@ def loss_func(output: torch.Tensor, batch: dict, runtime) -> tuple[torch.Tensor,
 
 @hookimpl
 def parallel_plan(model: torch.nn.Module, config: Config) -> dict:
-    """FSDP2 units: every vision block and every decoder layer (transformers' module names)."""
-    return {"fsdp_modules": ["model.visual.blocks.{*}", "model.language_model.layers.{*}"]}
+    """FSDP2 units: every vision block and every decoder layer (transformers' module names); the PP stages."""
+    return {"fsdp_modules": ["model.visual.blocks.{*}", "model.language_model.layers.{*}"],
+            **pipeline_plan(model, config)}
 
 
 @hookimpl

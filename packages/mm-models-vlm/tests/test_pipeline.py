@@ -1,0 +1,115 @@
+"""Pipeline parallelism for Qwen2.5-VL: the parallel_plan's pre → layers → post equals forward_step (packed and
+padded, padding to the pipeline's fixed length included), and 2 gloo processes with PP train like one process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import Qwen2_5_VLForConditionalGeneration
+
+from mm_core.config import Config
+from mm_core.errors import ConfigError
+from mm_core.testing import run_training, spawn_training
+from mm_models_vlm.qwen2_5_vl import plugin
+from mm_models_vlm.qwen2_5_vl.dataset import ConversationDataset, collate_packed, collate_padded
+from mm_models_vlm.qwen2_5_vl.pipeline import model_pipeline_num_layers, pp_layer, pp_post, pp_pre
+from mm_models_vlm.qwen2_5_vl.tiny import tiny_config, tiny_processor
+from mm_parallel.pipeline import _pipeline_num_layers
+
+# Packing on (the default); 4 micro-batches of 2 samples per step.
+OVERRIDES = ["training.train_iters=3", "training.save_interval=0", "training.micro_batch_size=2",
+             "training.global_batch_size=8", "training.clip_grad=1.0",
+             "data.dataset_param.basic_parameters.cutoff_len=128",
+             "data.dataset_param.basic_parameters.preprocessing_num_workers=1"]
+
+
+@pytest.fixture
+def items(encoder, processor, settings, record, image_files):
+    """Two samples with images of different sizes and a text-only one."""
+    records = [
+        record("<image>What shape is in the image?", "A red circle.", images=[image_files[1]]),
+        record("Describe the picture.", "A green square.", "Which colour is the shape?", "Green."),
+        record("<image>Compare <image>", "Two red circles.", images=[image_files[2], image_files[0]]),
+    ]
+    dataset = ConversationDataset([encoder.encode(r) for r in records], processor, settings)
+    return [dataset[i] for i in range(len(dataset))]
+
+
+def _through_plan(model, batch, length):
+    carry = pp_pre(model, batch, length)
+    for layer in model.model.language_model.layers:
+        carry = pp_layer(model, layer, carry)
+    return pp_post(model, carry, batch)
+
+
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "padded"])
+def test_pre_layers_post_equal_forward_step(model, items, processor, packed):
+    batch = collate_packed(items) if packed else collate_padded(items, processor.tokenizer.pad_token_id)
+    with torch.no_grad():
+        expected = plugin.forward_step(batch=batch, model=model, runtime=None)
+        hidden = _through_plan(model, batch, batch["input_ids"].shape[1] + 37)
+    assert hidden.head is model.lm_head
+    torch.testing.assert_close(hidden.as_subclass(torch.Tensor), expected.as_subclass(torch.Tensor),
+                               rtol=1e-5, atol=1e-5)
+    loss, _ = plugin.loss_func(output=hidden, batch=batch, runtime=None)
+    assert loss.item() == pytest.approx(plugin.loss_func(output=expected, batch=batch, runtime=None)[0].item())
+
+
+def test_model_json_cuts_map_onto_pipeline_num_layers():
+    """MindSpeed-MM's model.json keys: image_encoder.vision_encoder / text_decoder .pipeline_num_layers."""
+    model = {"image_encoder": {"vision_encoder": {"pipeline_num_layers": [[32, 0]]}},
+             "text_decoder": {"pipeline_num_layers": [[1, 35]]}}
+    cuts = model_pipeline_num_layers(Config({"model": model}))
+    assert cuts == {"vit": [[32, 0]], "llm": [[1, 35]]}
+    assert model_pipeline_num_layers(Config({"model": {"image_encoder": {}, "text_decoder": {}}})) is None
+    with pytest.raises(ConfigError, match="differs from the model section's"):
+        _pipeline_num_layers({"llm": [18, 18]}, cuts)
+
+
+@pytest.fixture(scope="module")
+def deep_dir(tmp_path_factory) -> Path:
+    """A tiny Qwen2.5-VL with 4 LLM layers (room for pp=2 × 2 virtual stages), tied embeddings."""
+    path = tmp_path_factory.mktemp("hf4") / "tiny4"
+    processor = tiny_processor()
+    config = tiny_config(processor)
+    config.text_config.num_hidden_layers = 4
+    config.text_config.layer_types = ["full_attention"] * 4
+    torch.manual_seed(0)
+    Qwen2_5_VLForConditionalGeneration(config).save_pretrained(path)
+    processor.save_pretrained(path)
+    assert json.loads((path / "config.json").read_text())["tie_word_embeddings"]
+    return path
+
+
+def _metrics(run_dir: Path) -> dict[str, list[float]]:
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in lines if "loss" in r]
+    return {key: [r[key] for r in train] for key in ("loss", "grad_norm")}
+
+
+@pytest.fixture(scope="module")
+def single(deep_dir, tmp_path_factory) -> dict[str, list[float]]:
+    run_dir = tmp_path_factory.mktemp("one")
+    run_training(["qwen2_5_vl"], run_dir, ["training.device=cpu", *OVERRIDES, f"model.from_pretrained={deep_dir}"])
+    return _metrics(run_dir)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        pytest.param(["parallel.pp.size=2", "parallel.pp.pipeline_num_layers={vit: [2, 0], llm: [1, 3]}"],
+                     id="1f1b-seeds-form"),
+        pytest.param(["parallel.pp.size=2", "parallel.pp.schedule=interleaved_1f1b", "parallel.pp.virtual_stages=2"],
+                     id="interleaved-pp2-v2"),
+    ],
+)
+def test_pipeline_trains_like_one_process(deep_dir, single, tmp_path, overrides):
+    """Packed micro-batches with images; embed_tokens and lm_head tied across the first and last stage."""
+    spawn_training(2, ["qwen2_5_vl"], tmp_path, [*OVERRIDES, f"model.from_pretrained={deep_dir}", *overrides])
+    got = _metrics(tmp_path)
+    assert len(got["loss"]) == 3
+    for key in ("loss", "grad_norm"):
+        assert got[key] == pytest.approx(single[key], rel=1e-5), key
