@@ -103,6 +103,7 @@ def test_pipeline_training_equals_one_process(single, tmp_path, world, overrides
         pytest.param(PP2, id="1f1b-pp2"),
         pytest.param(["parallel.pp.size=2", "parallel.pp.schedule=interleaved_1f1b", "parallel.pp.virtual_stages=2",
                       "model.meta=true"], id="interleaved-pp2-v2-meta"),
+        pytest.param(["parallel.pp.size=2", "parallel.fsdp2.enable=true"], id="pp2-fsdp2", marks=pytest.mark.slow),
     ],
 )
 def test_weights_tied_across_stages_train_as_one_process(tmp_path, overrides):
@@ -110,7 +111,8 @@ def test_weights_tied_across_stages_train_as_one_process(tmp_path, overrides):
     (the tied weight counted once) equal one process, and the checkpoint holds both names with one value."""
     tie = ["model.tie=true", *SAVE]
     run_training(PLUGIN, tmp_path / "one", ["training.device=cpu", *tie])
-    spawn_training(2, PLUGIN, tmp_path / "pp", [*overrides, *tie], sys_path=[TESTS])
+    world = 4 if "parallel.fsdp2.enable=true" in overrides else 2
+    spawn_training(world, PLUGIN, tmp_path / "pp", [*overrides, *tie], sys_path=[TESTS])
     _assert_same_run(tmp_path / "pp", tmp_path / "one", tmp_path)
     weights = _weights(tmp_path / "pp/checkpoints/step_00000004", tmp_path)
     torch.testing.assert_close(weights["skip.weight"], weights["cond.weight"], rtol=0, atol=0)

@@ -20,7 +20,8 @@ MODEL: dict[str, Any] = {
     "video_token_id": None,
     "vision_start_token_id": None,
     # freeze: image_encoder.vision_encoder.freeze (vision tower), image_encoder.vision_projector.freeze
-    # (merger), text_decoder.freeze (LLM and lm_head)
+    # (merger), text_decoder.freeze (LLM and lm_head). pipeline_num_layers: image_encoder.vision_encoder.
+    # (vit_pp_layers, all on the first stage) and text_decoder. (llm_pp_layers); see docs/pipeline_parallel.md
     "image_encoder": {"vision_encoder": {}, "vision_projector": {}},
     "text_decoder": {},
     "text_encoder": None,
