@@ -13,7 +13,7 @@ import torch
 from parallel_testing import SHORT_RUN, parallel_run
 
 from mm_core.errors import ConfigError
-from mm_core.testing import run_training
+from mm_core.testing import run_training, spawn_training
 from mm_models_video.wan2_1.plugin import model_provider
 
 PP2 = ["parallel.pp.size=2"]
@@ -65,6 +65,17 @@ def test_1f1b_on_two_ranks_equals_one_process(single, pp2) -> None:
 )
 def test_pipeline_training_equals_one_process(single, tmp_path, world, overrides) -> None:
     _assert_same(parallel_run(world, tmp_path, *overrides), single)
+
+
+@pytest.mark.slow
+def test_pipeline_with_fsdp2_equals_one_process(tmp_path, monkeypatch) -> None:
+    """pp=2 × dp_shard=2 on 4 ranks; without clipping (see docs/pipeline_parallel.md, wan2_1), so losses only."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    run = [*SHORT_RUN, "training.clip_grad=0"]
+    expected = run_training(["wan2_1"], tmp_path / "one", [*run, "training.device=cpu"]).losses
+    losses = spawn_training(4, ["wan2_1"], tmp_path / "pp", [*run, *PP2, "parallel.fsdp2.enable=true"])
+    assert len(expected) == 3
+    assert losses == pytest.approx(expected, rel=1e-5)
 
 
 def test_pipeline_checkpoint_resumes_without_pipeline(single, pp2, tmp_path) -> None:
