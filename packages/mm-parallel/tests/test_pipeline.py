@@ -118,6 +118,16 @@ def test_weights_tied_across_stages_train_as_one_process(tmp_path, overrides):
     torch.testing.assert_close(weights["skip.weight"], weights["cond.weight"], rtol=0, atol=0)
 
 
+@pytest.mark.slow
+def test_tied_checkpoint_without_pipeline_resumes_with_it(tmp_path):
+    """The last stage names its copy as the first does: a checkpoint's optimizer state fits both ends."""
+    tie = ["model.tie=true", *SAVE]
+    one = run_training(PLUGIN, tmp_path / "one", ["training.device=cpu", *tie]).losses
+    _resume_from_step_2(tmp_path / "one", tmp_path / "run")
+    losses = spawn_training(2, PLUGIN, tmp_path / "run", [*PP2, "training.resume=true", *tie], sys_path=[TESTS])
+    assert losses == pytest.approx({step: loss for step, loss in one.items() if step > 2}, rel=1e-5)
+
+
 def test_weights_tied_between_layers_and_an_end_are_an_error():
     model = torch.nn.ModuleDict({"inp": torch.nn.Linear(2, 2), "blocks": torch.nn.ModuleList([torch.nn.Linear(2, 2)])})
     model.inp.weight = model.blocks[0].weight

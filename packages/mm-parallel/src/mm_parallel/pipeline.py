@@ -218,6 +218,17 @@ def _remove(model: torch.nn.Module, path: str) -> None:
             slots[name] = None
 
 
+def _set_parameter(model: torch.nn.Module, path: str, param: torch.nn.Parameter) -> None:
+    """Register ``param`` at ``path``, creating empty modules where the path's modules were pruned."""
+    node = model
+    *parents, name = path.split(".")
+    for parent in parents:
+        if node._modules.get(parent) is None:
+            node._modules[parent] = torch.nn.Module()
+        node = node._modules[parent]
+    node._parameters[name] = param
+
+
 @dataclass
 class _Step:
     """What the stages need while a schedule runs: the trainer's loss and autocast, and the losses so far."""
@@ -323,6 +334,11 @@ class PipelineModel(torch.nn.Module):
         post = {p: _lookup(model, p) for p in plan.post_modules}
         for path in [*(() if has_first else pre), *(() if has_last else post)]:
             _remove(model, path)
+        # The copy is also registered under the first stage's name, as without PP: checkpoints (optimizer state
+        # included) then name it the same on every rank and with or without PP.
+        self._aliases = tied if self._tied_is_copy else []
+        for pre_name, post_name in self._aliases:
+            _set_parameter(model, pre_name, _lookup(model, post_name))
         parent, _, name = plan.layers.rpartition(".")
         named_modules(model)[parent]._modules[name] = StageLayers({i: stack[i] for s in self.stages for i in ranges[s]})
         # Share the pruned model's tables: one owner per tensor, the same names, no copy.
@@ -458,7 +474,9 @@ class PipelineModel(torch.nn.Module):
         return received
 
     def sync_tied_weights(self) -> None:
-        """Make the last stage's copy of each tied weight equal to the first stage's."""
+        """Make the last stage's copy of each tied weight equal to the first stage's (and its alias it again)."""
+        for pre_name, post_name in self._aliases:  # FSDP2 and allocation replace the copy
+            _set_parameter(self.module, pre_name, _lookup(self.module, post_name))
         for param, peer in self._tied_parameters():
             received = self._exchange(param.detach(), peer)
             if self._tied_is_copy:
