@@ -100,8 +100,8 @@ def single(deep_dir, tmp_path_factory) -> dict[str, list[float]]:
 @pytest.mark.parametrize(
     "overrides",
     [
-        pytest.param(["parallel.pp.size=2", "parallel.pp.pipeline_num_layers={vit: [2, 0], llm: [1, 3]}"],
-                     id="1f1b-seeds-form"),
+        pytest.param(["parallel.pp.size=2", "model.image_encoder.vision_encoder.pipeline_num_layers=[[2,0]]",
+                      "model.text_decoder.pipeline_num_layers=[[1,3]]"], id="1f1b-model-json-cuts"),
         pytest.param(["parallel.pp.size=2", "parallel.pp.schedule=interleaved_1f1b", "parallel.pp.virtual_stages=2"],
                      id="interleaved-pp2-v2"),
     ],
