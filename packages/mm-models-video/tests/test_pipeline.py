@@ -1,7 +1,6 @@
-"""Pipeline-parallel wan2_1 (the tiny model's 4 blocks cut over 2 ranks) trains as one process does.
-
-Every run has 4 micro-batches per step over the pipeline ranks' data-parallel groups (global batch 4, micro-batch
-1), so 1F1B and interleaved 1F1B really pipeline.
+"""Pipeline-parallel wan2_1 (the tiny model's 4 blocks cut over 2 ranks), alone, with FSDP2 or with CP, trains as
+one process does. Global batch 4 of micro-batches of 1: a pipeline runs 4 micro-batches a step, or 2 next to a
+second data-parallel one (FSDP2), so 1F1B and interleaved 1F1B really pipeline.
 """
 
 from __future__ import annotations
@@ -12,9 +11,7 @@ import pytest
 import torch
 from parallel_testing import SHORT_RUN, parallel_run
 
-from mm_core.errors import ConfigError
 from mm_core.testing import run_training, spawn_training
-from mm_models_video.wan2_1.plugin import model_provider
 
 PP2 = ["parallel.pp.size=2"]
 SAVE = ["training.save_interval=2", "training.keep_last=0"]
@@ -86,9 +83,9 @@ def test_pipeline_checkpoint_resumes_without_pipeline(single, pp2, tmp_path) -> 
     assert result.losses == pytest.approx({3: single["loss"][2]}, rel=1e-5)
 
 
-def test_pipeline_with_context_parallelism_is_one_config_error() -> None:
-    class Runtime:
-        dims = {"pp": 2, "cp": 2}
-
-    with pytest.raises(ConfigError, match="wan2_1 does not combine pipeline and context parallelism"):
-        model_provider(config=None, runtime=Runtime())
+@pytest.mark.slow
+def test_pipeline_with_context_parallelism_equals_one_process(tmp_path) -> None:
+    """pp=2 × cp=2 (ring) on 4 ranks; 18 tokens per clip, padded to 20, travel between the stages as 2 shards."""
+    wide = "data.dataset_param.max_width=48"
+    expected = parallel_run(1, tmp_path / "one", wide)
+    _assert_same(parallel_run(4, tmp_path / "pp", wide, *PP2, "parallel.cp.size=2", "parallel.cp.mode=ring"), expected)

@@ -13,7 +13,7 @@ from torch.distributed import ProcessGroup
 
 from mm_core.config import Config
 from mm_core.errors import ConfigError
-from mm_parallel import attention, gather_sequence, split_sequence
+from mm_parallel import attention, current_context, gather_sequence, split_sequence
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -78,6 +78,13 @@ def enable_context_parallel(predictor: WanTransformer3DModel) -> None:
     predictor.proj_out.register_forward_hook(_gather_tokens)
     for block in predictor.blocks:
         block.attn1.set_processor(ContextParallelSelfAttention())
+
+
+def set_sequence_length(tokens: int) -> None:
+    """The token count ``proj_out``'s gather unpads to, on a pipeline stage where the split ran on another rank."""
+    cp = current_context()
+    if cp is not None:
+        cp.length = tokens
 
 
 def check_heads(cp: Config, heads: int) -> None:

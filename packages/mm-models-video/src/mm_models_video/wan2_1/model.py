@@ -169,6 +169,11 @@ class WanT2V(nn.Module):
         target = self.diffusion.target(latents, noise)
         return Carry(hidden, context, timestep_proj.unflatten(1, (6, -1)), rope_cos, rope_sin, temb, target)
 
+    def patch_grid(self, latents: torch.Tensor) -> tuple[int, int, int]:
+        """The (frames, height, width) of the transformer's token grid for latents [B, z, F, H, W]."""
+        patch = self.predictor.config.patch_size
+        return tuple(size // p for size, p in zip(latents.shape[2:], patch))
+
     def predict(self, carry: Carry) -> dict[str, torch.Tensor | int]:
         """Everything after the blocks: the predictor's modulated output norm, projection and unpatchify.
 
@@ -179,9 +184,7 @@ class WanT2V(nn.Module):
         shift, scale = (predictor.scale_shift_table + carry.temb.unsqueeze(1)).chunk(2, dim=1)
         hidden = (predictor.norm_out(hidden.float()) * (1 + scale) + shift).type_as(hidden)
         hidden = predictor.proj_out(hidden)
-        patch = predictor.config.patch_size
-        batch, _, frames, height, width = target.shape
-        grid = (frames // patch[0], height // patch[1], width // patch[2])
+        batch, grid, patch = target.shape[0], self.patch_grid(target), predictor.config.patch_size
         pred = hidden.reshape(batch, *grid, *patch, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
         pred = pred.flatten(6, 7).flatten(4, 5).flatten(2, 3)
         return {"pred": pred, "target": target, "tokens": batch * grid[0] * grid[1] * grid[2]}

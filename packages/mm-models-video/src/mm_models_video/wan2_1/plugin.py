@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -10,12 +12,11 @@ from mm_core import hookimpl
 from mm_core.config import Config
 from mm_core.data_iter import DataIterator
 from mm_core.defaults import to_device
-from mm_core.errors import ConfigError
 from mm_core.runtime import Runtime
 from mm_models_video.wan2_1 import schema
 from mm_models_video.wan2_1.build import build_model
 from mm_models_video.wan2_1.convert import register_converters  # noqa: F401 (mm-convert hook)
-from mm_models_video.wan2_1.cp import broadcast_batch, check_heads, enable_context_parallel
+from mm_models_video.wan2_1.cp import broadcast_batch, check_heads, enable_context_parallel, set_sequence_length
 from mm_models_video.wan2_1.data import build_train_loader, data_config, example_prompt
 from mm_models_video.wan2_1.diffusion import noise_seeds
 from mm_models_video.wan2_1.extract import extract_features as run_extraction
@@ -56,13 +57,9 @@ def default_config(task: str) -> dict:
 def model_provider(config: Config, runtime: Runtime) -> WanT2V:
     """Check the data shape against the model, then build the WanT2V (on the CPU; the engines place it).
 
-    With context parallelism the transformer's tokens are split over the cp ranks (see ``cp``).
+    With context parallelism the transformer's tokens are split over the cp ranks (see ``cp``); the split and
+    gather hooks sit on modules of the first and the last pipeline stage, so it combines with PP.
     """
-    if runtime.dims["pp"] > 1 and runtime.dims["cp"] > 1:
-        raise ConfigError(
-            f"wan2_1 does not combine pipeline and context parallelism (parallel.pp.size {runtime.dims['pp']}, "
-            f"parallel.cp.size {runtime.dims['cp']}): set one of them to 1"
-        )
     data_config(config)
     model = build_model(config.model)
     if runtime.dims["cp"] > 1:
@@ -83,10 +80,17 @@ def parallel_plan(model: WanT2V, config: Config) -> dict:
         "pp_layers": "predictor.blocks",
         "pp_pre": lambda model, batch: tuple(model.embed(**model_inputs(batch))),
         "pp_layer": lambda block, carry: tuple(run_block(block, carry)),
-        "pp_post": lambda model, carry, batch: model.predict(Carry(*carry)),
+        "pp_post": _pp_post,
         "pp_pre_modules": [*FROZEN, *(f"predictor.{name}" for name in PP_PRE)],
         "pp_post_modules": [f"predictor.{name}" for name in PP_POST],
     }
+
+
+def _pp_post(model: WanT2V, carry: tuple[torch.Tensor, ...], batch: dict) -> dict:
+    """The last pipeline stage: ``WanT2V.predict``, after telling context parallelism the clip's token count."""
+    carry = Carry(*carry)
+    set_sequence_length(math.prod(model.patch_grid(carry.target)))
+    return model.predict(carry)
 
 
 @hookimpl
