@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -187,7 +188,7 @@ class WanT2V(nn.Module):
         batch, grid, patch = target.shape[0], self.patch_grid(target), predictor.config.patch_size
         pred = hidden.reshape(batch, *grid, *patch, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
         pred = pred.flatten(6, 7).flatten(4, 5).flatten(2, 3)
-        return {"pred": pred, "target": target, "tokens": batch * grid[0] * grid[1] * grid[2]}
+        return {"pred": pred, "target": target, "tokens": batch * math.prod(grid)}
 
     def set_attention_processor(self, processor: object) -> None:
         """Swap the predictor's attention (a diffusers attention processor), e.g. for context parallelism."""
