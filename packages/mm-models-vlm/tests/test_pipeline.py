@@ -16,6 +16,7 @@ from mm_core.testing import run_training, spawn_training
 from mm_models_vlm.qwen2_5_vl import plugin
 from mm_models_vlm.qwen2_5_vl.dataset import ConversationDataset, collate_packed, collate_padded
 from mm_models_vlm.qwen2_5_vl.pipeline import model_pipeline_num_layers, pp_layer, pp_post, pp_pre
+from mm_models_vlm.qwen2_5_vl.synthetic import make_shapes_dataset
 from mm_models_vlm.qwen2_5_vl.tiny import tiny_config, tiny_processor
 from mm_parallel.pipeline import _pipeline_num_layers
 
@@ -70,9 +71,11 @@ def test_model_json_cuts_map_onto_pipeline_num_layers():
 
 
 @pytest.fixture(scope="module")
-def deep_dir(tmp_path_factory) -> Path:
-    """A tiny Qwen2.5-VL with 4 LLM layers (room for pp=2 × 2 virtual stages), tied embeddings."""
+def base(tmp_path_factory) -> list[str]:
+    """OVERRIDES, with a tiny Qwen2.5-VL of 4 LLM layers (room for pp=2 × 2 virtual stages, tied embeddings)
+    and the shape images made once here (spawned ranks that each generate them race on the files)."""
     path = tmp_path_factory.mktemp("hf4") / "tiny4"
+    data = make_shapes_dataset(path.parent / "data")
     processor = tiny_processor()
     config = tiny_config(processor)
     config.text_config.num_hidden_layers = 4
@@ -81,7 +84,8 @@ def deep_dir(tmp_path_factory) -> Path:
     Qwen2_5_VLForConditionalGeneration(config).save_pretrained(path)
     processor.save_pretrained(path)
     assert json.loads((path / "config.json").read_text())["tie_word_embeddings"]
-    return path
+    return [*OVERRIDES, f"model.from_pretrained={path}", f"data.dataset_param.basic_parameters.dataset={data}",
+            f"data.dataset_param.basic_parameters.dataset_dir={data.parent}"]
 
 
 def _metrics(run_dir: Path) -> dict[str, list[float]]:
@@ -91,9 +95,9 @@ def _metrics(run_dir: Path) -> dict[str, list[float]]:
 
 
 @pytest.fixture(scope="module")
-def single(deep_dir, tmp_path_factory) -> dict[str, list[float]]:
+def single(base, tmp_path_factory) -> dict[str, list[float]]:
     run_dir = tmp_path_factory.mktemp("one")
-    run_training(["qwen2_5_vl"], run_dir, ["training.device=cpu", *OVERRIDES, f"model.from_pretrained={deep_dir}"])
+    run_training(["qwen2_5_vl"], run_dir, ["training.device=cpu", *base])
     return _metrics(run_dir)
 
 
@@ -106,10 +110,25 @@ def single(deep_dir, tmp_path_factory) -> dict[str, list[float]]:
                      id="interleaved-pp2-v2"),
     ],
 )
-def test_pipeline_trains_like_one_process(deep_dir, single, tmp_path, overrides):
+def test_pipeline_trains_like_one_process(base, single, tmp_path, overrides):
     """Packed micro-batches with images; embed_tokens and lm_head tied across the first and last stage."""
-    spawn_training(2, ["qwen2_5_vl"], tmp_path, [*OVERRIDES, f"model.from_pretrained={deep_dir}", *overrides])
+    spawn_training(2, ["qwen2_5_vl"], tmp_path, [*base, *overrides])
     got = _metrics(tmp_path)
     assert len(got["loss"]) == 3
     for key in ("loss", "grad_norm"):
         assert got[key] == pytest.approx(single[key], rel=1e-5), key
+
+
+@pytest.mark.slow
+def test_pipeline_with_fsdp2_trains_like_one_process(base, single, tmp_path):
+    """pp=2 × dp_shard=2: each stage sharded, the tied embedding's two copies summed shard by shard."""
+    spawn_training(4, ["qwen2_5_vl"], tmp_path, [*base, "parallel.pp.size=2", "parallel.fsdp2.enable=true"])
+    got = _metrics(tmp_path)
+    for key in ("loss", "grad_norm"):
+        assert got[key] == pytest.approx(single[key], rel=1e-4), key
+
+
+def test_vision_blocks_on_a_later_stage_are_one_clear_error(base, tmp_path):
+    with pytest.raises(Exception, match=r"pipeline_num_layers.vit \[1, 1\] puts vit layers on stage\(s\) \[1\]"):
+        spawn_training(2, ["qwen2_5_vl"], tmp_path,
+                       [*base, "parallel.pp.size=2", "parallel.pp.pipeline_num_layers={vit: [1, 1], llm: [2, 2]}"])
