@@ -121,8 +121,11 @@ def test_pipeline_trains_like_one_process(base, single, tmp_path, overrides):
 
 @pytest.mark.slow
 def test_pipeline_with_fsdp2_trains_like_one_process(base, single, tmp_path):
-    """pp=2 × dp_shard=2: each stage sharded, the tied embedding's two copies summed shard by shard."""
-    spawn_training(4, ["qwen2_5_vl"], tmp_path, [*base, "parallel.pp.size=2", "parallel.fsdp2.enable=true"])
+    """pp=2 × dp_shard=2: each stage sharded, the tied embedding's two copies summed shard by shard; decoder
+    layers (called through pp_layer) and vision blocks recomputed."""
+    recompute = "parallel.fsdp2.recompute_modules=['model.language_model.layers.{*}','model.visual.blocks.{*}']"
+    spawn_training(4, ["qwen2_5_vl"], tmp_path,
+                   [*base, "parallel.pp.size=2", "parallel.fsdp2.enable=true", recompute])
     got = _metrics(tmp_path)
     for key in ("loss", "grad_norm"):
         assert got[key] == pytest.approx(single[key], rel=1e-4), key
