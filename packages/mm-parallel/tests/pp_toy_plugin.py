@@ -33,7 +33,8 @@ class StackNet(torch.nn.Module):
         self.blocks = torch.nn.ModuleList(Block(dim) for _ in range(depth))
         self.norm_out = torch.nn.LayerNorm(dim)
         self.head = torch.nn.Linear(dim, 2)
-        self.scale = torch.nn.Parameter(torch.tensor(0.5))  # held by the root: outside every stage module
+        # Held by the root, outside every stage module; not 0-d, as torch treats a 0-d gradient as a scalar.
+        self.scale = torch.nn.Parameter(torch.full((2,), 0.5))
         self.register_buffer("shift", torch.tensor(0.1))
         self.skip = None
         if tie:

@@ -499,16 +499,26 @@ class PipelineModel(torch.nn.Module):
         """Clip gradients to ``max_norm`` by their 2-norm over every stage; returns that norm.
 
         A tied weight counts once, as without PP: the last stage's copy is clipped but left out of the norm.
+        FSDP2-sharded gradients and the plain ones of parameters outside every stage module (replicated over
+        data-parallel ranks) are measured, and clipped, apart: torch's foreach kernels take no mix of the two.
         """
         params = [p for p in self.parameters() if p.grad is not None]
         copies = {id(p) for p, _ in self._tied_parameters()} if self._tied_is_copy else set()
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params if id(p) not in copies])
-        if isinstance(norm, DTensor):
-            norm = norm.full_tensor()
-        squared = norm.to(self.device, torch.float32) ** 2
+        squared = torch.zeros((), device=self.device, dtype=torch.float32)
+        sharded = [p for p in params if isinstance(p.grad, DTensor)]
+        groups = (sharded, [p for p in params if not isinstance(p.grad, DTensor)])
+        for group in groups:
+            grads = [p.grad for p in group if id(p) not in copies]
+            if grads:
+                norm = torch.nn.utils.get_total_norm(grads)
+                if isinstance(norm, DTensor):
+                    norm = norm.full_tensor()
+                squared += norm.to(self.device, torch.float32) ** 2
         dist.all_reduce(squared, group=self.group)
         norm = squared.sqrt()
-        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+        for group in groups:
+            if group:
+                torch.nn.utils.clip_grads_with_norm_(group, max_norm, norm)
         return norm
 
 
