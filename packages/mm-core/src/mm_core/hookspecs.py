@@ -48,7 +48,9 @@ def parallel_plan(model, config):
       to ``loss_func`` (``forward_step`` is not called under PP); optional ``pp_layer(layer, carry) -> carry``
       calls one layer (default ``layer(hidden, *extras)``); ``pp_pre_modules`` / ``pp_post_modules`` list the
       paths (modules, parameters or buffers) that ``pp_pre`` / ``pp_post`` use. Every parameter must be in one of
-      the three. See docs/pipeline_parallel.md.
+      the three. For a VLM, ``pp_layers`` may map names to stacks in forward order (``{"vit": ..., "llm": ...}``):
+      the last is cut, the earlier ones run inside ``pp_pre``; ``pp_num_layers`` passes the model section's own
+      ``pipeline_num_layers``. See docs/pipeline_parallel.md.
 
     Stops at the first non-None result.
     """

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import shutil
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -30,24 +32,32 @@ def draw_shape(shape: str, colour: tuple[int, int, int], size: tuple[int, int], 
 
 
 def make_shapes_dataset(root: str | Path, num_samples: int = 96, seed: int = 0) -> Path:
-    """Write ``num_samples`` shape images and ``data.json`` in mllm_format under ``root`` (once); returns the json."""
+    """Write ``num_samples`` shape images and ``data.json`` in mllm_format under ``root`` (once); returns the json.
+
+    The folder is written under a temporary name and renamed when complete, so processes making it at the
+    same time never read a half-written image.
+    """
     root = Path(root) / f"shapes_{num_samples}_{seed}"
     index = root / "data.json"
     if index.is_file():
         return index
     rng = random.Random(seed)
-    (root / "images").mkdir(parents=True, exist_ok=True)
+    tmp = root.with_name(f".{root.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "images").mkdir(parents=True)
     records = []
     for n in range(num_samples):
         colour, shape = rng.choice(sorted(COLOURS)), rng.choice(SHAPES)
         name = f"images/{n:05d}.png"
-        draw_shape(shape, COLOURS[colour], rng.choice(SIZES), rng).save(root / name)
+        draw_shape(shape, COLOURS[colour], rng.choice(SIZES), rng).save(tmp / name)
         records.append({
             "images": [name],
             "messages": [{"role": "user", "content": "<image>What shape is in the image?"},
                          {"role": "assistant", "content": f"A {colour} {shape}."}],
         })
-    tmp = index.with_suffix(".tmp")
-    tmp.write_text(json.dumps(records, indent=1), encoding="utf-8")
-    tmp.rename(index)
+    (tmp / "data.json").write_text(json.dumps(records, indent=1), encoding="utf-8")
+    try:
+        tmp.rename(root)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp)
     return index
