@@ -93,10 +93,19 @@ def check(out: str) -> None:
     report = {}
     for mode in ("ulysses", "ring"):
         report |= _cases(build_context(mesh, mode), lengths, heads=world)
+    # Double ring: windows of 2 ranks on 4 (inner and outer rings both used), of 1 on 2 (outer ring only).
+    double = build_context(mesh, "ring", window_size=world // 2)
+    report |= {f"double-{k}": v for k, v in _cases(double, lengths, heads=world).items()}
     errors = {"ulysses": error_message(build_context(mesh, "ulysses"), heads=world + 1)}
+    try:
+        build_context(mesh, "ring", window_size=3)
+    except ConfigError as exc:
+        errors["window"] = str(exc)
     if world == 4:
         usp = build_context(mesh, "usp", ulysses_degree=2)
         report |= _cases(usp, lengths, heads=2)
+        usp_double = build_context(mesh, "usp", ulysses_degree=2, window_size=1)
+        report |= {f"uspdouble-{k}": v for k, v in _cases(usp_double, (7,), heads=2).items()}
         errors["usp"] = error_message(usp, heads=3)
         pairs = init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "cp"))["cp"]
         report |= {f"pairs-{k}": v for k, v in _cases(build_context(pairs, "ring"), (5,), heads=2).items()}

@@ -26,7 +26,8 @@ def report(request, tmp_path_factory) -> dict:
 
 def test_every_mode_matches_single_device_attention(report):
     modes = {name.split("-")[0] for name in report["errors"]}
-    assert modes == ({"ulysses", "ring", "usp", "pairs"} if report["world"] == 4 else {"ulysses", "ring"})
+    expected = {"ulysses", "ring", "double"} | ({"usp", "uspdouble", "pairs"} if report["world"] == 4 else set())
+    assert modes == expected
     bad = {
         case: errors for case, errors in report["errors"].items() if not all(e <= TOLERANCE for e in errors.values())
     }
@@ -38,6 +39,10 @@ def test_ulysses_with_indivisible_heads_is_a_config_error(report):
     assert f"{world + 1} attention heads over {world} ranks" in report["messages"]["ulysses"]
     if world == 4:
         assert "3 attention heads over 2 ranks" in report["messages"]["usp"]
+
+
+def test_a_double_ring_window_must_divide_the_ring(report):
+    assert report["messages"]["window"] == f"parallel.cp.window_size 3 must divide the ring's {report['world']} ranks"
 
 
 @pytest.mark.parametrize("layout", ["bshd", "bhsd"])

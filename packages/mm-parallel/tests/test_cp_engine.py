@@ -22,8 +22,10 @@ def single(tmp_path_factory) -> dict[int, float]:
         (2, ["parallel.cp.size=2", "parallel.cp.mode=ring"]),
         (4, ["parallel.cp.size=2", "parallel.cp.mode=ulysses", "parallel.fsdp2.enable=true"]),
         (4, ["parallel.cp.size=4", "parallel.cp.mode=usp", "parallel.cp.ulysses_degree=2"]),
+        pytest.param(4, ["parallel.cp.size=4", "parallel.cp.mode=ring", "parallel.cp.window_size=2"],
+                     marks=pytest.mark.slow),
     ],
-    ids=["ring-ddp", "ulysses-fsdp2", "usp"],
+    ids=["ring-ddp", "ulysses-fsdp2", "usp", "double-ring"],
 )
 def test_context_parallel_training_equals_one_process(single, tmp_path, world, overrides):
     losses = spawn_training(world, ["cp_toy_plugin"], tmp_path, overrides, sys_path=[TESTS])

@@ -14,7 +14,7 @@ CORE_DEFAULTS: dict[str, Any] = {
     "data": {"on_bad_sample": "skip"},
     "parallel": {
         "fsdp2": {},
-        "cp": {"size": 1, "mode": "ulysses", "ulysses_degree": None},
+        "cp": {"size": 1, "mode": "ulysses", "ulysses_degree": None, "window_size": None},
         "pp": {"size": 1, "schedule": "1f1b", "pipeline_num_layers": None, "virtual_stages": 1},
     },
     "training": {

@@ -76,7 +76,7 @@ def attention(
         check_heads(q.shape[1], cp.ulysses_group, cp.mode)
         q, k, v = (heads_to_sequence(t, cp.ulysses_group) for t in (q, k, v))
     if cp.ring_group is not None:
-        out = ring_attention(q, k, v, cp.ring_group, seq, causal, scale)
+        out = ring_attention(q, k, v, cp.ring_group, seq, causal, scale, cp.ring_window)
     else:
         out = _local_attention(q, k, v, seq, causal, scale)
     if cp.ulysses_group is not None:

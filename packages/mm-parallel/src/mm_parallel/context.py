@@ -71,6 +71,7 @@ class ContextParallel:
     group: ProcessGroup
     ulysses_group: ProcessGroup | None = None
     ring_group: ProcessGroup | None = None
+    ring_window: tuple[ProcessGroup, ProcessGroup] | None = None
     length: int | None = None
 
     @property
@@ -98,18 +99,41 @@ class ContextParallel:
         return SequenceLayout(length, ring=self.ring_size, ulysses=self.ulysses_size)
 
 
+def _double_ring(ring_mesh: DeviceMesh, window_size: int | None) -> tuple[ProcessGroup, ProcessGroup] | None:
+    """The (inner, outer) groups of a double ring with windows of ``window_size`` ranks; None for one ring."""
+    size = ring_mesh.size()
+    if window_size is None or window_size == size:
+        return None
+    if window_size < 1 or size % window_size:
+        raise ConfigError(f"parallel.cp.window_size {window_size} must divide the ring's {size} ranks")
+    grid = ring_mesh._unflatten(0, (size // window_size, window_size), ("cp_ring_outer", "cp_ring_inner"))
+    return grid.get_group("cp_ring_inner"), grid.get_group("cp_ring_outer")
+
+
 def build_context(
-    mesh_or_group: DeviceMesh | ProcessGroup, mode: str = "ulysses", ulysses_degree: int | None = None
+    mesh_or_group: DeviceMesh | ProcessGroup,
+    mode: str = "ulysses",
+    ulysses_degree: int | None = None,
+    window_size: int | None = None,
 ) -> ContextParallel:
-    """Context parallelism of ``mode`` over a 1-D cp DeviceMesh or group (usp: a mesh and ``ulysses_degree``)."""
+    """Context parallelism of ``mode`` over a 1-D cp DeviceMesh or group (usp: a mesh and ``ulysses_degree``).
+
+    ``window_size``: ring and usp pass key/value blocks over a double ring with windows of that many ring ranks
+    (a mesh is needed); None: one ring.
+    """
     if mode not in MODES:
         raise ConfigError(f"parallel.cp.mode {mode!r} is not one of {', '.join(MODES)}")
     is_mesh = isinstance(mesh_or_group, DeviceMesh)
     group = mesh_or_group.get_group() if is_mesh else mesh_or_group
+    if window_size is not None and (mode == "ulysses" or not is_mesh):
+        raise ConfigError(
+            f"parallel.cp.window_size {window_size} needs cp mode ring or usp over a DeviceMesh, got mode {mode!r}"
+        )
     if mode == "ulysses":
         return ContextParallel(mode, group, ulysses_group=group)
     if mode == "ring":
-        return ContextParallel(mode, group, ring_group=group)
+        return ContextParallel(mode, group, ring_group=group, ring_window=_double_ring(mesh_or_group, window_size)
+                               if is_mesh else None)
     size = dist.get_world_size(group)
     if not is_mesh or ulysses_degree is None or ulysses_degree < 1 or size % ulysses_degree:
         raise ConfigError(
@@ -119,7 +143,11 @@ def build_context(
     # Ulysses is the inner dim: its all-to-alls then stay between neighbouring ranks (one node).
     grid = mesh_or_group._unflatten(0, (size // ulysses_degree, ulysses_degree), ("cp_ring", "cp_ulysses"))
     return ContextParallel(
-        mode, group, ulysses_group=grid.get_group("cp_ulysses"), ring_group=grid.get_group("cp_ring")
+        mode,
+        group,
+        ulysses_group=grid.get_group("cp_ulysses"),
+        ring_group=grid.get_group("cp_ring"),
+        ring_window=_double_ring(grid["cp_ring"], window_size),
     )
 
 

@@ -24,10 +24,12 @@ def model_plan(model: torch.nn.Module, config: Config, runtime: Runtime) -> dict
     return dict(plan or {})
 
 
-def apply_context_parallel(runtime: Runtime, size: int, mode: str, ulysses_degree: int | None = None) -> None:
+def apply_context_parallel(
+    runtime: Runtime, size: int, mode: str, ulysses_degree: int | None = None, window_size: int | None = None
+) -> None:
     """Make ``mm_parallel.attention`` shard sequences over the runtime's ``cp`` mesh dim (nothing when size is 1)."""
     if size > 1:
-        set_context_parallel(build_context(runtime.submesh("cp"), mode, ulysses_degree))
+        set_context_parallel(build_context(runtime.submesh("cp"), mode, ulysses_degree, window_size))
         log.info("context parallel: %s over %d ranks", mode, size)
 
 

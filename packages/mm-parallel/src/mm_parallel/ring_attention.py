@@ -1,8 +1,14 @@
-"""Ring attention: key/value blocks travel around the group; partial outputs merge by their log-sum-exp."""
+"""Ring attention: key/value blocks travel around the group; partial outputs merge by their log-sum-exp.
+
+Double ring (MindSpeed-MM's ``cp_window_size``): the ring is cut into windows of neighbouring ranks. Blocks travel
+around the inner ring of a window while each rank's window block goes on to the next window over the outer ring,
+so the slow hops between windows (nodes) are few and overlap a whole inner round.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
@@ -12,7 +18,18 @@ from torch.distributed import ProcessGroup
 from mm_parallel.context import SequenceLayout
 
 Block = tuple[slice, slice, torch.Tensor | None]
-KV_TAG, GRAD_TAG = 0, 1
+KV_TAG, GRAD_TAG, OUTER_KV_TAG, OUTER_GRAD_TAG = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class Ring:
+    """The groups blocks travel over: ``inner`` (the whole ring, or a window of it) and the ``outer`` ring of windows.
+
+    Ring rank ``window * inner_size + inner_rank`` is the rank a SequenceLayout places shards by.
+    """
+
+    inner: ProcessGroup
+    outer: ProcessGroup | None = None
 
 
 @lru_cache(maxsize=256)
@@ -93,15 +110,44 @@ def _around(kv: torch.Tensor, group: ProcessGroup) -> Iterator[tuple[int, torch.
             kv = following
 
 
+def _pass(tensor: torch.Tensor, group: ProcessGroup, tag: int) -> torch.Tensor:
+    """Send ``tensor`` to the next rank of ``group``; the previous rank's, once it has arrived."""
+    if dist.get_world_size(group) == 1:
+        return tensor
+    received, works = _send_next(tensor, group, tag)
+    for work in works:
+        work.wait()
+    return received
+
+
+def _visits(kv: torch.Tensor, ring: Ring) -> Iterator[tuple[int, torch.Tensor, bool]]:
+    """Yield (owner ring rank, block, whether the inner round ends) for every rank's block.
+
+    Each outer step starts sending this window's block to the next window, then goes round the inner ring.
+    """
+    inner_size = dist.get_world_size(ring.inner)
+    windows, window = (1, 0) if ring.outer is None else (dist.get_world_size(ring.outer), dist.get_rank(ring.outer))
+    for step in range(windows):
+        last = step == windows - 1
+        if not last:
+            following, works = _send_next(kv, ring.outer, OUTER_KV_TAG)
+        source = (window - step) % windows
+        for index, (inner_owner, block) in enumerate(_around(kv, ring.inner)):
+            yield source * inner_size + inner_owner, block, index == inner_size - 1
+        if not last:
+            for work in works:
+                work.wait()
+            kv = following
+
+
 class _RingAttention(torch.autograd.Function):
-    """Exact attention of this rank's queries over the keys/values of every rank of ``group``, forward and backward."""
+    """Exact attention of this ring rank's queries over the keys/values of every rank of ``ring``, with backward."""
 
     @staticmethod
-    def forward(ctx, q, k, v, group: ProcessGroup, layout: SequenceLayout, causal: bool, scale: float):
-        rank = dist.get_rank(group)
+    def forward(ctx, q, k, v, ring: Ring, rank: int, layout: SequenceLayout, causal: bool, scale: float):
         out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
         lse = torch.full(q.shape[:-1], float("-inf"), dtype=torch.float32, device=q.device)
-        for owner, kv in _around(torch.stack([k, v]), group):
+        for owner, kv, _ in _visits(torch.stack([k, v]), ring):
             for rows, cols, mask in _plan(layout, rank, owner, causal):
                 block_out, block_lse = _block_forward(
                     q[..., rows, :], kv[0, ..., cols, :], kv[1, ..., cols, :], mask, scale
@@ -113,19 +159,21 @@ class _RingAttention(torch.autograd.Function):
                 lse[..., rows] = merged
         out = out.to(q.dtype)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.group, ctx.layout, ctx.causal, ctx.scale = group, layout, causal, scale
+        ctx.ring, ctx.rank, ctx.layout, ctx.causal, ctx.scale = ring, rank, layout, causal, scale
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         q, k, v, out, lse = ctx.saved_tensors
-        group, rank = ctx.group, dist.get_rank(ctx.group)
+        ring, rank = ctx.ring, ctx.rank
         grad = grad.float()
         delta = (grad * out.float()).sum(-1)
         dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
-        # The gradient of a key/value block travels with it and gets home one pass after the last use.
+        # The gradient of a key/value block travels with it round the inner ring and is back with the window's
+        # holder one pass after the last use; the outer ring then carries it on with the block, home at the end.
         dkv = torch.zeros((2, *k.shape), dtype=torch.float32, device=k.device)
-        for owner, kv in _around(torch.stack([k, v]), group):
+        home = torch.zeros_like(dkv)
+        for owner, kv, round_ends in _visits(torch.stack([k, v]), ring):
             for rows, cols, mask in _plan(ctx.layout, rank, owner, ctx.causal):
                 bq, bk, bv = _block_backward(
                     q[..., rows, :],
@@ -140,10 +188,11 @@ class _RingAttention(torch.autograd.Function):
                 dq[..., rows, :] += bq
                 dkv[0, ..., cols, :] += bk
                 dkv[1, ..., cols, :] += bv
-            dkv, works = _send_next(dkv, group, GRAD_TAG)
-            for work in works:
-                work.wait()
-        return dq.to(q.dtype), dkv[0].to(k.dtype), dkv[1].to(v.dtype), None, None, None, None
+            dkv = _pass(dkv, ring.inner, GRAD_TAG)
+            if round_ends:
+                home = dkv if ring.outer is None else _pass(home + dkv, ring.outer, OUTER_GRAD_TAG)
+                dkv = torch.zeros_like(dkv)
+        return dq.to(q.dtype), home[0].to(k.dtype), home[1].to(v.dtype), None, None, None, None, None
 
 
 def ring_attention(
@@ -154,6 +203,11 @@ def ring_attention(
     layout: SequenceLayout,
     causal: bool,
     scale: float,
+    window: tuple[ProcessGroup, ProcessGroup] | None = None,
 ) -> torch.Tensor:
-    """Attention of [b, h, s, d] ring shards laid out by ``layout`` over the whole sequence of ``group``."""
-    return _RingAttention.apply(q, k, v, group, layout, causal, scale)
+    """Attention of [b, h, s, d] ring shards laid out by ``layout`` over the whole sequence of ``group``.
+
+    ``window``: the (inner, outer) groups of a double ring over the same ranks; None: one ring.
+    """
+    ring = Ring(group) if window is None else Ring(*window)
+    return _RingAttention.apply(q, k, v, ring, dist.get_rank(group), layout, causal, scale)
