@@ -52,15 +52,6 @@ def test_dit_predicts_the_latents_shape() -> None:
     assert isinstance(dit.blocks[0], WanTransformerBlock)
 
 
-def test_noise_seeds_make_samples_independent_of_the_batch() -> None:
-    model = build_model(_config().model)
-    latents = torch.zeros(3, 4, 3, 4, 4)
-    noise, indices = model.draw_noise(latents, torch.tensor([5, 6, 7]))
-    alone, alone_index = model.draw_noise(latents[:1], torch.tensor([6]))
-    torch.testing.assert_close(noise[1:2], alone)
-    assert indices[1] == alone_index[0]
-
-
 def test_examples_load_as_the_guide_writes_them() -> None:
     config = _config(files=(EXAMPLES / "pretrain_custom.yaml",), sections=EXAMPLE_SECTIONS)
     assert config.model.predictor.num_layers == 30 and config.model.predictor.head_dim == 128

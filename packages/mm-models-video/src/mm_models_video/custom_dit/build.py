@@ -10,7 +10,7 @@ from mm_core.errors import ConfigError
 from mm_models_video.custom_dit.dit import CustomDiT
 from mm_models_video.custom_dit.model import CustomModel
 from mm_models_video.custom_dit.schema import check_model
-from mm_models_video.wan2_1.build import _fixed_init, _from_pretrained
+from mm_models_video.wan2_1.build import fixed_init, load_pretrained
 from mm_models_video.wan2_1.diffusion import FlowMatching
 from mm_models_video.wan2_1.flavors import get_flavor
 from mm_models_video.wan2_1.schema import dtype_of
@@ -23,9 +23,9 @@ def build_ae(ae: Config) -> AutoencoderKLWan:
     """The Wan VAE from ``ae.from_pretrained`` (a diffusers vae/ folder), else the tiny one."""
     dtype = dtype_of(ae.dtype, TINY, "model.ae.dtype")
     if ae.from_pretrained:
-        vae = _from_pretrained(AutoencoderKLWan, ae.from_pretrained, "model.ae.from_pretrained", torch_dtype=dtype)
+        vae = load_pretrained(AutoencoderKLWan, ae.from_pretrained, "model.ae.from_pretrained", torch_dtype=dtype)
     else:
-        vae = _fixed_init(lambda: AutoencoderKLWan(**TINY.ae), dtype)
+        vae = fixed_init(lambda: AutoencoderKLWan(**TINY.ae), dtype)
     if ae.enable_tiling:
         vae.enable_tiling(**{k: v for k, v in ae.tiling_param.items() if v is not None})
     return vae
@@ -35,10 +35,10 @@ def build_text_encoder(text_encoder: Config) -> UMT5EncoderModel:
     """UMT5 from ``text_encoder.from_pretrained`` (a transformers folder), else the tiny one."""
     dtype = dtype_of(text_encoder.dtype, TINY, "model.text_encoder.dtype")
     if text_encoder.from_pretrained:
-        return _from_pretrained(
+        return load_pretrained(
             UMT5EncoderModel, text_encoder.from_pretrained, "model.text_encoder.from_pretrained", dtype=dtype
         )
-    return _fixed_init(lambda: UMT5EncoderModel(UMT5Config(**TINY.text_encoder)), dtype)
+    return fixed_init(lambda: UMT5EncoderModel(UMT5Config(**TINY.text_encoder)), dtype)
 
 
 def build_predictor(predictor: Config) -> CustomDiT:

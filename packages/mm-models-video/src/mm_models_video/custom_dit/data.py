@@ -18,7 +18,7 @@ from mm_data.formats import DataConfig, parse_data_config
 from mm_data.sampler import bucket_keys, build_rank_loader
 from mm_data.transforms import check_video_shape
 from mm_models_video.custom_dit.schema import CLIP
-from mm_models_video.wan2_1.build import _from_pretrained
+from mm_models_video.wan2_1.build import load_pretrained
 from mm_models_video.wan2_1.data import with_synthetic_data
 from mm_models_video.wan2_1.flavors import VAE_STRIDES
 from mm_models_video.wan2_1.tokenizer import build_char_tokenizer
@@ -44,7 +44,7 @@ class PromptTokenizer:
         path = config.pop("pretrained_model_name_or_path", None)
         if path is None:
             return cls(build_char_tokenizer(), int(config.get("model_max_length", CHAR_TEXT_LEN)))
-        tokenizer = _from_pretrained(AutoTokenizer, str(path), "data.dataset_param.tokenizer_config", **config)
+        tokenizer = load_pretrained(AutoTokenizer, str(path), "data.dataset_param.tokenizer_config", **config)
         return cls(tokenizer, tokenizer.model_max_length)
 
     def __call__(self, caption: str) -> dict[str, torch.Tensor]:

@@ -62,7 +62,7 @@ def predictor_overrides(predictor: Config, flavor: Flavor) -> dict[str, Any]:
     return out
 
 
-def _fixed_init(factory: Callable[[], nn.Module], dtype: torch.dtype) -> nn.Module:
+def fixed_init(factory: Callable[[], nn.Module], dtype: torch.dtype) -> nn.Module:
     """Build a frozen part from its flavor with a fixed seed, so every run, extraction and inference share it."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(FROZEN_INIT_SEED)
@@ -70,7 +70,8 @@ def _fixed_init(factory: Callable[[], nn.Module], dtype: torch.dtype) -> nn.Modu
     return module if dtype == torch.float32 else module.to(dtype)
 
 
-def _from_pretrained(cls: Any, path: str, key: str, **kwargs: Any) -> Any:
+def load_pretrained(cls: Any, path: str, key: str, **kwargs: Any) -> Any:
+    """``cls.from_pretrained(path)``; a missing or unloadable path is a ConfigError naming the config ``key``."""
     local = Path(path).expanduser()
     if not local.exists() and path.startswith((".", "/", "~")):
         raise ConfigError(f"{key}: {path} does not exist")
@@ -100,7 +101,7 @@ def build_predictor(model: Config, flavor: Flavor) -> WanTransformer3DModel:
     path = source(model, "predictor", "transformer")
     if path is None:
         return WanTransformer3DModel(**{**flavor.predictor, **wanted})
-    predictor = _from_pretrained(
+    predictor = load_pretrained(
         WanTransformer3DModel, path, "model.predictor.from_pretrained", torch_dtype=torch.float32
     )
     _check_matches(predictor, wanted, path)
@@ -116,7 +117,7 @@ def build_model(model: Config) -> WanT2V:
     text_path = source(model, "text_encoder", "text_encoder")
     tokenizer_path = source(model, "tokenizer", "tokenizer")
     if tokenizer_path:
-        tokenizer = _from_pretrained(AutoTokenizer, tokenizer_path, "model.tokenizer.from_pretrained")
+        tokenizer = load_pretrained(AutoTokenizer, tokenizer_path, "model.tokenizer.from_pretrained")
     elif model.flavor == "tiny":
         tokenizer = build_char_tokenizer()
     else:
@@ -125,17 +126,17 @@ def build_model(model: Config) -> WanT2V:
             "the UMT5 tokenizer of Wan2.1, e.g. Wan2.1-T2V-1.3B-Diffusers/tokenizer"
         )
     if ae_path:
-        ae = _from_pretrained(AutoencoderKLWan, ae_path, "model.ae.from_pretrained", torch_dtype=ae_dtype)
+        ae = load_pretrained(AutoencoderKLWan, ae_path, "model.ae.from_pretrained", torch_dtype=ae_dtype)
     else:
-        ae = _fixed_init(lambda: AutoencoderKLWan(**flavor.ae), ae_dtype)
+        ae = fixed_init(lambda: AutoencoderKLWan(**flavor.ae), ae_dtype)
     if model.ae.enable_tiling:
         ae.enable_tiling(**{k: v for k, v in model.ae.tiling_param.items() if v is not None})
     if text_path:
-        text_encoder = _from_pretrained(
+        text_encoder = load_pretrained(
             UMT5EncoderModel, text_path, "model.text_encoder.from_pretrained", dtype=text_dtype
         )
     else:
-        text_encoder = _fixed_init(lambda: UMT5EncoderModel(UMT5Config(**flavor.text_encoder)), text_dtype)
+        text_encoder = fixed_init(lambda: UMT5EncoderModel(UMT5Config(**flavor.text_encoder)), text_dtype)
     diffusion = model.diffusion
     return WanT2V(
         ae=ae,

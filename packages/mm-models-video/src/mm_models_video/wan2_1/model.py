@@ -13,9 +13,8 @@ from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 from torch import nn
 from transformers import PreTrainedTokenizerBase, UMT5EncoderModel
 
+from mm_models_video.frozen import FrozenEncoders
 from mm_models_video.wan2_1.diffusion import FlowMatching
-
-FROZEN = ("ae", "text_encoder")
 
 
 class Carry(NamedTuple):
@@ -37,12 +36,12 @@ def run_block(block: nn.Module, carry: Carry | tuple[torch.Tensor, ...]) -> Carr
     return carry._replace(hidden=hidden)
 
 
-class WanT2V(nn.Module):
+class WanT2V(FrozenEncoders):
     """ae (AutoencoderKLWan) + text_encoder (UMT5EncoderModel) + predictor (WanTransformer3DModel) + diffusion.
 
     Only the predictor trains. A frozen part named in ``external`` was loaded from pretrained weights:
     it is left out of ``state_dict`` (training checkpoints hold only what cannot be reloaded) and its
-    absence is accepted when loading one.
+    absence is accepted when loading one (see FrozenEncoders).
     """
 
     def __init__(
@@ -57,43 +56,11 @@ class WanT2V(nn.Module):
         do_sample: bool = False,
         external: Sequence[str] = (),
     ) -> None:
-        super().__init__()
-        self.ae = ae.requires_grad_(False).eval()
-        self.text_encoder = text_encoder.requires_grad_(False).eval()
+        super().__init__(ae, text_encoder, norm_latents, do_sample, external)
         self.predictor = predictor
         self.tokenizer = tokenizer
         self.diffusion = diffusion
         self.text_len = text_len
-        self.norm_latents = norm_latents
-        self.do_sample = do_sample
-        self.external = tuple(external)
-        self.register_state_dict_post_hook(_drop_external)
-        self.register_load_state_dict_post_hook(_allow_missing_external)
-
-    def train(self, mode: bool = True) -> WanT2V:
-        """Set the predictor's mode; the frozen parts always stay in eval mode."""
-        super().train(mode)
-        for name in FROZEN:
-            part = getattr(self, name)
-            if part is not None:  # a pipeline stage without the encoders
-                part.eval()
-        return self
-
-    def _latent_stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        shape = (1, self.ae.config.z_dim, 1, 1, 1)
-        mean = torch.tensor(self.ae.config.latents_mean).view(shape).to(like.device, like.dtype)
-        std = torch.tensor(self.ae.config.latents_std).view(shape).to(like.device, like.dtype)
-        return mean, std
-
-    @torch.no_grad()
-    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
-        """Pixels [B, 3, T, H, W] in [-1, 1] -> float32 latents [B, z, 1 + (T-1)/4, H/8, W/8], normalized."""
-        posterior = self.ae.encode(video.to(self.ae.dtype)).latent_dist
-        latents = (posterior.sample() if self.do_sample else posterior.mode()).float()
-        if self.norm_latents:
-            mean, std = self._latent_stats(latents)
-            latents = (latents - mean) / std
-        return latents
 
     def tokenize(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids and attention mask [B, text_len] of the cleaned prompts, as WanPipeline makes them."""
@@ -208,15 +175,3 @@ class WanT2V(nn.Module):
         """Write the diffusers layout: model_index.json, transformer/, vae/, text_encoder/, tokenizer/, scheduler/."""
         self.pipeline().save_pretrained(str(path))
 
-
-def _is_external(module: WanT2V, key: str) -> bool:
-    return any(f".{part}." in f".{key}" for part in module.external)
-
-
-def _drop_external(module: WanT2V, state_dict: dict, prefix: str, local_metadata: dict) -> None:
-    for key in [k for k in state_dict if _is_external(module, k)]:
-        del state_dict[key]
-
-
-def _allow_missing_external(module: WanT2V, incompatible) -> None:
-    incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if not _is_external(module, k)]

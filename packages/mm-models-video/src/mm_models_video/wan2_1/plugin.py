@@ -13,6 +13,7 @@ from mm_core.config import Config
 from mm_core.data_iter import DataIterator
 from mm_core.defaults import to_device
 from mm_core.runtime import Runtime
+from mm_models_video.frozen import FROZEN
 from mm_models_video.wan2_1 import schema
 from mm_models_video.wan2_1.build import build_model
 from mm_models_video.wan2_1.convert import register_converters  # noqa: F401 (mm-convert hook)
@@ -21,7 +22,7 @@ from mm_models_video.wan2_1.data import build_train_loader, data_config, example
 from mm_models_video.wan2_1.diffusion import noise_seeds
 from mm_models_video.wan2_1.extract import extract_features as run_extraction
 from mm_models_video.wan2_1.infer import generate
-from mm_models_video.wan2_1.model import FROZEN, Carry, WanT2V, run_block
+from mm_models_video.wan2_1.model import Carry, WanT2V, run_block
 
 # The embedded run: a tiny Wan2.1 on generated clips, about a minute on two CPU cores.
 TRAINING = {
