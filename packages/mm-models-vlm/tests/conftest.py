@@ -10,6 +10,7 @@ import torch
 
 from mm_data.mllm_format import MllmRecord
 from mm_models_vlm.qwen2_5_vl.cache import load_processor
+from mm_models_vlm.qwen2_5_vl.dataset import ConversationDataset
 from mm_models_vlm.qwen2_5_vl.encode import Encoder, EncodeSettings
 from mm_models_vlm.qwen2_5_vl.model import load_model
 from mm_models_vlm.qwen2_5_vl.synthetic import COLOURS, draw_shape
@@ -73,3 +74,15 @@ def record():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def items(encoder, processor, settings, record, image_files):
+    """Three samples: two images of different sizes, a two-turn text-only one, and a two-image one."""
+    records = [
+        record("<image>What shape is in the image?", "A red circle.", images=[image_files[1]]),
+        record("Describe the picture.", "A green square.", "Which colour is the shape?", "Green."),
+        record("<image>Compare <image>", "Two red circles.", images=[image_files[2], image_files[0]]),
+    ]
+    dataset = ConversationDataset([encoder.encode(r) for r in records], processor, settings)
+    return [dataset[i] for i in range(len(dataset))]

@@ -7,20 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from mm_models_vlm.qwen2_5_vl import fused_loss, plugin
-from mm_models_vlm.qwen2_5_vl.dataset import ConversationDataset, collate_packed, collate_padded
+from mm_models_vlm.qwen2_5_vl.dataset import collate_packed, collate_padded
 from mm_models_vlm.qwen2_5_vl.encode import IGNORE_INDEX
-
-
-@pytest.fixture
-def items(encoder, processor, settings, record, image_files):
-    """An image conversation, a two-turn text one and a two-image one."""
-    records = [
-        record("<image>What shape is in the image?", "A red circle.", images=[image_files[1]]),
-        record("Describe the picture.", "A green square.", "Which colour is the shape?", "Green."),
-        record("<image>Compare <image>", "Two red circles.", images=[image_files[2], image_files[0]]),
-    ]
-    dataset = ConversationDataset([encoder.encode(r) for r in records], processor, settings)
-    return [dataset[i] for i in range(len(dataset))]
 
 
 def _plain_loss(model, batch):

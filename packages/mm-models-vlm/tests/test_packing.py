@@ -6,19 +6,7 @@ import pytest
 import torch
 
 from mm_models_vlm.qwen2_5_vl import plugin
-from mm_models_vlm.qwen2_5_vl.dataset import ConversationDataset, collate_packed, collate_padded
-
-
-@pytest.fixture
-def items(encoder, processor, settings, record, image_files):
-    """Three samples: two images of different sizes, a text-only one, and a two-image one."""
-    records = [
-        record("<image>What shape is in the image?", "A red circle.", images=[image_files[1]]),
-        record("Describe the picture.", "A green square.", "Which colour is the shape?", "Green."),
-        record("<image>Compare <image>", "Two red circles.", images=[image_files[2], image_files[0]]),
-    ]
-    dataset = ConversationDataset([encoder.encode(r) for r in records], processor, settings)
-    return [dataset[i] for i in range(len(dataset))]
+from mm_models_vlm.qwen2_5_vl.dataset import collate_packed, collate_padded
 
 
 def _run(model, batch):

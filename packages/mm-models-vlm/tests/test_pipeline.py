@@ -14,7 +14,7 @@ from mm_core.config import Config
 from mm_core.errors import ConfigError
 from mm_core.testing import run_training, spawn_training
 from mm_models_vlm.qwen2_5_vl import plugin
-from mm_models_vlm.qwen2_5_vl.dataset import ConversationDataset, collate_packed, collate_padded
+from mm_models_vlm.qwen2_5_vl.dataset import collate_packed, collate_padded
 from mm_models_vlm.qwen2_5_vl.pipeline import model_pipeline_num_layers, pp_layer, pp_post, pp_pre
 from mm_models_vlm.qwen2_5_vl.synthetic import make_shapes_dataset
 from mm_models_vlm.qwen2_5_vl.tiny import tiny_config, tiny_processor
@@ -25,18 +25,6 @@ OVERRIDES = ["training.train_iters=3", "training.save_interval=0", "training.mic
              "training.global_batch_size=8", "training.clip_grad=1.0",
              "data.dataset_param.basic_parameters.cutoff_len=128",
              "data.dataset_param.basic_parameters.preprocessing_num_workers=1"]
-
-
-@pytest.fixture
-def items(encoder, processor, settings, record, image_files):
-    """Two samples with images of different sizes and a text-only one."""
-    records = [
-        record("<image>What shape is in the image?", "A red circle.", images=[image_files[1]]),
-        record("Describe the picture.", "A green square.", "Which colour is the shape?", "Green."),
-        record("<image>Compare <image>", "Two red circles.", images=[image_files[2], image_files[0]]),
-    ]
-    dataset = ConversationDataset([encoder.encode(r) for r in records], processor, settings)
-    return [dataset[i] for i in range(len(dataset))]
 
 
 def _through_plan(model, batch, length):
