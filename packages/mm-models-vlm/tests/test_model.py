@@ -11,6 +11,7 @@ from transformers import Qwen2_5_VLForConditionalGeneration
 from mm_core.checkpoint import load_model_state
 from mm_core.config import wrap
 from mm_core.errors import ConfigError
+from mm_core.plugins import load_plugins, make_config
 from mm_models_vlm.qwen2_5_vl import plugin
 from mm_models_vlm.qwen2_5_vl.dataset import ConversationDataset, collate_padded
 from mm_models_vlm.qwen2_5_vl.export import export_hf, main
@@ -43,7 +44,8 @@ def test_freezing_everything_or_a_bad_flag_is_a_config_error(model):
 
 
 def test_fsdp_patterns_name_every_vision_block_and_decoder_layer(model):
-    plan = plugin.parallel_plan(model=model, config=None)
+    config = make_config(load_plugins(["qwen2_5_vl"]), "run", [], None, [])
+    plan = plugin.parallel_plan(model=model, config=config)
     regexes = [re.compile(re.escape(p).replace(re.escape("{*}"), r"\d+") + "$") for p in plan["fsdp_modules"]]
     matched = {name for name, _ in model.named_modules() if any(r.match(name) for r in regexes)}
     assert matched == {f"model.visual.blocks.{i}" for i in range(len(model.model.visual.blocks))} | {
