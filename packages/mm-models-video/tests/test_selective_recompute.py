@@ -4,22 +4,9 @@ from __future__ import annotations
 
 import torch
 from diffusers import WanTransformer3DModel
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from mm_models_video.wan2_1.flavors import get_flavor
-from mm_parallel.recompute import ATTENTION_OPS, apply_recompute
-
-
-class CountAttention(TorchDispatchMode):
-    """Counts the fused attention kernels that run (forward and recompute)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.calls += func in ATTENTION_OPS
-        return func(*args, **(kwargs or {}))
+from mm_parallel.recompute import CountAttention, apply_recompute
 
 
 def _step(mode: str | None) -> tuple[dict[str, torch.Tensor], int]:

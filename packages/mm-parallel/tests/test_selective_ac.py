@@ -6,12 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 import toy_net
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from mm_core.errors import ConfigError
 from mm_core.testing import run_training
 from mm_parallel.fsdp2 import FSDP2_DEFAULTS
-from mm_parallel.recompute import ATTENTION_OPS, apply_recompute
+from mm_parallel.recompute import CountAttention, apply_recompute
 
 
 class AttentionBlock(torch.nn.Module):
@@ -42,18 +41,6 @@ class Net(torch.nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.head(x)
-
-
-class CountAttention(TorchDispatchMode):
-    """Counts how often a fused attention kernel runs (forward and recompute, not its backward)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.calls += func in ATTENTION_OPS
-        return func(*args, **(kwargs or {}))
 
 
 def _train_step(mode: str | None) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import torch
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl, checkpoint_wrapper
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.checkpoint import create_selective_checkpoint_contexts
 
 from mm_core.errors import ConfigError
@@ -31,6 +32,21 @@ ATTENTION_OPS = [
 
 # Keeps the outputs of the attention kernels, recomputes every other op.
 keep_attention = functools.partial(create_selective_checkpoint_contexts, ATTENTION_OPS)
+
+
+class CountAttention(TorchDispatchMode):
+    """Counts the fused attention kernels that run inside it (forwards and recomputes; their backward is not one).
+
+    With selective recompute a block's attention runs once per step; with full recompute, twice.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls += func in ATTENTION_OPS
+        return func(*args, **(kwargs or {}))
 
 
 def apply_recompute(
