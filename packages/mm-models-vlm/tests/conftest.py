@@ -12,7 +12,7 @@ from mm_data.mllm_format import MllmRecord
 from mm_models_vlm.qwen2_5_vl.cache import load_processor
 from mm_models_vlm.qwen2_5_vl.dataset import ConversationDataset
 from mm_models_vlm.qwen2_5_vl.encode import Encoder, EncodeSettings
-from mm_models_vlm.qwen2_5_vl.model import load_model
+from mm_models_vlm.qwen2_5_vl.model import RopeIndex, load_model
 from mm_models_vlm.qwen2_5_vl.synthetic import COLOURS, draw_shape
 from mm_models_vlm.qwen2_5_vl.tiny import MAX_PIXELS, MIN_PIXELS, make_tiny_checkpoint
 
@@ -33,6 +33,12 @@ def processor(tiny_dir):
 def model(tiny_dir):
     """A fresh float32 copy of the tiny model."""
     return load_model(tiny_dir).eval()
+
+
+@pytest.fixture
+def rope(model) -> RopeIndex:
+    """The tiny model's positions, as the packed collate computes them."""
+    return RopeIndex(model.config)
 
 
 @pytest.fixture(scope="session")

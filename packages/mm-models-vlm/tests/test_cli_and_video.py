@@ -33,7 +33,7 @@ def test_llava_to_mllm_command(tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
 
 
-def test_video_conversation_trains(tmp_path, processor, settings, record, model):
+def test_video_conversation_trains(tmp_path, processor, settings, record, model, rope):
     frames = np.zeros((16, 56, 56, 3), dtype=np.uint8)
     frames[:, 10:40, 10:40, 0] = 255
     video = write_video(tmp_path / "clip.mp4", frames, fps=8)
@@ -43,7 +43,7 @@ def test_video_conversation_trains(tmp_path, processor, settings, record, model)
     item = ConversationDataset([encoded], processor, video_settings)[0]
     assert item["video_grid_thw"].tolist() == [[2, 4, 4]]
     assert int((item["input_ids"] == processor.video_token_id).sum()) == 2 * 4 * 4 // 4
-    batch = collate_packed([item])
+    batch = collate_packed([item], rope)
     logits = plugin.forward_step(batch=batch, model=model, runtime=None)
     loss, _ = plugin.loss_func(output=logits, batch=batch, runtime=None)
     loss.backward()

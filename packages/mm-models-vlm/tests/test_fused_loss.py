@@ -15,7 +15,7 @@ def _plain_loss(model, batch):
     """The reference: full logits from transformers' forward, cross-entropy over every position."""
     inputs = {key: batch[key] for key in plugin.MODEL_INPUTS if key in batch}
     if "cu_seqlens" in batch:
-        inputs["position_ids"] = plugin.packed_position_ids(model, batch)
+        inputs.update(plugin.packed_inputs(model, batch))
     logits = model(**inputs, use_cache=False).logits[:, :-1].float()
     labels = batch["labels"][:, 1:]
     total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX,
@@ -31,8 +31,8 @@ def _loss_and_grads(model, loss_fn):
 
 
 @pytest.mark.parametrize("packed", [True, False], ids=["packed", "padded"])
-def test_loss_and_gradients_equal_full_logits(model, items, processor, packed):
-    batch = collate_packed(items) if packed else collate_padded(items, processor.tokenizer.pad_token_id)
+def test_loss_and_gradients_equal_full_logits(model, items, processor, rope, packed):
+    batch = collate_packed(items, rope) if packed else collate_padded(items, processor.tokenizer.pad_token_id)
     model.train()
     expected, expected_grads = _loss_and_grads(model, lambda: _plain_loss(model, batch))
 
@@ -66,12 +66,12 @@ def test_chunk_size_does_not_change_the_loss(chunk):
         torch.testing.assert_close(g, e)
 
 
-def test_logits_are_made_one_chunk_at_a_time(model, items, monkeypatch):
+def test_logits_are_made_one_chunk_at_a_time(model, items, rope, monkeypatch):
     """The forward projects no position; the loss never projects more than CHUNK_TOKENS rows at once."""
     monkeypatch.setattr(fused_loss, "CHUNK_TOKENS", 8)
     rows = []
     model.lm_head.register_forward_hook(lambda module, args, out: rows.append(out.shape[:-1].numel()))
-    batch = collate_packed(items)
+    batch = collate_packed(items, rope)
     output = plugin.forward_step(batch=batch, model=model, runtime=None)
     assert rows == [0]
     loss, metrics = plugin.loss_func(output=output, batch=batch, runtime=None)
@@ -80,9 +80,9 @@ def test_logits_are_made_one_chunk_at_a_time(model, items, monkeypatch):
     assert max(rows) == 8 and sum(rows) == 2 * metrics["targets"] > 16
 
 
-def test_a_batch_without_targets_gives_zero_loss_and_zero_gradients(model, items):
-    batch = collate_packed(items[:1])
-    batch["labels"][:] = IGNORE_INDEX
+def test_a_batch_without_targets_gives_zero_loss_and_zero_gradients(model, items, rope):
+    item = {**items[0], "labels": torch.full_like(items[0]["labels"], IGNORE_INDEX)}
+    batch = collate_packed([item], rope)
     output = plugin.forward_step(batch=batch, model=model, runtime=None)
     loss, metrics = plugin.loss_func(output=output, batch=batch, runtime=None)
     loss.backward()
@@ -90,9 +90,9 @@ def test_a_batch_without_targets_gives_zero_loss_and_zero_gradients(model, items
     assert all(p.grad is None or not p.grad.any() for p in model.parameters())
 
 
-def test_a_forward_step_returning_logits_gets_the_same_loss(model, items):
+def test_a_forward_step_returning_logits_gets_the_same_loss(model, items, rope):
     """A stacked plugin whose forward_step returns transformers' logits still gets the right loss."""
-    batch = collate_packed(items)
+    batch = collate_packed(items, rope)
     with torch.no_grad():
         output = plugin.forward_step(batch=batch, model=model, runtime=None)
         fused, _ = plugin.loss_func(output=output, batch=batch, runtime=None)

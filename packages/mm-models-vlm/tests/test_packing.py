@@ -18,8 +18,8 @@ def _run(model, batch):
     return logits, loss, metrics
 
 
-def test_packed_logits_and_loss_equal_unpacked(model, items, processor):
-    packed_logits, packed_loss, metrics = _run(model, collate_packed(items))
+def test_packed_logits_and_loss_equal_unpacked(model, items, processor, rope):
+    packed_logits, packed_loss, metrics = _run(model, collate_packed(items, rope))
     padded_logits, padded_loss, padded_metrics = _run(model, collate_padded(items, processor.tokenizer.pad_token_id))
     assert packed_loss == pytest.approx(padded_loss.item(), rel=1e-5)
     assert metrics["targets"] == padded_metrics["targets"]
@@ -32,9 +32,9 @@ def test_packed_logits_and_loss_equal_unpacked(model, items, processor):
         start += n
 
 
-def test_packing_without_per_sample_positions_would_differ(model, items):
+def test_packing_without_per_sample_positions_would_differ(model, items, rope):
     """The check above has teeth: one row without per-sample positions mixes the samples."""
-    batch = collate_packed(items)
+    batch = collate_packed(items, rope)
     packed_logits, _, _ = _run(model, batch)
     del batch["cu_seqlens"]
     mixed_logits, _, _ = _run(model, batch)
@@ -43,8 +43,8 @@ def test_packing_without_per_sample_positions_would_differ(model, items):
     assert not torch.allclose(mixed_logits[0, n:], packed_logits[0, n:], rtol=1e-3, atol=1e-3)
 
 
-def test_packed_row_masks_each_samples_first_label(items):
-    batch = collate_packed(items)
+def test_packed_row_masks_each_samples_first_label(items, rope):
+    batch = collate_packed(items, rope)
     starts = batch["cu_seqlens"][:-1]
     assert (batch["labels"][0, starts] == -100).all()
     assert batch["image_grid_thw"].shape[0] == 3

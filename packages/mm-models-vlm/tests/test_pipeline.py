@@ -35,8 +35,8 @@ def _through_plan(model, batch, length):
 
 
 @pytest.mark.parametrize("packed", [True, False], ids=["packed", "padded"])
-def test_pre_layers_post_equal_forward_step(model, items, processor, packed):
-    batch = collate_packed(items) if packed else collate_padded(items, processor.tokenizer.pad_token_id)
+def test_pre_layers_post_equal_forward_step(model, items, processor, rope, packed):
+    batch = collate_packed(items, rope) if packed else collate_padded(items, processor.tokenizer.pad_token_id)
     with torch.no_grad():
         expected = plugin.forward_step(batch=batch, model=model, runtime=None)
         hidden = _through_plan(model, batch, batch["input_ids"].shape[1] + 37)

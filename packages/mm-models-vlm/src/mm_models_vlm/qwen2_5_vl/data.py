@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 from torch.utils.data import DataLoader
+from transformers import Qwen2_5_VLConfig
 
 from mm_core.config import Config
 from mm_core.errors import ConfigError
@@ -14,6 +15,7 @@ from mm_data.sampler import build_dataloader
 from mm_models_vlm.qwen2_5_vl.cache import cache_key, load_or_encode, load_processor
 from mm_models_vlm.qwen2_5_vl.dataset import Collator, ConversationDataset
 from mm_models_vlm.qwen2_5_vl.encode import EncodeSettings
+from mm_models_vlm.qwen2_5_vl.model import RopeIndex
 from mm_models_vlm.qwen2_5_vl.synthetic import make_shapes_dataset
 from mm_models_vlm.qwen2_5_vl.tiny import make_tiny_checkpoint
 
@@ -86,9 +88,10 @@ def build_dataset(config: Config, runtime) -> ConversationDataset:
 def build_train_loader(config: Config, runtime) -> DataLoader:
     """A DataLoader of micro-batches for this data-parallel rank, resumable mid-epoch."""
     dataset = build_dataset(config, runtime)
+    rope = RopeIndex(Qwen2_5_VLConfig.from_pretrained(model_dir(config)))
     p = config.data.dataloader_param
     packing = config.data.dataset_param.basic_parameters.packing
     seed = p.seed if p.seed is not None else config.training.seed
     return build_dataloader(dataset, config.training.micro_batch_size, runtime.dp_rank, runtime.dp_size, seed,
                             p.shuffle, p.drop_last, p.num_workers, p.pin_memory,
-                            Collator(packing, dataset.processor.tokenizer.pad_token_id))
+                            Collator(packing, dataset.processor.tokenizer.pad_token_id, rope))

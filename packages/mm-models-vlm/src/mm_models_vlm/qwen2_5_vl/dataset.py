@@ -13,6 +13,8 @@ from torch.utils.data import Dataset
 from mm_core.errors import DataError
 from mm_data.video import read_video
 from mm_models_vlm.qwen2_5_vl.encode import IGNORE_INDEX, Encoded, EncodeSettings
+from mm_models_vlm.qwen2_5_vl.fused_loss import target_positions
+from mm_models_vlm.qwen2_5_vl.model import RopeIndex, packed_position_ids
 
 VISION_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 
@@ -74,21 +76,27 @@ def _vision(items: Sequence[dict]) -> dict[str, torch.Tensor]:
             for key in VISION_KEYS if any(key in item for item in items)}
 
 
-def collate_packed(items: Sequence[dict]) -> dict[str, Any]:
+def collate_packed(items: Sequence[dict], rope: RopeIndex) -> dict[str, Any]:
     """All samples in one row; ``cu_seqlens`` marks where each starts so attention stays within it.
 
     A sample's first label is never a target (nothing precedes it), so it is masked: in the row the
-    previous sample's last token must not learn to predict it.
+    previous sample's last token must not learn to predict it. Everything the step needs to know about the
+    row's layout is made here on the host (positions, ``max_seqlen``, the scored positions, counts), so the
+    step reads nothing back from the device.
     """
-    lengths = torch.tensor([len(item["input_ids"]) for item in items])
-    cu_seqlens = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
-    labels = torch.cat([item["labels"] for item in items])
-    labels[cu_seqlens[:-1]] = IGNORE_INDEX
+    lengths = [len(item["input_ids"]) for item in items]
+    cu_seqlens = torch.tensor([0, *lengths]).cumsum(0)
+    labels = torch.cat([item["labels"] for item in items])[None]
+    labels[0, cu_seqlens[:-1]] = IGNORE_INDEX
     return {
         "input_ids": torch.cat([item["input_ids"] for item in items])[None],
-        "labels": labels[None],
+        "labels": labels,
         "mm_token_type_ids": torch.cat([item["mm_token_type_ids"] for item in items])[None],
-        "cu_seqlens": cu_seqlens,
+        "position_ids": packed_position_ids(rope, items),
+        "cu_seqlens": cu_seqlens.int(),
+        "max_seqlen": max(lengths),
+        "target_index": target_positions(labels),
+        "num_tokens": sum(lengths),
         **_vision(items),
     }
 
@@ -98,11 +106,14 @@ def collate_padded(items: Sequence[dict], pad_token_id: int) -> dict[str, Any]:
     def pad(key: str, value: int) -> torch.Tensor:
         return pad_sequence([item[key] for item in items], batch_first=True, padding_value=value)
 
+    labels = pad("labels", IGNORE_INDEX)
     return {
         "input_ids": pad("input_ids", pad_token_id),
-        "labels": pad("labels", IGNORE_INDEX),
+        "labels": labels,
         "mm_token_type_ids": pad("mm_token_type_ids", 0),
         "attention_mask": pad_sequence([torch.ones_like(item["input_ids"]) for item in items], batch_first=True),
+        "target_index": target_positions(labels),
+        "num_tokens": sum(len(item["input_ids"]) for item in items),
         **_vision(items),
     }
 
@@ -110,9 +121,10 @@ def collate_padded(items: Sequence[dict], pad_token_id: int) -> dict[str, Any]:
 class Collator:
     """Packs or pads a list of items (a picklable callable, for DataLoader worker processes)."""
 
-    def __init__(self, packing: bool, pad_token_id: int) -> None:
+    def __init__(self, packing: bool, pad_token_id: int, rope: RopeIndex) -> None:
         self.packing = packing
         self.pad_token_id = pad_token_id
+        self.rope = rope
 
     def __call__(self, items: Sequence[dict]) -> dict[str, Any]:
-        return collate_packed(items) if self.packing else collate_padded(items, self.pad_token_id)
+        return collate_packed(items, self.rope) if self.packing else collate_padded(items, self.pad_token_id)

@@ -55,18 +55,30 @@ def _chunk_loss(head: nn.Module, rows: torch.Tensor, targets: torch.Tensor) -> t
     return F.cross_entropy(head(rows).float(), targets, reduction="sum")
 
 
+def target_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Flat indices into ``labels`` [B, L] of the tokens whose next label is a target (their prediction is scored).
+
+    The collates compute it on the host, so that the loss selects rows by an index of known size: a boolean
+    mask on the device would make the host wait to learn how many rows it selects.
+    """
+    scored = torch.zeros_like(labels, dtype=torch.bool)
+    scored[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    return scored.flatten().nonzero().squeeze(1)
+
+
 def chunked_cross_entropy(
-    hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor, chunk_tokens: int | None = None
+    hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor, chunk_tokens: int | None = None,
+    index: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Summed next-token cross-entropy of ``head(hidden)`` against ``labels`` [B, L], ``chunk_tokens`` rows at a time.
 
-    Only positions whose next label is a target are projected (prompt and image tokens cost nothing).
-    ``chunk_tokens`` defaults to ``CHUNK_TOKENS``.
+    Only the positions of ``index`` (``target_positions(labels)`` unless given) are projected: prompt and image
+    tokens cost nothing. ``chunk_tokens`` defaults to ``CHUNK_TOKENS``.
     """
     size = chunk_tokens or CHUNK_TOKENS
-    wanted = labels[:, 1:] != IGNORE_INDEX
-    rows = hidden[:, :-1][wanted]
-    targets = labels[:, 1:][wanted]
+    index = target_positions(labels) if index is None else index
+    rows = hidden.flatten(0, 1).index_select(0, index)
+    targets = labels.flatten().index_select(0, index + 1)
     # With no target at all the single empty chunk still links the loss to the head and the model (zero gradients).
     parts = [
         checkpoint(_chunk_loss, head, r, t, use_reentrant=False)
@@ -75,10 +87,13 @@ def chunked_cross_entropy(
     return torch.stack(parts).sum()
 
 
-def next_token_loss_sum(output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Summed next-token cross-entropy of ``output``: hidden states with their head (chunked) or full logits."""
+def next_token_loss_sum(output: torch.Tensor, labels: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+    """Summed next-token cross-entropy of ``output``: hidden states with their head (chunked) or full logits.
+
+    ``index``: the hidden states' scored positions (``target_positions(labels)``), when already known.
+    """
     if isinstance(output, LMHiddenStates):
-        return chunked_cross_entropy(output, output.head, labels)
+        return chunked_cross_entropy(output, output.head, labels, index=index)
     logits = output[:, :-1].float()
     return F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"

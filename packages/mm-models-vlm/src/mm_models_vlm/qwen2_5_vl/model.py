@@ -5,23 +5,26 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch.nn.utils.rnn import pad_sequence
-from transformers import Qwen2_5_VLForConditionalGeneration
+from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLModel
+from transformers.utils.generic import is_flash_attention_requested
 
 from mm_core.config import Config
 from mm_core.errors import ConfigError
+from mm_models_vlm.qwen2_5_vl.attention import NAME, load_implementation, use_attention
 
 
-def load_model(path: str | Path, attn_implementation: str = "sdpa") -> Qwen2_5_VLForConditionalGeneration:
+def load_model(path: str | Path, attn_implementation: str = NAME) -> Qwen2_5_VLForConditionalGeneration:
     """``from_pretrained`` in float32 on the CPU (engines cast and place it); one-line error on a bad directory."""
+    implementation = load_implementation(attn_implementation)
     if not (Path(path) / "config.json").is_file():
         raise ConfigError(f"model.from_pretrained {path} is not a Hugging Face directory (no config.json)")
     try:
-        return Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            str(path), dtype=torch.float32, attn_implementation=attn_implementation
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            str(path), dtype=torch.float32, attn_implementation=implementation
         )
     except (OSError, ValueError, ImportError) as exc:
         raise ConfigError(f"cannot load Qwen2.5-VL from {path}: {str(exc).splitlines()[0]}") from None
+    return use_attention(model, attn_implementation)
 
 
 def _freeze_flag(model_cfg: Config, dotted: str) -> bool:
@@ -63,20 +66,42 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
 
 
-def packed_position_ids(model: torch.nn.Module, batch: dict) -> torch.Tensor:
-    """``[4, 1, L]`` positions of a packed row: text positions restarting per sample, then per-sample mRoPE.
+class RopeIndex:
+    """transformers' own Qwen2.5-VL ``get_rope_index``, run without the model: it reads nothing but the config.
 
-    mRoPE comes from transformers' own ``get_rope_index``, run on the samples as a padded batch, so
-    each sample's 3-D positions are exactly those it would get alone; the leading text row restarts
-    at 0 for every sample, which is how transformers recognises packed sequences and masks across them.
+    Picklable, so DataLoader workers compute a packed row's positions on the host.
     """
-    lengths = batch["cu_seqlens"].diff().tolist()
-    ids = pad_sequence(batch["input_ids"][0].split(lengths), batch_first=True)
-    types = pad_sequence(batch["mm_token_type_ids"][0].split(lengths), batch_first=True)
-    mask = pad_sequence([torch.ones(n, dtype=torch.long, device=ids.device) for n in lengths], batch_first=True)
-    mrope, _ = unwrap(model).model.get_rope_index(
-        ids, types, image_grid_thw=batch.get("image_grid_thw"), video_grid_thw=batch.get("video_grid_thw"),
-        second_per_grid_ts=batch.get("second_per_grid_ts"), attention_mask=mask,
-    )
-    text = torch.cat([torch.arange(n, device=ids.device) for n in lengths])
-    return torch.cat([text[None], mrope[:, mask.bool()]])[:, None, :]
+
+    get_rope_index = Qwen2_5_VLModel.get_rope_index
+    get_vision_position_ids = Qwen2_5_VLModel.get_vision_position_ids
+
+    def __init__(self, config: Qwen2_5_VLConfig) -> None:
+        self.config = config
+
+
+def packed_position_ids(rope: RopeIndex, items: list[dict]) -> torch.Tensor:
+    """``[4, 1, L]`` positions of ``items`` packed in one row: text positions restarting per sample, then mRoPE.
+
+    Each sample's 3-D positions are those ``get_rope_index`` gives it alone; the leading text row restarts at 0
+    for every sample, which is how transformers recognises packed sequences and masks across them (the masking
+    implementations; the varlen ones take ``cu_seqlens`` instead, see ``packed_inputs``).
+    """
+    mrope = [rope.get_rope_index(item["input_ids"][None], item["mm_token_type_ids"][None],
+                                 image_grid_thw=item.get("image_grid_thw"), video_grid_thw=item.get("video_grid_thw"),
+                                 second_per_grid_ts=item.get("second_per_grid_ts"))[0][:, 0] for item in items]
+    text = torch.cat([torch.arange(len(item["input_ids"])) for item in items])
+    return torch.cat([text[None], torch.cat(mrope, dim=1)])[:, None, :]
+
+
+def packed_inputs(model: torch.nn.Module, batch: dict) -> dict:
+    """The model inputs that keep a packed row's samples apart, all made on the host by the collate.
+
+    Flash implementations (ours included) get the mRoPE positions and the varlen arguments, so no mask is built;
+    the others (sdpa, eager) get the positions with the text row, from which transformers builds a block mask.
+    """
+    positions = batch["position_ids"]
+    if not is_flash_attention_requested(unwrap(model).config):
+        return {"position_ids": positions}
+    cu_seqlens, longest = batch["cu_seqlens"], batch["max_seqlen"]
+    return {"position_ids": positions[1:], "cu_seq_lens_q": cu_seqlens, "cu_seq_lens_k": cu_seqlens,
+            "max_length_q": longest, "max_length_k": longest}

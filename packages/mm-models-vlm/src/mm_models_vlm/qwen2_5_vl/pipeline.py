@@ -8,7 +8,9 @@ post (last stage): the final norm, giving the hidden states with the head that t
 
 A pipeline's stages exchange tensors of one shape for every micro-batch, so pre right-pads the sequence to the
 longest a micro-batch can be (``cutoff_len``, times ``micro_batch_size`` when packed); the padding comes after
-every real token, so causal attention keeps it out of their results, and post drops it.
+every real token, so causal attention keeps it out of their results, and post drops it. A packed row keeps its
+samples apart by the block mask transformers builds from the text positions in the carry (``mm_flash_varlen``
+then runs sdpa with it): the varlen path would need host ints that the fixed-shape carry cannot take.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from transformers.masking_utils import create_causal_mask, create_sliding_window
 from mm_core.config import Config
 from mm_core.errors import DataError
 from mm_models_vlm.qwen2_5_vl.fused_loss import LMHiddenStates
-from mm_models_vlm.qwen2_5_vl.model import packed_position_ids
 
 MASKS = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
 
@@ -47,9 +48,9 @@ def _vision_embeddings(vlm: torch.nn.Module, batch: dict, embeds: torch.Tensor) 
 
 
 def _positions(model: torch.nn.Module, batch: dict, embeds: torch.Tensor) -> torch.Tensor:
-    """``[4, 1, L]`` text + mRoPE positions of a packed row, else the ``[3, B, L]`` mRoPE positions."""
+    """``[4, 1, L]`` text + mRoPE positions of a packed row (the collate's), else the ``[3, B, L]`` mRoPE positions."""
     if "cu_seqlens" in batch:
-        return packed_position_ids(model, batch)
+        return batch["position_ids"]
     positions = model.model.compute_3d_position_ids(
         input_ids=batch["input_ids"], image_grid_thw=batch.get("image_grid_thw"),
         video_grid_thw=batch.get("video_grid_thw"), second_per_grid_ts=batch.get("second_per_grid_ts"),

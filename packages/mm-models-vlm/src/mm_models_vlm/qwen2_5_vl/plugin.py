@@ -11,9 +11,8 @@ from mm_core.config import Config
 from mm_models_vlm.qwen2_5_vl.convert import register_converters  # noqa: F401 (mm-convert hook)
 from mm_models_vlm.qwen2_5_vl.data import build_train_loader, model_dir
 from mm_models_vlm.qwen2_5_vl.dataset import VISION_KEYS
-from mm_models_vlm.qwen2_5_vl.encode import IGNORE_INDEX
 from mm_models_vlm.qwen2_5_vl.fused_loss import LMHiddenStates, hidden_states, next_token_loss_sum
-from mm_models_vlm.qwen2_5_vl.model import apply_freeze, load_model, packed_position_ids
+from mm_models_vlm.qwen2_5_vl.model import apply_freeze, load_model, packed_inputs
 from mm_models_vlm.qwen2_5_vl.pipeline import pipeline_plan
 from mm_models_vlm.qwen2_5_vl.schema import defaults
 
@@ -48,21 +47,25 @@ def datasets_provider(config: Config, runtime):
 def forward_step(batch: dict, model: torch.nn.Module, runtime) -> LMHiddenStates:
     """Final hidden states of the batch, with the lm_head that ``loss_func`` projects them with chunk by chunk.
 
-    A packed row gets per-sample positions so samples do not attend to each other.
+    A packed row gets per-sample positions (and, for flash implementations, its ``cu_seqlens``) so samples do
+    not attend to each other.
     """
     inputs = {key: batch[key] for key in MODEL_INPUTS if key in batch}
     if "cu_seqlens" in batch:
-        inputs["position_ids"] = packed_position_ids(model, batch)
+        inputs.update(packed_inputs(model, batch))
     return hidden_states(model, {**inputs, "use_cache": False})
 
 
 @hookimpl
 def loss_func(output: torch.Tensor, batch: dict, runtime) -> tuple[torch.Tensor, dict]:
-    """Next-token cross-entropy averaged over the assistant tokens of the micro-batch (logits made chunk by chunk)."""
-    total = next_token_loss_sum(output, batch["labels"])
-    targets = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
-    tokens = batch["attention_mask"].sum() if "attention_mask" in batch else batch["input_ids"].numel()
-    return total / targets.clamp(min=1), {"tokens": float(tokens), "targets": float(targets)}
+    """Next-token cross-entropy averaged over the assistant tokens of the micro-batch (logits made chunk by chunk).
+
+    The counts come from the collate's host-side ``target_index`` and ``num_tokens``: nothing is read back.
+    """
+    index = batch["target_index"]
+    total = next_token_loss_sum(output, batch["labels"], index)
+    targets = index.numel()
+    return total / max(targets, 1), {"tokens": float(batch["num_tokens"]), "targets": float(targets)}
 
 
 @hookimpl

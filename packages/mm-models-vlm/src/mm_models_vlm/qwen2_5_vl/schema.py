@@ -14,7 +14,9 @@ from mm_data.mllm_format import DEFAULT_ATTR
 MODEL: dict[str, Any] = {
     "flavor": "tiny",  # tiny: a generated tiny model (embedded run, tests); other names need from_pretrained
     "from_pretrained": None,  # a Hugging Face directory (Qwen2.5-VL-3B-Instruct layout)
-    "attn_implementation": "sdpa",  # sdpa | eager | flash_attention_2
+    # mm_flash_varlen: packed rows attend sample by sample by their cu_seqlens, no mask (varlen_attn on CUDA
+    # in bf16/fp16, sdpa per sample elsewhere); sdpa otherwise. Or sdpa | eager | flash_attention_2.
+    "attn_implementation": "mm_flash_varlen",
     "model_id": "qwen2_5vl",
     "img_context_token_id": None,
     "video_token_id": None,
