@@ -10,7 +10,9 @@ the same for both loops:
   checkpointing of every layer), the samples padded to the longest, transformers' own loss over full logits,
   torch AdamW;
 - mm: ``mm_core``'s Trainer running the qwen2_5_vl plugin's forward_step and loss_func on the samples
-  packed into one row (no padding; chunked lm_head + cross-entropy), with the engines of ``MM_OPTIONS``
+  packed into one row (no padding; attention per sample by ``cu_seqlens``, the plugin's default
+  ``mm_flash_varlen``: torch's varlen_attn on CUDA; chunked lm_head + cross-entropy; no host syncs in the
+  plugin's step), with the engines of ``MM_OPTIONS``
   (recompute of every decoder layer, selective by default; bf16 autocast over float32 weights, fused
   AdamW on accelerators, gradient clipping). The vision tower is built but these samples do not use it.
 """
@@ -26,8 +28,11 @@ from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from mm_core import hookimpl
 from mm_core.config import Config
 from mm_core.runtime import Runtime
+from mm_models_vlm.qwen2_5_vl.attention import load_implementation, use_attention
 from mm_models_vlm.qwen2_5_vl.dataset import collate_packed, collate_padded
 from mm_models_vlm.qwen2_5_vl.encode import IGNORE_INDEX
+from mm_models_vlm.qwen2_5_vl.model import RopeIndex
+from mm_models_vlm.qwen2_5_vl.schema import MODEL
 from mm_models_vlm.qwen2_5_vl.tiny import tiny_config, tiny_processor
 
 WORKLOAD = "qwen2_5_vl"
@@ -99,7 +104,8 @@ def plain_loop(config: Qwen2_5_VLConfig, items: list[dict], device: torch.device
     model.activation_checkpointing_enable()
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    batch = {k: v.to(device) for k, v in collate_padded(items, pad_token_id=0).items()}
+    padded = collate_padded(items, pad_token_id=0)
+    batch = {k: padded[k].to(device) for k in ("input_ids", "attention_mask", "mm_token_type_ids", "labels")}
 
     def step() -> None:
         model(**batch, use_cache=False).loss.backward()
@@ -111,9 +117,12 @@ def plain_loop(config: Qwen2_5_VLConfig, items: list[dict], device: torch.device
 
 @hookimpl
 def model_provider(config: Config, runtime: Runtime) -> Qwen2_5_VLForConditionalGeneration:
-    """Random float32 weights of the benchmarked architecture, built on the device."""
+    """Random float32 weights of the benchmarked architecture, built on the device, with the plugin's attention."""
+    name = config.model.attn_implementation
     with runtime.device:
-        return Qwen2_5_VLForConditionalGeneration(model_config(config.model.flavor == "tiny"))
+        model = Qwen2_5_VLForConditionalGeneration._from_config(
+            model_config(config.model.flavor == "tiny"), attn_implementation=load_implementation(name))
+    return use_attention(model, name)
 
 
 @hookimpl
@@ -122,7 +131,7 @@ def datasets_provider(config: Config, runtime: Runtime) -> tuple:
     tiny = config.model.flavor == "tiny"
     items = samples(TINY_SAMPLES if tiny else SAMPLES, TINY_MEAN_TOKENS if tiny else MEAN_TOKENS,
                     model_config(tiny).text_config.vocab_size)
-    return [collate_packed(items)], None, None
+    return [collate_packed(items, RopeIndex(model_config(tiny)))], None, None
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -151,7 +160,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         flavor = [f"model.flavor={'tiny' if args.tiny else '3b'}"]
         times = common.trainer_step_times(["qwen2_5_vl", sys.modules[__name__]], [*flavor, *MM_OPTIONS], device,
                                           args.warmup, args.steps)
-        measured.append(common.measure("mm", times, tokens, flops, device, {"overrides": MM_OPTIONS}))
+        attention = {"attn_implementation": MODEL["attn_implementation"]}  # the plugin's default
+        measured.append(common.measure("mm", times, tokens, flops, device, {"overrides": MM_OPTIONS, **attention}))
     return common.report(WORKLOAD, measured, device, shape, args)
 
 
