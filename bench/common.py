@@ -35,7 +35,15 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="dense bf16 peak of the device for MFU (default: mm_core.metrics.PEAK_BF16_TFLOPS by name)")
     p.add_argument("--results", type=Path, default=RESULTS, help="folder of <workload>.jsonl (default bench/results)")
+    p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                   help="parallel.compile of the mm loop's blocks (auto: on an accelerator, off on the CPU)")
     return p
+
+
+def compile_options(setting: str, device: torch.device) -> list[str]:
+    """The mm loop's ``parallel.compile`` overrides for ``--compile`` on ``device``."""
+    on = setting == "on" or (setting == "auto" and device.type != "cpu")
+    return [f"parallel.compile.enable={'true' if on else 'false'}"]
 
 
 def device_of(name: str | None) -> torch.device:

@@ -9,7 +9,8 @@ as training from extracted features does:
 - plain: ``WanTransformer3DModel`` in bf16 with diffusers' ``enable_gradient_checkpointing()``, torch AdamW,
   flow matching (x_t = (1 - σ) x0 + σ ε, MSE against the velocity ε - x0);
 - mm: ``mm_core``'s Trainer running the wan2_1 plugin's get_batch, forward_step and loss_func on its WanT2V,
-  with the engines of ``MM_OPTIONS`` (recompute of every block, selective by default; bf16 autocast over
+  with the engines of ``MM_OPTIONS`` (recompute of every block, selective by default; ``torch.compile`` of
+  each block on an accelerator (``--compile``); bf16 autocast over
   float32 weights, fused AdamW on accelerators, gradient clipping). The predictor is built by the plugin's
   ``build_predictor``; the frozen VAE and UMT5 encoder are the tiny flavor's, which the step never runs
   (a 1.3b build would make a random 5.7B-parameter UMT5-XXL that extracted features do not need).
@@ -162,9 +163,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         common.release(device)
         clip = [f"model.flavor={flavor_name}", f"data.dataset_param.num_frames={frames}",
                 f"data.dataset_param.max_height={height}", f"data.dataset_param.max_width={width}"]
-        times = common.trainer_step_times(["wan2_1", sys.modules[__name__]], [*clip, *MM_OPTIONS], device,
+        overrides = [*MM_OPTIONS, *common.compile_options(args.compile, device)]
+        times = common.trainer_step_times(["wan2_1", sys.modules[__name__]], [*clip, *overrides], device,
                                           args.warmup, args.steps)
-        measured.append(common.measure("mm", times, tokens, flops, device, {"overrides": MM_OPTIONS}))
+        measured.append(common.measure("mm", times, tokens, flops, device, {"overrides": overrides}))
     return common.report(WORKLOAD, measured, device, shape, args)
 
 

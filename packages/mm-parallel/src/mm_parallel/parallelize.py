@@ -9,6 +9,7 @@ import torch
 from mm_core import defaults
 from mm_core.config import Config
 from mm_core.runtime import Runtime
+from mm_parallel.compile import apply_compile, check_compile_options
 from mm_parallel.context import build_context, set_context_parallel
 from mm_parallel.fsdp2 import apply_fsdp2, check_options, data_parallel_mesh, resolve
 from mm_parallel.meta_init import is_meta, materialize
@@ -42,13 +43,18 @@ def parallelize(model: torch.nn.Module, config: Config, runtime: Runtime) -> tor
     data-parallel.
     """
     fsdp = config.parallel.fsdp2
+    compile_options = config.parallel.compile
     check_options(fsdp)
+    check_compile_options(compile_options)
     plan = model_plan(model, config, runtime)
     on_meta = is_meta(model)
     apply_context_parallel(runtime, **config.parallel.cp)
     model = apply_recompute(
         model, modules=fsdp.recompute_modules, use_reentrant=fsdp.use_reentrant, mode=fsdp.recompute_mode
     )
+    if compile_options.enable:
+        options = {k: v for k, v in compile_options.items() if k not in ("enable", "modules")}
+        apply_compile(model, compile_options.modules or plan.get("fsdp_modules", ()), **options)
     if config.parallel.pp.size > 1:
         return apply_pipeline(model, plan, config, runtime, on_meta)
     sharded = bool(fsdp.enable) and runtime.mesh is not None

@@ -14,17 +14,36 @@ from mm_core.errors import ConfigError
 _BRACES = re.compile(r"\{([^{}]*)\}")
 
 
-def named_modules(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
-    """Modules by their path as the user writes it: activation-checkpoint wrappers add no path segment.
+# Path segments added by the wrappers of activation checkpointing and torch.compile.
+WRAPPER_SEGMENTS = (_CHECKPOINT_WRAPPED_MODULE, "_orig_mod")
 
-    A wrapped block is listed under its own path as the (outer) wrapper, so patterns resolve the
-    same before and after :func:`mm_parallel.recompute.apply_recompute`.
+
+def clean_name(name: str) -> str:
+    """``name`` without the segments wrappers add: the path the user writes."""
+    return ".".join(part for part in name.split(".") if part not in WRAPPER_SEGMENTS)
+
+
+def named_modules(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """Modules by their path as the user writes it: checkpoint and compile wrappers add no path segment.
+
+    A wrapped block is listed under its own path as the (outermost) wrapper, so patterns resolve the
+    same before and after :func:`mm_parallel.recompute.apply_recompute` and
+    :func:`mm_parallel.compile.apply_compile`.
     """
     found: dict[str, torch.nn.Module] = {}
     for name, module in model.named_modules():
-        clean = ".".join(part for part in name.split(".") if part != _CHECKPOINT_WRAPPED_MODULE)
-        found.setdefault(clean, module)
+        found.setdefault(clean_name(name), module)
     return found
+
+
+def replace_module(model: torch.nn.Module, old: torch.nn.Module, new: torch.nn.Module) -> None:
+    """Put ``new`` where ``old`` is a child, inside any wrapper around its parent."""
+    for parent in model.modules():
+        for child_name, child in parent.named_children():
+            if child is old:
+                parent.register_module(child_name, new)
+                return
+    raise ValueError(f"{type(old).__name__} is not a submodule of {type(model).__name__}")
 
 
 def _brace_regex(body: str, pattern: str, option: str) -> str:

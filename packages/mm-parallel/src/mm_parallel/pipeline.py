@@ -29,11 +29,10 @@ from mm_core.errors import ConfigError, PluginError
 from mm_core.runtime import Runtime
 from mm_parallel.fsdp2 import apply_fsdp2, data_parallel_mesh, resolve
 from mm_parallel.meta_init import init_weights, materialize
-from mm_parallel.patterns import expand, named_modules
+from mm_parallel.patterns import clean_name, expand, named_modules
 from mm_parallel.pipeline_layout import check_first_stage_stack, local_stages, stage_layer_counts, stage_ranges
 
 SCHEDULES = {"1f1b": Schedule1F1B, "gpipe": ScheduleGPipe, "interleaved_1f1b": ScheduleInterleaved1F1B}
-_WRAPPED = "._checkpoint_wrapped_module"
 
 Carry = torch.Tensor | tuple[torch.Tensor, ...]
 Part = torch.nn.Module | torch.Tensor
@@ -133,10 +132,6 @@ class StageLayers(torch.nn.Module):
         return self._modules[str(index)]
 
 
-def _clean(name: str) -> str:
-    return name.replace(_WRAPPED, "").replace("_checkpoint_wrapped_module.", "")
-
-
 def _lookup(model: torch.nn.Module, path: str) -> Part:
     """The module, parameter or buffer at ``path`` (activation-checkpoint wrappers add no path segment)."""
     modules = named_modules(model)
@@ -181,7 +176,7 @@ def _check_coverage(model: torch.nn.Module, plan: PipelinePlan) -> list[tuple[st
     seen: dict[int, tuple[str, str]] = {}
     tied: list[tuple[str, str]] = []
     for name, param in model.named_parameters(remove_duplicate=False):
-        name = _clean(name)
+        name = clean_name(name)
         group = _owner(name, groups)
         if group is None:
             raise PluginError(
@@ -201,9 +196,9 @@ def _check_coverage(model: torch.nn.Module, plan: PipelinePlan) -> list[tuple[st
             tied.append(pair)
     persistent = set(model.state_dict(keep_vars=True))
     for name, _ in model.named_buffers():
-        if name in persistent and _owner(_clean(name), groups) is None:
+        if name in persistent and _owner(clean_name(name), groups) is None:
             raise PluginError(
-                f"buffer {_clean(name)!r} is saved in checkpoints but is in none of the parallel_plan's pp_layers, "
+                f"buffer {clean_name(name)!r} is saved in checkpoints but is in none of the parallel_plan's pp_layers, "
                 "pp_pre_modules or pp_post_modules; name its module in one"
             )
     return tied

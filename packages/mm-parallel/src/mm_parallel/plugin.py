@@ -9,6 +9,7 @@ import torch
 from mm_core import hookimpl
 from mm_core.config import Config
 from mm_core.runtime import Runtime
+from mm_parallel.compile import COMPILE_DEFAULTS
 from mm_parallel.fsdp2 import FSDP2_DEFAULTS
 from mm_parallel.meta_init import is_meta
 from mm_parallel.parallelize import parallelize
@@ -16,15 +17,16 @@ from mm_parallel.parallelize import parallelize
 
 @hookimpl
 def default_config(task: str) -> dict:
-    """The ``parallel.fsdp2`` section: the seeds' fsdp2_config.yaml keys with their defaults, off."""
-    return {"parallel": {"fsdp2": copy.deepcopy(FSDP2_DEFAULTS)}}
+    """``parallel.fsdp2`` (the seeds' fsdp2_config.yaml keys with their defaults) and ``parallel.compile``, both off."""
+    return {"parallel": {"fsdp2": copy.deepcopy(FSDP2_DEFAULTS), "compile": copy.deepcopy(COMPILE_DEFAULTS)}}
 
 
 @hookimpl
 def parallelize_model(model: torch.nn.Module, config: Config, runtime: Runtime) -> torch.nn.Module | None:
-    """Apply PP, CP, recompute and FSDP2 and materialize meta models; None (mm-core's DDP) when none is asked."""
+    """Apply PP, CP, recompute, compile and FSDP2, and materialize meta models; None (mm-core's DDP) if none asked."""
     fsdp = config.parallel.fsdp2
     par = config.parallel
-    if not (fsdp.enable or fsdp.recompute_modules or is_meta(model) or par.cp.size > 1 or par.pp.size > 1):
+    wanted = fsdp.enable or fsdp.recompute_modules or par.compile.enable or par.cp.size > 1 or par.pp.size > 1
+    if not (wanted or is_meta(model)):
         return None
     return parallelize(model, config, runtime)

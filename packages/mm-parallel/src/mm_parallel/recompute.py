@@ -17,7 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.checkpoint import create_selective_checkpoint_contexts
 
 from mm_core.errors import ConfigError
-from mm_parallel.patterns import expand, named_modules, outermost
+from mm_parallel.patterns import expand, outermost, replace_module
 
 RECOMPUTE_MODES = ("full", "selective")
 
@@ -65,8 +65,6 @@ def apply_recompute(
         options = {"checkpoint_impl": CheckpointImpl.NO_REENTRANT, "context_fn": keep_attention}
     else:
         options = {"checkpoint_impl": CheckpointImpl.REENTRANT if use_reentrant else CheckpointImpl.NO_REENTRANT}
-    paths = named_modules(model)
-    for name, module in outermost(expand(modules, model, "parallel.fsdp2.recompute_modules")):
-        parent_name, _, child = name.rpartition(".")
-        paths[parent_name].register_module(child, checkpoint_wrapper(module, **options))
+    for _, module in outermost(expand(modules, model, "parallel.fsdp2.recompute_modules")):
+        replace_module(model, module, checkpoint_wrapper(module, **options))
     return model

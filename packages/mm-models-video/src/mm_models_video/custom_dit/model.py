@@ -46,7 +46,7 @@ class CustomModel(FrozenEncoders):
         video: torch.Tensor,
         prompt_ids: torch.Tensor,
         prompt_mask: torch.Tensor,
-        noise_seeds: torch.Tensor | None = None,
+        noise_seeds: Sequence[int] | torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor | int]:
         """Encode, noise and predict: ``{"loss": per-sample MSE [B], "tokens": latent tokens in the batch}``.
 

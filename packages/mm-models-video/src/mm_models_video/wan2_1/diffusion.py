@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
@@ -9,9 +11,13 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 SEED_STRIDE = 1_000_003
 
 
-def noise_seeds(seed: int, epoch: int, indices: torch.Tensor) -> torch.Tensor:
-    """One generator seed per sample from (training seed, epoch, dataset index) alone, whatever the parallel layout."""
-    return (seed * SEED_STRIDE + epoch) * SEED_STRIDE + indices.long().cpu()
+def noise_seeds(seed: int, epoch: int, indices: torch.Tensor | Sequence[int]) -> list[int]:
+    """One generator seed per sample from (training seed, epoch, dataset index) alone, whatever the parallel layout.
+
+    The seeds are host integers, so drawing from them never waits on the device.
+    """
+    indices = indices.tolist() if isinstance(indices, torch.Tensor) else indices
+    return [(seed * SEED_STRIDE + epoch) * SEED_STRIDE + int(index) for index in indices]
 
 
 class FlowMatching:
@@ -26,15 +32,21 @@ class FlowMatching:
         sigmas = torch.linspace(1.0, sigma_min, steps)[:num_train_timesteps]
         self.sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
         self.timesteps = self.sigmas * num_train_timesteps
+        self._tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def sample_indices(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """One uniformly drawn training-timestep index per sample."""
         return torch.randint(0, self.num_train_timesteps, (batch_size,), generator=generator)
 
-    def draw(self, latents: torch.Tensor, seeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each sample's noise (shaped like its latents) and timestep index, from a generator seeded with its seed."""
+    def draw(
+        self, latents: torch.Tensor, seeds: torch.Tensor | Sequence[int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each sample's noise (shaped like its latents) and timestep index, from a generator seeded with its seed.
+
+        Pass the seeds as host integers (:func:`noise_seeds`): a device tensor is read back first.
+        """
         noise, indices = [], []
-        for seed in seeds.tolist():
+        for seed in seeds.tolist() if isinstance(seeds, torch.Tensor) else seeds:
             generator = torch.Generator(latents.device).manual_seed(seed)
             indices.append(
                 torch.randint(0, self.num_train_timesteps, (1,), generator=generator, device=latents.device)
@@ -48,10 +60,17 @@ class FlowMatching:
         self, latents: torch.Tensor, noise: torch.Tensor, indices: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The noised latents x_t and the predictor's timesteps for the sigmas at ``indices``."""
-        indices = indices.cpu()
-        sigma = self.sigmas[indices].to(latents.device, latents.dtype).view(-1, *([1] * (latents.ndim - 1)))
+        sigmas, timesteps = self._on(latents.device)
+        indices = indices.to(latents.device)
+        sigma = sigmas[indices].to(latents.dtype).view(-1, *([1] * (latents.ndim - 1)))
         noised = (1 - sigma) * latents + sigma * noise
-        return noised, self.timesteps[indices].to(latents.device)
+        return noised, timesteps[indices]
+
+    def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sigma and timestep tables on ``device``, copied once: indexing them there needs no host sync."""
+        if device not in self._tables:
+            self._tables[device] = (self.sigmas.to(device), self.timesteps.to(device))
+        return self._tables[device]
 
     @staticmethod
     def target(latents: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

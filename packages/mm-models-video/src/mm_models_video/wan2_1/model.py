@@ -90,7 +90,7 @@ class WanT2V(FrozenEncoders):
         prompt: Sequence[str] | None = None,
         noise: torch.Tensor | None = None,
         timestep_indices: torch.Tensor | None = None,
-        noise_seeds: torch.Tensor | None = None,
+        noise_seeds: Sequence[int] | torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor | int]:
         """Noise the clip's latents and predict the velocity: ``{"pred", "target", "tokens"}``.
 
@@ -112,7 +112,7 @@ class WanT2V(FrozenEncoders):
         prompt: Sequence[str] | None = None,
         noise: torch.Tensor | None = None,
         timestep_indices: torch.Tensor | None = None,
-        noise_seeds: torch.Tensor | None = None,
+        noise_seeds: Sequence[int] | torch.Tensor | None = None,
     ) -> Carry:
         """Everything before the transformer blocks: encode, noise, then the predictor's RoPE and embeddings.
 
