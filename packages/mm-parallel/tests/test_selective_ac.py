@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import toy_net
+from torch.nn.attention.varlen import varlen_attn
 
 from mm_core.errors import ConfigError
 from mm_core.testing import run_training
@@ -89,3 +90,32 @@ def test_a_wrong_mode_in_the_config_names_the_key(tmp_path):
     overrides = ["parallel.fsdp2.recompute_modules=['blocks.{*}']", "parallel.fsdp2.recompute_mode=partial"]
     with pytest.raises(ConfigError, match="parallel.fsdp2.recompute_mode must be one of full, selective"):
         run_training([toy_net], tmp_path, overrides)
+
+
+class VarlenBlock(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = torch.nn.Linear(16, 48)
+
+    def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).view(-1, 3, 2, 8).unbind(1)
+        return x + varlen_attn(q, k, v, cu_seqlens, cu_seqlens, 5, 5).reshape(-1, 16)
+
+
+@pytest.mark.parametrize("mode, runs_per_block", [(None, 1), ("full", 2), ("selective", 1)])
+def test_selective_recompute_keeps_varlen_attention(mode, runs_per_block):
+    # varlen_attn has CUDA kernels only; on the meta device its shape rules run, and the policy sees the op.
+    with torch.device("meta"):
+        blocks = torch.nn.ModuleList(VarlenBlock() for _ in range(3)).to(torch.bfloat16)
+        x = torch.randn(9, 16, dtype=torch.bfloat16, requires_grad=True)
+        cu_seqlens = torch.tensor([0, 4, 9], dtype=torch.int32)
+    model = torch.nn.Module()
+    model.blocks = blocks
+    if mode is not None:
+        apply_recompute(model, ["blocks.{*}"], mode=mode)
+    with CountAttention() as counter:
+        h = x
+        for block in model.blocks:
+            h = block(h, cu_seqlens)
+        h.sum().backward()
+    assert counter.calls == runs_per_block * len(blocks)

@@ -12,6 +12,7 @@ import functools
 from collections.abc import Sequence
 
 import torch
+import torch.nn.attention.varlen  # noqa: F401  (registers torch.ops.torch_attn._varlen_attn)
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl, checkpoint_wrapper
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.checkpoint import create_selective_checkpoint_contexts
@@ -21,8 +22,10 @@ from mm_parallel.patterns import expand, outermost, replace_module
 
 RECOMPUTE_MODES = ("full", "selective")
 
-# The fused attention kernels F.scaled_dot_product_attention dispatches to (CUDA, CPU, other backends).
+# The fused attention kernels F.scaled_dot_product_attention dispatches to (CUDA, CPU, other backends), and
+# torch's variable-length attention (packed rows).
 ATTENTION_OPS = [
+    torch.ops.torch_attn._varlen_attn.default,
     torch.ops.aten._scaled_dot_product_flash_attention.default,
     torch.ops.aten._scaled_dot_product_efficient_attention.default,
     torch.ops.aten._scaled_dot_product_cudnn_attention.default,
