@@ -58,6 +58,14 @@ TARGET_FRACTION = 0.02
 SHAPES = {"full": ((81, 480, 832), (121, 480, 832, 24)), "tiny": ((9, 32, 32), (17, 48, 64, 24))}
 
 
+def frame_size(text: str) -> tuple[int, int]:
+    """``HxW`` as (height, width): even numbers, as H.264 in yuv420p needs."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 and int(p) % 2 == 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH in even pixels such as 720x1280, got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The arguments of this script (bench/common.py's style)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -68,6 +76,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--step-s", type=float, default=1.56, help="seconds of the GPU step the loader must keep up with")
     p.add_argument("--ranks", type=int, default=8, help="data-parallel ranks of the example run (README: 8)")
     p.add_argument("--clips", type=int, default=8, help="distinct mp4 files written")
+    p.add_argument("--source-size", type=frame_size, default=None, metavar="HxW",
+                   help="height×width of the mp4s (default 480x832, tiny 48x64); larger ones are resized")
     p.add_argument("--bitrate", type=float, default=2.5, help="H.264 bit rate of the clips in Mbit/s")
     p.add_argument("--warmup", type=int, default=3, help="untimed loader batches and simulated steps first")
     p.add_argument("--batches", type=int, default=16, help="timed loader batches drawn back to back")
@@ -174,17 +184,51 @@ def draw(pm, data_iter: DataIterator, runtime) -> tuple[dict, float]:
     return batch, time.perf_counter() - start
 
 
-def time_loader(pm, loader, runtime, seed: int, warmup: int, batches: int) -> dict:
-    """Seconds per micro-batch drawn back to back after ``warmup`` (the first one, workers starting, apart)."""
+def children_cpu_s() -> float | None:
+    """CPU seconds (user + system) so far of this process's live children, the loader's workers; None without /proc."""
+    tasks = Path(f"/proc/{os.getpid()}/task")
+    if not tasks.is_dir():
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for task in tasks.iterdir():
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            return None
+        for pid in children:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime and stime, fields 14 and 15
+    return total
+
+
+def time_loader(pm, loader, runtime, seed: int, warmup: int, batches: int, ready_draws: int = 5) -> dict:
+    """Seconds per micro-batch drawn back to back after ``warmup`` (the first one, workers starting, apart).
+
+    Also the CPU seconds the workers and this process spend per micro-batch meanwhile, which a busy machine
+    inflates far less than the wall time, and the wait for a batch that is ready (the median of
+    ``ready_draws`` draws, each after a pause long enough for the workers to have one).
+    """
     data_iter = DataIterator(loader, "train", seed=seed)
     batch, first = draw(pm, data_iter, runtime)
     for _ in range(warmup - 1):
         draw(pm, data_iter, runtime)
-    start = time.perf_counter()
+    workers_cpu, main_cpu, start = children_cpu_s(), time.process_time(), time.perf_counter()
     for _ in range(batches):
         draw(pm, data_iter, runtime)
     elapsed = time.perf_counter() - start
+    main_cpu = time.process_time() - main_cpu
+    workers_cpu = children_cpu_s() - workers_cpu if workers_cpu is not None else None
+    ready = []
+    for _ in range(ready_draws):
+        time.sleep(1.5 * elapsed / batches)
+        ready.append(draw(pm, data_iter, runtime)[1])
     return {"first_batch_s": first, "batches": batches, "s_per_batch": elapsed / batches,
+            "worker_cpu_s_per_batch": workers_cpu / batches if workers_cpu is not None and loader.num_workers else None,
+            "main_cpu_s_per_batch": main_cpu / batches, "ready_wait_s": statistics.median(ready),
             "batch_video_shape": list(batch["video"].shape), "batch_video_dtype": str(batch["video"].dtype),
             "batch_video_mib": batch["video"].nbytes / 2**20}
 
@@ -240,6 +284,8 @@ def _version(package: str) -> str | None:
 def measure(args: argparse.Namespace, folder: Path, cpu: dict) -> dict:
     """Write the clips, build the plugin's loader and time it; the result line without its header."""
     clip, source = SHAPES["tiny" if args.tiny else "full"]
+    if args.source_size:
+        source = (source[0], *args.source_size, source[3])
     pm = load_plugins(["wan2_1"])
     config = run_config(args, pm, folder, clip)
     configured = load_data_config(args.example / "data.json").dataloader_param.num_workers
@@ -255,12 +301,12 @@ def measure(args: argparse.Namespace, folder: Path, cpu: dict) -> dict:
     seed = int(config.training.seed)
     timed = time_loader(pm, loader, runtime, seed, args.warmup, args.batches)
     simulated = simulate(pm, loader, runtime, seed, accum, args.step_s, args.warmup, args.steps)
-    # Workers beyond the free cores add no speed: one worker's time per micro-batch counts only those with a core.
+    # Workers beyond the free cores add no speed here: the wall time of one worker's micro-batch counts only
+    # those with a core. Its CPU time, which other processes on the machine barely inflate, is the projection's.
     parallel = max(1, min(workers, cpu["cores"]))
-    worker_s = timed["s_per_batch"] * parallel
-    # Taking a ready batch costs the simulation's typical wait when this machine kept up, else at most its smallest.
-    kept_up = accum * worker_s / parallel <= args.step_s
-    ready_s = simulated["wait_median_s" if kept_up else "wait_min_s"]
+    wall_s = timed["s_per_batch"] * parallel
+    worker_s = timed["worker_cpu_s_per_batch"] or wall_s
+    ready_s = timed["ready_wait_s"]
     return {
         "shape": {"frames": clip[0], "height": clip[1], "width": clip[2], "micro_batch_size": micro,
                   "micro_batches_per_step": accum, "ranks": args.ranks,
@@ -274,11 +320,13 @@ def measure(args: argparse.Namespace, folder: Path, cpu: dict) -> dict:
                     "training_device": args.device},
         "warmup": args.warmup,
         "sample": samples,
-        "loader": {**timed, "workers": workers, "workers_with_a_core": parallel, "worker_s_per_batch": worker_s},
+        "loader": {**timed, "workers": workers, "workers_with_a_core": parallel, "worker_wall_s_per_batch": wall_s},
         "simulated": simulated,
         "projected": {
+            "worker_s_per_batch": worker_s,
+            "basis": "worker cpu time" if timed["worker_cpu_s_per_batch"] else "wall time × workers with a core",
             "ready_wait_s": ready_s,
-            "this_machine_wait_fraction": wait_fraction(worker_s, parallel, accum, ready_s, args.step_s),
+            "this_machine_wait_fraction": wait_fraction(wall_s, parallel, accum, ready_s, args.step_s),
             "configured_workers": configured,
             "configured_wait_fraction": wait_fraction(worker_s, configured, accum, ready_s, args.step_s),
             "workers_needed": workers_needed(worker_s, accum, ready_s, args.step_s),
@@ -299,22 +347,25 @@ def summary(line: dict) -> str:
     for backend, s in line["sample"].items():
         rows.append(f"  sample ({backend}, 1 thread): decode {s['decode_s']:.3f} s + transform "
                     f"{s['transform_s']:.3f} s + collate {s['collate_s']:.3f} s = {s['total_s']:.3f} s")
-    rows.append(f"  loader, {loader['workers']} worker(s): {loader['s_per_batch']:.3f} s/batch "
-                f"(first {loader['first_batch_s']:.2f} s) → {loader['worker_s_per_batch']:.3f} s per batch per "
-                f"worker; batch video {loader['batch_video_shape']} {loader['batch_video_dtype']} "
-                f"{loader['batch_video_mib']:.0f} MiB")
+    cpu_s = loader["worker_cpu_s_per_batch"]
+    rows.append(f"  loader, {loader['workers']} worker(s): {loader['s_per_batch']:.3f} s/batch (first "
+                f"{loader['first_batch_s']:.2f} s, ready {loader['ready_wait_s']:.4f} s); per batch a worker takes "
+                f"{loader['worker_wall_s_per_batch']:.3f} s wall"
+                + (f", {cpu_s:.3f} s CPU" if cpu_s is not None else "")
+                + f", this process {loader['main_cpu_s_per_batch']:.3f} s CPU; batch video "
+                f"{loader['batch_video_shape']} {loader['batch_video_dtype']} {loader['batch_video_mib']:.0f} MiB")
     rows.append(f"  simulated {sim['steps']} steps of {line['options']['step_s']} s: wait median "
                 f"{sim['wait_median_s']:.4f} s ({sim['wait_fraction_median']:.2%}), mean {sim['wait_mean_s']:.4f} s "
                 f"({sim['wait_fraction_mean']:.2%}), max {sim['wait_max_s']:.3f} s")
     needed = proj["workers_needed"] if proj["workers_needed"] is not None else "none suffices"
-    rows.append(f"  projected with a core per worker: {proj['configured_workers']} configured workers wait "
+    rows.append(f"  projected from {proj['worker_s_per_batch']:.3f} s per batch per worker ({proj['basis']}) "
+                f"with a core per worker: {proj['configured_workers']} configured workers wait "
                 f"{proj['configured_wait_fraction']:.2%} of the step; under {proj['target_fraction']:.0%} needs "
                 f"{needed} worker(s); this machine: {proj['this_machine_wait_fraction']:.2%}")
     if not line["faithful"]:
         rows.append(f"  NOTE: {loader['workers']} workers on {cpu['cores']} cores: only "
                     f"{loader['workers_with_a_core']} run at a time here, so the loader and simulated figures are "
-                    "this machine's, not those of a node with a core per worker; the projection uses the rate per "
-                    "worker that had a core")
+                    "this machine's, not those of a node with a core per worker")
     return "\n".join(rows)
 
 

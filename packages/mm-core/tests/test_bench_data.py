@@ -32,7 +32,8 @@ def test_the_tiny_data_bench_appends_a_consistent_line(tmp_path):
     assert line["options"]["pin_memory"] is False  # configured true, but never on the CPU
     for sample in line["sample"].values():
         assert sample["total_s"] == pytest.approx(sample["decode_s"] + sample["transform_s"] + sample["collate_s"])
-    assert loader["s_per_batch"] > 0 and loader["worker_s_per_batch"] == pytest.approx(loader["s_per_batch"])
+    assert loader["s_per_batch"] > 0 and loader["worker_wall_s_per_batch"] == pytest.approx(loader["s_per_batch"])
+    assert loader["worker_cpu_s_per_batch"] > 0 and 0 <= loader["ready_wait_s"] <= loader["first_batch_s"]
     assert simulated["steps"] == 3 and 0 <= simulated["wait_min_s"] <= simulated["wait_median_s"]
     assert simulated["wait_fraction_median"] == pytest.approx(simulated["wait_median_s"] / 0.05)
     assert 0 <= simulated["wait_fraction_median"] <= 1 and 0 <= simulated["wait_fraction_mean"] <= 1
