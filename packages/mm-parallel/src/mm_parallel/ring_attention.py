@@ -15,9 +15,10 @@ import torch
 import torch.distributed as dist
 from torch.distributed import ProcessGroup
 
+from mm_parallel.block_attention import block_backward, block_forward
 from mm_parallel.context import SequenceLayout
 
-Block = tuple[slice, slice, torch.Tensor | None]
+Block = tuple[slice, slice, torch.Tensor | None, bool]
 KV_TAG, GRAD_TAG, OUTER_KV_TAG, OUTER_GRAD_TAG = 0, 1, 2, 3
 
 
@@ -34,11 +35,12 @@ class Ring:
 
 @lru_cache(maxsize=256)
 def _plan(layout: SequenceLayout, q_rank: int, kv_rank: int, causal: bool) -> tuple[Block, ...]:
-    """(query rows, key rows, mask or None when all may attend) of the blocks where some query sees some key.
+    """(query rows, key rows, mask, diagonal) of the blocks where some query sees some key.
 
-    Causal blocks are the zigzag chunks, so each is entirely visible, diagonal or skipped; a key is visible when it is
-    not padding (and, causal, not after the query). Every query of a kept block sees at least one key, so no row of a
-    block is entirely masked.
+    Causal blocks are the zigzag chunks, so each is entirely visible, diagonal (query i sees keys up to i: no mask,
+    ``diagonal`` True, which the flash kernels take as ``is_causal``) or skipped; a key is visible when it is not
+    padding (and, causal, not after the query). Only blocks with padding keys carry a mask. Every query of a kept
+    block sees at least one key, so no row of a block is entirely masked.
     """
     q_pos, k_pos = layout.ring_positions(q_rank), layout.ring_positions(kv_rank)
     step = layout.chunk_len if causal else len(q_pos)
@@ -49,40 +51,16 @@ def _plan(layout: SequenceLayout, q_rank: int, kv_rank: int, causal: bool) -> tu
             mask = (keys < layout.length).expand(len(queries), -1)
             if causal:
                 mask = mask & (keys[None, :] <= queries[:, None])
-            if mask.any():
-                blocks.append((slice(qs, qs + step), slice(ks, ks + step), None if mask.all() else mask))
+            if not mask.any():
+                continue
+            rows, cols = slice(qs, qs + step), slice(ks, ks + step)
+            if mask.all():
+                blocks.append((rows, cols, None, False))
+            elif causal and mask.shape[0] == mask.shape[1] and torch.equal(mask, mask.new_ones(mask.shape).tril()):
+                blocks.append((rows, cols, None, True))
+            else:
+                blocks.append((rows, cols, mask, False))
     return tuple(blocks)
-
-
-def _scores(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, scale: float) -> torch.Tensor:
-    s = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
-    return s if mask is None else s.masked_fill(~mask.to(s.device), float("-inf"))
-
-
-def _block_forward(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    s = _scores(q, k, mask, scale)
-    lse = s.logsumexp(-1)
-    return torch.matmul((s - lse.unsqueeze(-1)).exp(), v.float()), lse
-
-
-def _block_backward(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    mask: torch.Tensor | None,
-    scale: float,
-    grad: torch.Tensor,
-    lse: torch.Tensor,
-    delta: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    # The softmax of the whole row is rebuilt from the saved global lse, as in flash attention's backward.
-    p = (_scores(q, k, mask, scale) - lse.unsqueeze(-1)).exp()
-    ds = p * (torch.matmul(grad, v.float().transpose(-1, -2)) - delta.unsqueeze(-1))
-    dq = torch.matmul(ds, k.float()) * scale
-    dk = torch.matmul(ds.transpose(-1, -2), q.float()) * scale
-    return dq, dk, torch.matmul(p.transpose(-1, -2), grad)
 
 
 def _send_next(tensor: torch.Tensor, group: ProcessGroup, tag: int) -> tuple[torch.Tensor, list]:
@@ -147,11 +125,13 @@ class _RingAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, ring: Ring, rank: int, layout: SequenceLayout, causal: bool, scale: float):
         out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
         lse = torch.full(q.shape[:-1], float("-inf"), dtype=torch.float32, device=q.device)
+        aux = None
         for owner, kv, _ in _visits(torch.stack([k, v]), ring):
-            for rows, cols, mask in _plan(layout, rank, owner, causal):
-                block_out, block_lse = _block_forward(
-                    q[..., rows, :], kv[0, ..., cols, :], kv[1, ..., cols, :], mask, scale
+            for rows, cols, mask, diagonal in _plan(layout, rank, owner, causal):
+                block_out, block_lse, block_aux = block_forward(
+                    q[..., rows, :], kv[0, ..., cols, :], kv[1, ..., cols, :], mask, diagonal, scale
                 )
+                aux = aux if block_aux is None else block_aux
                 merged = torch.logaddexp(lse[..., rows], block_lse)
                 out[..., rows, :] = out[..., rows, :] * (lse[..., rows] - merged).exp().unsqueeze(-1) + block_out * (
                     block_lse - merged
@@ -159,31 +139,33 @@ class _RingAttention(torch.autograd.Function):
                 lse[..., rows] = merged
         out = out.to(q.dtype)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.ring, ctx.rank, ctx.layout, ctx.causal, ctx.scale = ring, rank, layout, causal, scale
+        ctx.ring, ctx.rank, ctx.layout, ctx.causal, ctx.scale, ctx.aux = ring, rank, layout, causal, scale, aux
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         q, k, v, out, lse = ctx.saved_tensors
         ring, rank = ctx.ring, ctx.rank
-        grad = grad.float()
-        delta = (grad * out.float()).sum(-1)
+        delta = (grad.float() * out.float()).sum(-1)
         dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
         # The gradient of a key/value block travels with it round the inner ring and is back with the window's
         # holder one pass after the last use; the outer ring then carries it on with the block, home at the end.
         dkv = torch.zeros((2, *k.shape), dtype=torch.float32, device=k.device)
         home = torch.zeros_like(dkv)
         for owner, kv, round_ends in _visits(torch.stack([k, v]), ring):
-            for rows, cols, mask in _plan(ctx.layout, rank, owner, ctx.causal):
-                bq, bk, bv = _block_backward(
+            for rows, cols, mask, diagonal in _plan(ctx.layout, rank, owner, ctx.causal):
+                bq, bk, bv = block_backward(
                     q[..., rows, :],
                     kv[0, ..., cols, :],
                     kv[1, ..., cols, :],
                     mask,
+                    diagonal,
                     ctx.scale,
                     grad[..., rows, :],
+                    out[..., rows, :],
                     lse[..., rows],
                     delta[..., rows],
+                    ctx.aux,
                 )
                 dq[..., rows, :] += bq
                 dkv[0, ..., cols, :] += bk
