@@ -17,6 +17,7 @@ WIDE = ["data.dataset_param.max_width=48"]
 CP2_RING = ["parallel.cp.size=2", "parallel.cp.mode=ring"]
 # Recomputed blocks split their input again in backward: the split must not depend on anything but the input.
 RECOMPUTE = "parallel.fsdp2.recompute_modules=['predictor.blocks.{*}']"
+COMPILE = ["parallel.compile.enable=true", "parallel.compile.backend=aot_eager"]
 
 
 def test_sharded_transformer_equals_the_whole_one(tmp_path) -> None:
@@ -41,8 +42,9 @@ def single(tmp_path_factory) -> dict:
             4, ["parallel.cp.size=4", "parallel.cp.mode=usp", "parallel.cp.ulysses_degree=2"], marks=pytest.mark.slow
         ),
         pytest.param(4, [*CP2_RING, "parallel.fsdp2.enable=true", RECOMPUTE], marks=pytest.mark.slow),
+        pytest.param(2, [*CP2_RING, RECOMPUTE, *COMPILE], marks=pytest.mark.slow),
     ],
-    ids=["ulysses-2", "ring-2", "ulysses-4", "usp-4", "ring-2-fsdp2-2"],
+    ids=["ulysses-2", "ring-2", "ulysses-4", "usp-4", "ring-2-fsdp2-2", "ring-2-compile"],
 )
 def test_context_parallel_training_equals_one_process(single, tmp_path, world, overrides) -> None:
     run = parallel_run(world, tmp_path, *WIDE, *overrides)
