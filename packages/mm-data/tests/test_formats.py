@@ -75,7 +75,8 @@ MINDSPEED_WAN = {
         "tokenizer_config": [{"from_pretrained": "tokenizer", "model_max_length": 512}],
     },
     "dataloader_param": {"dataloader_mode": "sampler", "sampler_type": "LengthGroupedSampler", "shuffle": True,
-                         "group_data": True, "initial_global_step_for_sampler": 0},
+                         "group_data": True, "initial_global_step_for_sampler": 0, "prefetch_factor": 4,
+                         "persistent_workers": True},
 }
 
 
@@ -96,6 +97,7 @@ def test_parse_mindspeed_nested_blocks() -> None:
     assert config.dataset_param.train_fps == 24.0
     assert config.dataset_param.extra["hw_stride"] == 8
     assert config.dataloader_param.extra["group_data"] is True
+    assert config.dataloader_param.prefetch_factor == 4 and config.dataloader_param.persistent_workers is True
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.utils.data import Dataset
 
 from mm_core.data_iter import DataIterator
+from mm_core.errors import ConfigError
 from mm_data.sampler import ResumableBatchSampler, bucket_keys, build_dataloader
 
 
@@ -96,3 +98,24 @@ def test_build_dataloader_uses_the_resumable_sampler() -> None:
     assert isinstance(loader.batch_sampler, ResumableBatchSampler)
     assert [b.tolist() for b in loader] == [[4, 5, 6, 7]]
     assert torch.is_tensor(next(iter(loader)))
+
+
+def test_persistent_workers_give_the_same_resumable_sequence_and_outlive_epochs() -> None:
+    def loader(**workers):
+        return build_dataloader(Range(10), batch_size=2, dp_rank=0, dp_size=1, seed=7, **workers)
+
+    straight = DataIterator(loader())
+    expected = [next(straight).tolist() for _ in range(12)]
+    pooled = loader(num_workers=2, prefetch_factor=1, persistent_workers=True)
+    assert pooled.prefetch_factor == 1 and pooled.persistent_workers
+    it = DataIterator(pooled)
+    assert [next(it).tolist() for _ in range(12)] == expected  # 12 batches: two epochs and a bit of a third
+    assert pooled._iterator is not None, "persistent workers stay up between epochs"
+
+
+def test_worker_options_without_workers_are_ignored_and_a_bad_prefetch_is_one_error() -> None:
+    plain = build_dataloader(Range(4), batch_size=2, dp_rank=0, dp_size=1, seed=0, prefetch_factor=4,
+                             persistent_workers=True)
+    assert plain.num_workers == 0 and not plain.persistent_workers
+    with pytest.raises(ConfigError, match="dataloader_param.prefetch_factor must be at least 1, got 0"):
+        build_dataloader(Range(4), batch_size=2, dp_rank=0, dp_size=1, seed=0, num_workers=1, prefetch_factor=0)

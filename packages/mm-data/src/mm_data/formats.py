@@ -123,6 +123,8 @@ class DataloaderParam:
     seed: int = 1234
     drop_last: bool = True
     pin_memory: bool = False
+    prefetch_factor: int | None = None  # batches each worker loads ahead (torch's default, 2, when null)
+    persistent_workers: bool = False
     group_frame: bool = False
     group_resolution: bool = False
     extra: dict = field(default_factory=dict)
@@ -148,8 +150,7 @@ ACCEPTED = {
         "use_img_from_vid", "use_img_num", "vid_img_fusion_by_splicing",
     },
     DataloaderParam: {
-        "group_data", "initial_global_step_for_sampler", "collate_param", "prefetch_factor", "persistent_workers",
-        "split_batch",
+        "group_data", "initial_global_step_for_sampler", "collate_param", "split_batch",
     },
 }
 

@@ -106,11 +106,21 @@ def build_dataloader(
     pin_memory: bool = False,
     collate_fn: Callable[[list[Any]], Any] | None = None,
     buckets: Sequence[Hashable] | None = None,
+    prefetch_factor: int | None = None,
+    persistent_workers: bool = False,
 ) -> DataLoader:
-    """A DataLoader over ``dataset`` whose batch sampler is a ResumableBatchSampler for this rank."""
+    """A DataLoader over ``dataset`` whose batch sampler is a ResumableBatchSampler for this rank.
+
+    ``prefetch_factor`` and ``persistent_workers`` apply to worker processes; with ``num_workers=0`` there
+    are none, and they are ignored.
+    """
+    if prefetch_factor is not None and prefetch_factor < 1:
+        raise ConfigError(f"dataloader_param.prefetch_factor must be at least 1, got {prefetch_factor}")
     sampler = ResumableBatchSampler(len(dataset), batch_size, dp_rank, dp_size, seed, shuffle, drop_last, buckets)
+    workers = {"prefetch_factor": prefetch_factor, "persistent_workers": persistent_workers} if num_workers else {}
     return DataLoader(
-        dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory, collate_fn=collate_fn
+        dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory, collate_fn=collate_fn,
+        **workers,
     )
 
 
@@ -136,4 +146,6 @@ def build_rank_loader(
         pin_memory=loader.pin_memory and runtime.device.type != "cpu",
         collate_fn=collate_fn,
         buckets=buckets,
+        prefetch_factor=loader.prefetch_factor,
+        persistent_workers=loader.persistent_workers,
     )

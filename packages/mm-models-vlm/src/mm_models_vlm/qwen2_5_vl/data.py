@@ -93,5 +93,6 @@ def build_train_loader(config: Config, runtime) -> DataLoader:
     packing = config.data.dataset_param.basic_parameters.packing
     seed = p.seed if p.seed is not None else config.training.seed
     return build_dataloader(dataset, config.training.micro_batch_size, runtime.dp_rank, runtime.dp_size, seed,
-                            p.shuffle, p.drop_last, p.num_workers, p.pin_memory,
-                            Collator(packing, dataset.processor.tokenizer.pad_token_id, rope))
+                            p.shuffle, p.drop_last, p.num_workers, p.pin_memory and runtime.device.type != "cpu",
+                            Collator(packing, dataset.processor.tokenizer.pad_token_id, rope),
+                            prefetch_factor=p.prefetch_factor, persistent_workers=p.persistent_workers)

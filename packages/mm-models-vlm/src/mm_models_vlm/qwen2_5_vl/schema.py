@@ -69,6 +69,8 @@ DATA: dict[str, Any] = {
         "pin_memory": False,
         "shuffle": True,
         "num_workers": 0,
+        "prefetch_factor": None,  # batches each worker loads ahead (torch's default, 2, when null)
+        "persistent_workers": False,
         "seed": None,  # default: training.seed
     },
 }
