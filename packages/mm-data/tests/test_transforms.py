@@ -25,6 +25,18 @@ def test_center_crop_keeps_the_middle_and_maps_to_minus_one_one() -> None:
     assert torch.equal(resize_center_crop(black, 16, 16), -torch.ones(3, 1, 16, 16))
 
 
+@pytest.mark.parametrize("in_hw", [(32, 60), (20, 24)])  # a crop alone; an antialiased upscale, then a crop
+def test_values_are_exactly_pixel_over_127_5_minus_one(in_hw: tuple[int, int]) -> None:
+    video = torch.randint(0, 256, (2, *in_hw, 3), dtype=torch.uint8)
+    frames = video.permute(0, 3, 1, 2).float()
+    if in_hw != (32, 60):
+        frames = torch.nn.functional.interpolate(frames, size=(32, 38), mode="bilinear", antialias=True)
+    left = (frames.shape[-1] - 32) // 2
+    expected = (frames[..., left : left + 32] / 127.5 - 1.0).clamp(-1, 1).permute(1, 0, 2, 3)
+    out = resize_center_crop(video, 32, 32)
+    assert out.is_contiguous() and torch.equal(out, expected)
+
+
 def test_check_video_shape_accepts_wan_shapes() -> None:
     check_video_shape(81, 480, 832)
     check_video_shape(17, 64, 64)
