@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from mm_core.errors import ConfigError, DataError
 from mm_data.formats import DatasetParam, VideoRecord, read_index
@@ -106,12 +106,16 @@ class VideoTextDataset(Dataset):
 
 
 def collate(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Stack the items' tensors (video, tokenized text) and indices; list their prompts."""
+    """Stack the items' tensors (video, tokenized text) and indices; list their prompts.
+
+    Tensors are stacked by torch's ``default_collate``, which in a loader worker stacks straight into shared
+    memory: a clip crosses to the main process without another copy.
+    """
     batch: dict[str, Any] = {}
     for key in items[0]:
         values = [item[key] for item in items]
         if isinstance(values[0], torch.Tensor):
-            batch[key] = torch.stack(values)
+            batch[key] = default_collate(values)
         elif isinstance(values[0], int):
             batch[key] = torch.tensor(values)
         else:
