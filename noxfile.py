@@ -35,6 +35,13 @@ def slow(session: nox.Session) -> None:
 
 
 @nox.session(python="3.11")
+def gpu(session: nox.Session) -> None:
+    """The CUDA checks only (flash and varlen kernels, bf16, compile); run it on a machine with a GPU."""
+    _install_editable(session)
+    session.run("pytest", "-m", "cuda", *session.posargs)
+
+
+@nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
     """ruff over the whole tree."""
     session.install(*CONSTRAINTS, "ruff")

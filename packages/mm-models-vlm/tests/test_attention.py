@@ -6,9 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.varlen import varlen_attn
 
 from mm_core.defaults import to_device
 from mm_core.errors import ConfigError
+from mm_core.testing import needs_cuda
 from mm_models_vlm.qwen2_5_vl import attention, plugin
 from mm_models_vlm.qwen2_5_vl.dataset import collate_packed, collate_padded
 from mm_models_vlm.qwen2_5_vl.encode import IGNORE_INDEX
@@ -148,3 +150,26 @@ def test_an_unknown_attn_implementation_is_one_config_error(tiny_dir):
     with pytest.raises(ConfigError, match=r"model.attn_implementation must be one of mm_flash_varlen, sdpa, eager, "
                                           r"flash_attention_2, got 'flash'"):
         load_model(tiny_dir, "flash")
+
+
+@needs_cuda
+def test_on_cuda_in_bf16_the_kernel_runs_and_matches_sdpa(model, sdpa_model, items, rope, monkeypatch):
+    """The real varlen_attn (flash for text layers, flash or cuDNN for vision blocks) against sdpa, both in bf16."""
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("window_size"))
+        return varlen_attn(*args, **kwargs)
+
+    monkeypatch.setattr(attention, "varlen_attn", counted)
+    cuda = torch.device("cuda")
+    batch = to_device(collate_packed(items, rope), cuda)
+    logits, loss, grads = _step(model.to(cuda, torch.bfloat16), batch)
+    expected_logits, expected_loss, expected_grads = _step(sdpa_model.to(cuda, torch.bfloat16), batch)
+    assert len(calls) == len(model.model.language_model.layers) + len(model.model.visual.blocks)
+    torch.testing.assert_close(loss.float(), expected_loss.float(), rtol=2e-2, atol=2e-2)
+    assert (logits.float() - expected_logits.float()).abs().max() <= 0.05 * expected_logits.float().abs().max()
+    for name, grad in expected_grads.items():
+        assert torch.isfinite(grads[name]).all(), name
+        scale = grad.float().abs().max().clamp_min(1e-3)
+        assert (grads[name].float() - grad.float()).abs().max() <= 0.1 * scale, name

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mm_core.testing import needs_cuda
 from mm_parallel.block_attention import block_backward, block_forward, fused_kernel
 
 SCALE = 0.3
@@ -75,3 +76,19 @@ def test_kernel_choice():
     assert fused_kernel(cpu, None) == "cpu"
     assert fused_kernel(cpu, torch.ones(2, 2, dtype=torch.bool)) is None
     assert fused_kernel(torch.empty(1, 1, 2, 4, device="meta"), None) is None
+
+
+@needs_cuda
+@pytest.mark.parametrize("block", ["full", "diagonal"])
+def test_cuda_flash_blocks_merge_to_sdpa_in_bf16(block):
+    torch.manual_seed(0)
+    q, grad = (torch.randn(2, 4, 64, 64, device="cuda") for _ in range(2))
+    k, v = (torch.randn(2, 4, 128, 64, device="cuda") for _ in range(2))
+    visible = torch.ones(64, 128, dtype=torch.bool, device="cuda")
+    if block == "diagonal":
+        visible[:, :64] = torch.ones(64, 64, dtype=torch.bool, device="cuda").tril()
+    assert fused_kernel(q.bfloat16(), None) == "cuda"
+    got = _split_row(*(t.bfloat16() for t in (q, k, v, grad)), 64, block == "diagonal", None)
+    expected = _reference(q, k, v, grad, visible)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), got, expected):
+        torch.testing.assert_close(a.float(), b, rtol=3e-2, atol=3e-2, msg=name)

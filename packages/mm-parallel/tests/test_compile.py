@@ -16,7 +16,7 @@ import workers
 from distributed import launch
 
 from mm_core.errors import ConfigError
-from mm_core.testing import run_training
+from mm_core.testing import needs_cuda, run_training
 from mm_parallel.compile import COMPILE_DEFAULTS, apply_compile
 from mm_parallel.patterns import clean_name, named_modules
 from mm_parallel.recompute import apply_recompute
@@ -96,3 +96,11 @@ def test_compile_under_fsdp2_on_two_ranks_equals_one_process(tmp_path):
     launch(2, workers.train, str(tmp_path / "two.json"), str(tmp_path / "two"), options)
     two = {int(k): v for k, v in json.loads((tmp_path / "two.json").read_text()).items()}
     assert two == pytest.approx(single, rel=1e-5)
+
+
+@needs_cuda
+def test_inductor_on_cuda_trains_like_eager(tmp_path):
+    cuda = [*RECOMPUTE, "training.device=cuda"]
+    eager = run_training([toy_net], tmp_path / "eager", cuda)
+    compiled = run_training([toy_net], tmp_path / "inductor", [*cuda, "parallel.compile.enable=true"])
+    assert compiled.losses == pytest.approx(eager.losses, rel=1e-4)

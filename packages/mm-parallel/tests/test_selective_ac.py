@@ -9,7 +9,7 @@ import toy_net
 from torch.nn.attention.varlen import varlen_attn
 
 from mm_core.errors import ConfigError
-from mm_core.testing import run_training
+from mm_core.testing import needs_cuda, run_training
 from mm_parallel.fsdp2 import FSDP2_DEFAULTS
 from mm_parallel.recompute import CountAttention, apply_recompute
 
@@ -102,10 +102,10 @@ class VarlenBlock(torch.nn.Module):
         return x + varlen_attn(q, k, v, cu_seqlens, cu_seqlens, 5, 5).reshape(-1, 16)
 
 
-@pytest.mark.parametrize("mode, runs_per_block", [(None, 1), ("full", 2), ("selective", 1)])
-def test_selective_recompute_keeps_varlen_attention(mode, runs_per_block):
-    # varlen_attn has CUDA kernels only; on the meta device its shape rules run, and the policy sees the op.
-    with torch.device("meta"):
+def _varlen_step(mode: str | None, device: str) -> tuple[int, torch.Tensor]:
+    """Attention runs and the input's gradient of three varlen blocks under ``mode``."""
+    torch.manual_seed(0)
+    with torch.device(device):
         blocks = torch.nn.ModuleList(VarlenBlock() for _ in range(3)).to(torch.bfloat16)
         x = torch.randn(9, 16, dtype=torch.bfloat16, requires_grad=True)
         cu_seqlens = torch.tensor([0, 4, 9], dtype=torch.int32)
@@ -118,4 +118,18 @@ def test_selective_recompute_keeps_varlen_attention(mode, runs_per_block):
         for block in model.blocks:
             h = block(h, cu_seqlens)
         h.sum().backward()
-    assert counter.calls == runs_per_block * len(blocks)
+    return counter.calls, x.grad
+
+
+@pytest.mark.parametrize("mode, runs_per_block", [(None, 1), ("full", 2), ("selective", 1)])
+def test_selective_recompute_keeps_varlen_attention(mode, runs_per_block):
+    # varlen_attn has CUDA kernels only; on the meta device its shape rules run, and the policy sees the op.
+    assert _varlen_step(mode, "meta")[0] == runs_per_block * 3
+
+
+@needs_cuda
+def test_selective_recompute_keeps_varlen_attention_on_cuda():
+    plain_calls, plain_grad = _varlen_step(None, "cuda")
+    selective_calls, selective_grad = _varlen_step("selective", "cuda")
+    assert plain_calls == selective_calls == 3
+    torch.testing.assert_close(selective_grad, plain_grad, rtol=1e-2, atol=1e-2)

@@ -12,11 +12,18 @@ from types import ModuleType
 
 import pluggy
 import pytest
+import torch
 import torch.distributed as dist
 
 from mm_core.plugins import load_plugins, make_config, new_plugin_manager
 from mm_core.runtime import create_runtime
 from mm_core.trainer import Trainer, TrainResult
+
+
+def needs_cuda(test):
+    """Mark ``test`` as a CUDA check: ``pytest -m cuda`` (``nox -s gpu``) selects it; without a GPU it is skipped."""
+    skip = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+    return pytest.mark.cuda(skip(test))
 
 
 def run_training(
