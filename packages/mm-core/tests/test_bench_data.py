@@ -27,7 +27,7 @@ def test_the_tiny_data_bench_appends_a_consistent_line(tmp_path):
     shape, loader, simulated, projected = line["shape"], line["loader"], line["simulated"], line["projected"]
     # The example's global batch 8 over its 8 ranks: one micro-batch of one clip per step, shaped as configured.
     assert shape["micro_batch_size"] == 1 and shape["micro_batches_per_step"] == 1
-    assert loader["batch_video_shape"] == [1, 3, 9, 32, 32] and loader["batch_video_dtype"] == "torch.float32"
+    assert loader["batch_video_shape"] == [1, 3, 9, 32, 32] and loader["batch_video_dtype"] == "torch.uint8"
     assert line["options"]["num_workers"] == 1 and line["options"]["configured_workers"] == 8
     assert line["options"]["pin_memory"] is False  # configured true, but never on the CPU
     for sample in line["sample"].values():

@@ -13,7 +13,7 @@ from mm_data.formats import (
 )
 from mm_data.sampler import ResumableBatchSampler, bucket_keys, build_dataloader, build_rank_loader
 from mm_data.synthetic import make_moving_shapes, write_video
-from mm_data.transforms import check_video_shape, resize_center_crop
+from mm_data.transforms import check_video_shape, normalize_pixels, resize_center_crop
 from mm_data.video import frame_indices, read_video
 
 __version__ = "0.1.0"
@@ -39,6 +39,7 @@ __all__ = [
     "read_feature_index",
     "read_index",
     "read_video",
+    "normalize_pixels",
     "resize_center_crop",
     "write_video",
 ]

@@ -20,7 +20,7 @@ Tokenizer = Callable[[str], Mapping[str, torch.Tensor]]
 
 
 class VideoTextDataset(Dataset):
-    """Map-style dataset of {"video": float [C, T, H, W] in [-1, 1], "prompt": str, "index": int}.
+    """Map-style dataset of {"video": uint8 [C, T, H, W], "prompt": str, "index": int}.
 
     With a ``tokenizer`` (a callable from the prompt to a dict of tensors, e.g. input_ids and
     attention_mask) its output is merged into each item. A sample whose video is missing, corrupt

@@ -8,6 +8,8 @@ import torch
 from diffusers import AutoencoderKLWan
 from torch import nn
 
+from mm_data.transforms import normalize_pixels
+
 FROZEN = ("ae", "text_encoder")
 
 
@@ -53,8 +55,8 @@ class FrozenEncoders(nn.Module):
 
     @torch.no_grad()
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
-        """Pixels [B, 3, T, H, W] in [-1, 1] -> float32 latents [B, z, 1 + (T-1)/4, H/8, W/8], normalized."""
-        posterior = self.ae.encode(video.to(self.ae.dtype)).latent_dist
+        """Pixels [B, 3, T, H, W], uint8 or float in [-1, 1] -> float32 latents [B, z, 1 + (T-1)/4, H/8, W/8]."""
+        posterior = self.ae.encode(normalize_pixels(video).to(self.ae.dtype)).latent_dist
         latents = (posterior.sample() if self.do_sample else posterior.mode()).float()
         if self.norm_latents:
             mean, std = self.latent_stats(latents)

@@ -61,7 +61,7 @@ class PromptTokenizer:
 
 
 class CustomT2VDataset(VideoTextDataset):
-    """{"video": [3, T, H, W] in [-1, 1], "prompt_ids", "prompt_mask", "prompt", "index"} per data.json entry."""
+    """{"video": uint8 [3, T, H, W], "prompt_ids", "prompt_mask", "prompt", "index"} per data.json entry."""
 
     @classmethod
     def from_data_config(cls, data: DataConfig, seed: int = 0) -> CustomT2VDataset:
