@@ -13,7 +13,8 @@ the same for both loops:
   packed into one row (no padding; attention per sample by ``cu_seqlens``, the plugin's default
   ``mm_flash_varlen``: torch's varlen_attn on CUDA; chunked lm_head + cross-entropy; no host syncs in the
   plugin's step), with the engines of ``MM_OPTIONS``
-  (recompute of every decoder layer, selective by default; bf16 autocast over float32 weights, fused
+  (recompute of every decoder layer, selective by default; ``torch.compile`` of each layer on an accelerator
+  (``--compile``); bf16 autocast over float32 weights, fused
   AdamW on accelerators, gradient clipping). The vision tower is built but these samples do not use it.
 """
 
@@ -158,10 +159,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.impl in ("both", "mm"):
         common.release(device)
         flavor = [f"model.flavor={'tiny' if args.tiny else '3b'}"]
-        times = common.trainer_step_times(["qwen2_5_vl", sys.modules[__name__]], [*flavor, *MM_OPTIONS], device,
+        overrides = [*MM_OPTIONS, *common.compile_options(args.compile, device)]
+        times = common.trainer_step_times(["qwen2_5_vl", sys.modules[__name__]], [*flavor, *overrides], device,
                                           args.warmup, args.steps)
         attention = {"attn_implementation": MODEL["attn_implementation"]}  # the plugin's default
-        measured.append(common.measure("mm", times, tokens, flops, device, {"overrides": MM_OPTIONS, **attention}))
+        measured.append(common.measure("mm", times, tokens, flops, device, {"overrides": overrides, **attention}))
     return common.report(WORKLOAD, measured, device, shape, args)
 
 
