@@ -14,7 +14,7 @@ SCALE = 0.3
 
 def _split_row(q, k, v, grad, cut, diagonal_first, mask):
     """Attention of q over keys [:cut] and [cut:] as two blocks, merged; then each block's backward, summed."""
-    blocks = [(slice(0, cut), mask if mask is not None else None, diagonal_first), (slice(cut, None), None, False)]
+    blocks = [(slice(0, cut), mask, diagonal_first), (slice(cut, None), None, False)]
     outs, lses = [], []
     for cols, block_mask, diagonal in blocks:
         out, lse, _ = block_forward(q, k[..., cols, :], v[..., cols, :], block_mask, diagonal, SCALE)
