@@ -87,7 +87,7 @@ def test_after_training_gets_the_last_checkpoint(mm_train):
 
 
 def test_parallelize_model_result_is_what_trains(mm_train):
-    def parallelize_model(model, config, runtime):
+    def parallelize_model(model, plan, config, runtime):
         model.layers[0].requires_grad_(False)
         return model
 

@@ -62,7 +62,8 @@ def test_model_section_errors(override: str, message: str) -> None:
 
 def test_parallel_plan_names_the_blocks(tiny_model) -> None:
     plan = parallel_plan(tiny_model, wan_config())
-    assert plan["fsdp_modules"] == ["predictor.blocks.{*}"]
+    assert plan.fsdp_modules == ("predictor.blocks.{*}",)
+    assert plan.pipeline.layers == "predictor.blocks"
     assert len(tiny_model.get_submodule("predictor.blocks")) == 4
 
 

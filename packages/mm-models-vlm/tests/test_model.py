@@ -46,7 +46,7 @@ def test_freezing_everything_or_a_bad_flag_is_a_config_error(model):
 def test_fsdp_patterns_name_every_vision_block_and_decoder_layer(model):
     config = make_config(load_plugins(["qwen2_5_vl"]), "run", [], None, [])
     plan = plugin.parallel_plan(model=model, config=config)
-    regexes = [re.compile(re.escape(p).replace(re.escape("{*}"), r"\d+") + "$") for p in plan["fsdp_modules"]]
+    regexes = [re.compile(re.escape(p).replace(re.escape("{*}"), r"\d+") + "$") for p in plan.fsdp_modules]
     matched = {name for name, _ in model.named_modules() if any(r.match(name) for r in regexes)}
     assert matched == {f"model.visual.blocks.{i}" for i in range(len(model.model.visual.blocks))} | {
         f"model.language_model.layers.{i}" for i in range(len(model.model.language_model.layers))}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from mm_core import hookimpl
+from mm_core import ParallelPlan, PipelinePlan, hookimpl
 
 
 class Block(torch.nn.Module):
@@ -83,15 +83,17 @@ def model_provider(config, runtime):
 
 @hookimpl
 def parallel_plan(model, config):
-    return {
-        "fsdp_modules": ["blocks.{*}"],
-        "pretrained": getattr(model, "pretrained", None),
-        "pp_layers": "blocks",
-        "pp_pre": lambda model, batch: model.pre(batch[0]),
-        "pp_post": lambda model, carry, batch: model.post(carry[0], batch[0]),
-        "pp_pre_modules": ["embed", "cond", "shift"],
-        "pp_post_modules": ["norm_out", "head", "scale", *(["skip"] if config.model.tie else [])],
-    }
+    return ParallelPlan(
+        fsdp_modules=["blocks.{*}"],
+        pretrained=getattr(model, "pretrained", None),
+        pipeline=PipelinePlan(
+            layers="blocks",
+            pre=lambda model, batch: model.pre(batch[0]),
+            post=lambda model, carry, batch: model.post(carry[0], batch[0]),
+            pre_modules=["embed", "cond", "shift"],
+            post_modules=["norm_out", "head", "scale", *(["skip"] if config.model.tie else [])],
+        ),
+    )
 
 
 @hookimpl

@@ -12,6 +12,7 @@ import workers
 from mm_core.checkpoint import load_model_state
 from mm_core.cli import main
 from mm_core.errors import ConfigError
+from mm_core.plan import ParallelPlan
 from mm_core.plugins import load_plugins, make_config
 from mm_core.testing import run_training
 from mm_parallel import plugin
@@ -92,7 +93,8 @@ def test_mm_run_with_an_fsdp2_config_file(tmp_path, capsys):
         ),
         ("parallel.fsdp2.recompute_modules=['blocks.{0-2}.mlp']", "pattern 'blocks.{0-2}.mlp' matches no module"),
         ("parallel.fsdp2.ignored_modules=[head]", "'head' has trainable parameters"),
-        ("parallel.fsdp2.param_dtype=int8", "parallel.fsdp2.param_dtype must be one of bf16, fp16, fp32, got 'int8'"),
+        ("parallel.fsdp2.param_dtype=int8",
+         "parallel.fsdp2.param_dtype must be one of bf16, bfloat16, fp16, float16, fp32, float32, got 'int8'"),
         ("parallel.fsdp2.num_to_forward_prefetch=-1", "num_to_forward_prefetch must be 0 or more"),
         ("parallel.fsdp2.sharding_size=half", "parallel.fsdp2.sharding_size must be auto or an integer, got 'half'"),
     ],
@@ -104,7 +106,8 @@ def test_a_wrong_option_is_one_config_error(tmp_path, override, message):
 
 def test_nothing_asked_leaves_the_model_to_mm_core(tmp_path):
     config = make_config(load_plugins([toy_net]))
-    assert plugin.parallelize_model(model=torch.nn.Linear(2, 2), config=config, runtime=None) is None
+    model = torch.nn.Linear(2, 2)
+    assert plugin.parallelize_model(model=model, plan=ParallelPlan(), config=config, runtime=None) is None
 
 
 def test_recompute_without_fsdp2_trains_the_same(tmp_path):

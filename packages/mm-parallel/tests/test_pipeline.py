@@ -12,8 +12,9 @@ import torch
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from mm_core.errors import ConfigError, PluginError
+from mm_core.plan import PipelinePlan
 from mm_core.testing import run_training, spawn_training
-from mm_parallel.pipeline import PipelinePlan, _check_coverage, _check_schedule, _pipeline_num_layers
+from mm_parallel.pipeline import StagePlan, _check_coverage, _check_schedule, _pipeline_num_layers
 from mm_parallel.pipeline_layout import bubble_fraction, check_first_stage_stack, local_stages, stage_layer_counts
 
 TESTS = Path(__file__).parent
@@ -198,16 +199,16 @@ def test_two_stacks_vision_whole_on_the_first_stage():
 
 
 def test_two_stack_plan():
-    plan = PipelinePlan.from_plan({
-        "pp_layers": {"vit": "visual.blocks", "llm": "layers"}, "pp_pre": lambda m, b: b,
-        "pp_post": lambda m, c, b: c, "pp_pre_modules": ["embed"],
-    })
+    plan = StagePlan.from_plan(PipelinePlan(
+        layers={"vit": "visual.blocks", "llm": "layers"}, pre=lambda m, b: b, post=lambda m, c, b: c,
+        pre_modules=["embed"],
+    ))
     assert (plan.layers, plan.name, plan.pre_stacks) == ("layers", "llm", (("vit", "visual.blocks"),))
     assert plan.pre_modules == ("embed", "visual.blocks")
-    inside = PipelinePlan.from_plan({
-        "pp_layers": {"vit": "visual.blocks", "llm": "layers"}, "pp_pre": lambda m, b: b,
-        "pp_post": lambda m, c, b: c, "pp_pre_modules": ["visual", "embed"],
-    })
+    inside = StagePlan.from_plan(PipelinePlan(
+        layers={"vit": "visual.blocks", "llm": "layers"}, pre=lambda m, b: b, post=lambda m, c, b: c,
+        pre_modules=["visual", "embed"],
+    ))
     assert inside.pre_modules == ("visual", "embed")
 
 
@@ -224,12 +225,16 @@ def test_too_few_layers_for_an_even_cut():
 
 
 def test_plan_and_schedule_errors():
-    with pytest.raises(PluginError, match="missing pp_pre, pp_post"):
-        PipelinePlan.from_plan({"pp_layers": "blocks"})
+    with pytest.raises(PluginError, match="needs the plugin's parallel_plan to give a pipeline"):
+        StagePlan.from_plan(None)
+    with pytest.raises(TypeError, match="missing 2 required keyword-only arguments: 'pre' and 'post'"):
+        PipelinePlan(layers="blocks")
+    with pytest.raises(PluginError, match="PipelinePlan.post must be a function, got str"):
+        PipelinePlan(layers="blocks", pre=lambda m, b: b, post="head")
     with pytest.raises(ConfigError, match="virtual_stages 2 needs parallel.pp.schedule interleaved_1f1b"):
         _check_schedule("1f1b", 2)
     model = torch.nn.ModuleDict({"inp": torch.nn.Linear(2, 2), "blocks": torch.nn.ModuleList([torch.nn.Linear(2, 2)])})
-    plan = PipelinePlan(layers="blocks", pre=lambda m, b: b, post=lambda m, c, b: c)
+    plan = StagePlan(layers="blocks", pre=lambda m, b: b, post=lambda m, c, b: c)
     with pytest.raises(PluginError, match="parameter 'inp.weight' is in none of the parallel_plan's pp_layers"):
         _check_coverage(model, plan)
 

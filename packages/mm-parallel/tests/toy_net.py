@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from mm_core import hookimpl
+from mm_core import ParallelPlan, hookimpl
 
 
 class Block(torch.nn.Module):
@@ -81,11 +81,10 @@ def model_provider(config, runtime):
 
 @hookimpl
 def parallel_plan(model, config):
-    plan = {"fsdp_modules": ["blocks.{*}"]}
     source = config.model.pretrained  # True: the CPU-built weights; a string: an mm checkpoint directory
-    if source:
-        plan["pretrained"] = source if isinstance(source, str) else lambda: build_cpu(config.model).state_dict()
-    return plan
+    if source and not isinstance(source, str):
+        source = lambda: build_cpu(config.model).state_dict()  # noqa: E731
+    return ParallelPlan(fsdp_modules=["blocks.{*}"], pretrained=source or None)
 
 
 @hookimpl

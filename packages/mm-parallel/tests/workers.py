@@ -14,6 +14,7 @@ from torch.distributed.tensor import DTensor
 from mm_core.plugins import load_plugins, make_config
 from mm_core.runtime import create_runtime
 from mm_core.testing import run_training
+from mm_core.trainer import model_plan
 from mm_parallel.parallelize import parallelize
 from mm_parallel.patterns import named_modules
 
@@ -22,9 +23,8 @@ def build(overrides: list[str]):
     """The toy model as the trainer builds it (model_provider, then the engines), and its runtime."""
     pm = load_plugins([toy_net])
     runtime = create_runtime(make_config(pm, "run", overrides=overrides))
-    runtime.hook = pm.hook
     model = pm.hook.model_provider(config=runtime.config, runtime=runtime)
-    return parallelize(model, runtime.config, runtime), runtime
+    return parallelize(model, model_plan(pm.hook, model, runtime.config), runtime.config, runtime), runtime
 
 
 def full(tensor: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mm_core import ConfigError, hookimpl
+from mm_core import ConfigError, ParallelPlan, hookimpl
 from mm_core.config import Config
 from mm_core.runtime import Runtime
 from mm_data.sampler import build_dataloader
@@ -42,9 +42,9 @@ def model_provider(config: Config, runtime: Runtime) -> torch.nn.Module:
 
 
 @hookimpl
-def parallel_plan(model: torch.nn.Module, config: Config) -> dict:
+def parallel_plan(model: torch.nn.Module, config: Config) -> ParallelPlan:
     """The mixin's FSDP2 units, used when parallel.fsdp2.sub_modules_to_wrap names none."""
-    return {"fsdp_modules": model.fsdp_modules()} if isinstance(model, FSDP2Mixin) else {}
+    return ParallelPlan(fsdp_modules=model.fsdp_modules() if isinstance(model, FSDP2Mixin) else ())
 
 
 @hookimpl

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mm_core import ConfigError, hookimpl
+from mm_core import ConfigError, ParallelPlan, hookimpl
 from mm_core.config import Config
 from mm_core.runtime import Runtime
 from mm_data.sampler import build_dataloader
@@ -37,9 +37,9 @@ def model_provider(config: Config, runtime: Runtime) -> torch.nn.Module:
 
 
 @hookimpl
-def parallel_plan(model: torch.nn.Module, config: Config) -> dict:
+def parallel_plan(model: torch.nn.Module, config: Config) -> ParallelPlan:
     """With parallel.fsdp2 on and no sub_modules_to_wrap, each encoder layer is one FSDP2 unit."""
-    return {"fsdp_modules": ["encoder.layers.{*}"]}
+    return ParallelPlan(fsdp_modules=["encoder.layers.{*}"])
 
 
 def _loader(num_samples: int, seed: int, config: Config, runtime: Runtime):

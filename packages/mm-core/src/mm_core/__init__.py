@@ -3,6 +3,7 @@
 from mm_core.config import Config, build_config
 from mm_core.errors import CheckpointError, ConfigError, DataError, MMError, PluginError
 from mm_core.hookspecs import hookimpl
+from mm_core.plan import ContextParallelPlan, ParallelPlan, PipelinePlan
 from mm_core.plugins import load_plugins
 from mm_core.runtime import Runtime, create_runtime
 
@@ -11,9 +12,12 @@ __version__ = "0.1.0"
 __all__ = [
     "CheckpointError",
     "Config",
+    "ContextParallelPlan",
     "ConfigError",
     "DataError",
     "MMError",
+    "ParallelPlan",
+    "PipelinePlan",
     "PluginError",
     "Runtime",
     "build_config",

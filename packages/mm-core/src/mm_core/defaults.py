@@ -77,7 +77,7 @@ def forward_step(batch, model, runtime):
 
 
 @hookimpl(trylast=True)
-def parallelize_model(model, config, runtime):
+def parallelize_model(model, plan, config, runtime):
     """Without an engine: move to the device and wrap in DDP when gradients differ between ranks.
 
     Context-parallel ranks see different parts of one sequence, so DDP averages over them too.

@@ -21,3 +21,11 @@ class DataError(MMError):
 
 class CheckpointError(MMError):
     """A checkpoint is missing, incomplete or does not match the model."""
+
+
+def reason(exc: BaseException) -> str:
+    """The first non-empty line of ``exc``'s message, or its class name when the message is empty."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__

@@ -1,13 +1,25 @@
 """The hook contract between mm's trainer and a model-family plugin.
 
-Specs are grouped by the phase in which the trainer calls them. Hooks marked
-``firstresult`` stop at the first non-None result; plugins registered later are
-called first, so stacking ``--plugin a --plugin b`` lets ``b`` override ``a``.
+Specs are grouped by the phase in which the trainer calls them. Hooks marked ``firstresult`` stop at the first
+non-None result; plugins registered later are called first, so stacking ``--plugin a --plugin b`` lets ``b``
+override ``a``. mm-core's own implementations (:mod:`mm_core.defaults`) are registered first and tried last.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
 import pluggy
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import torch
+
+    from mm_core.config import Config
+    from mm_core.plan import ParallelPlan
+    from mm_core.runtime import Runtime
 
 hookspec = pluggy.HookspecMarker("mm")
 hookimpl = pluggy.HookimplMarker("mm")
@@ -17,12 +29,14 @@ hookimpl = pluggy.HookimplMarker("mm")
 
 
 @hookspec
-def default_config(task):
-    """Return a partial config dict of defaults for ``task`` ("run", "infer", "extract").
+def default_config(task: str) -> dict[str, Any]:
+    """Return a partial config of defaults for ``task``.
 
-    Every plugin's result is merged in registration order (mm-core first, the
-    plugin last), and the merged result is also the schema user configs are
-    validated against: a key absent from it is an error.
+    Every plugin's result is merged in registration order (mm-core first, the plugin last), and the merged
+    result is also the schema user configs are validated against: a key absent from it is an error.
+
+    :param task: the subcommand the config is for: ``"run"``, ``"infer"`` or ``"extract"``.
+    :returns: a nested dict of sections (``model``, ``data``, ``training``...) and their default values.
     """
 
 
@@ -30,45 +44,54 @@ def default_config(task):
 
 
 @hookspec(firstresult=True)
-def model_provider(config, runtime):
-    """Build the model to train (on cpu or meta; engines place it). Stops at the first non-None result."""
-
-
-@hookspec(firstresult=True)
-def parallel_plan(model, config):
-    """Describe the model for the engines as a dict; every key is optional until its engine is turned on.
-
-    - ``fsdp_modules``: module patterns FSDP2 wraps (``["blocks.{*}"]``); ``pretrained``: weights to load after
-      a meta-device model is allocated.
-    - Pipeline parallelism (``parallel.pp.size > 1``) sees the forward as ``pre → layers → post``:
-      ``pp_layers`` is the path of the ``nn.ModuleList`` cut into stages (``"blocks"``);
-      ``pp_pre(model, batch) -> carry`` runs on the first stage up to the first layer, ``carry`` being a tensor
-      or a tuple of tensors (``(hidden, *extras)``: extras pass every layer unchanged);
-      ``pp_post(model, carry, batch) -> output`` runs on the last stage after the last layer, and its output goes
-      to ``loss_func`` (``forward_step`` is not called under PP); optional ``pp_layer(layer, carry) -> carry``
-      calls one layer (default ``layer(hidden, *extras)``); ``pp_pre_modules`` / ``pp_post_modules`` list the
-      paths (modules, parameters or buffers) that ``pp_pre`` / ``pp_post`` use. Every parameter must be in one of
-      the three. For a VLM, ``pp_layers`` may map names to stacks in forward order (``{"vit": ..., "llm": ...}``):
-      the last is cut, the earlier ones run inside ``pp_pre``; ``pp_num_layers`` passes the model section's own
-      ``pipeline_num_layers``. See docs/pipeline_parallel.md.
+def model_provider(config: Config, runtime: Runtime) -> torch.nn.Module:
+    """Build the model to train, on the CPU or the meta device; the engines place it.
 
     Stops at the first non-None result.
+
+    :param config: the validated run config.
+    :param runtime: device, process group and mesh of this process.
+    :returns: the model, with every parameter that trains having ``requires_grad``.
     """
 
 
 @hookspec(firstresult=True)
-def parallelize_model(model, config, runtime):
-    """Apply the parallel engines to ``model`` and return it (mm-core's default is DDP or nothing).
+def parallel_plan(model: torch.nn.Module, config: Config) -> ParallelPlan:
+    """Describe ``model`` to the engines: what FSDP2 shards, where CP splits, how PP cuts, what to load.
 
-    Stops at the first non-None result.
+    The trainer asks once, after ``model_provider``, and hands the plan to ``parallelize_model``. Stops at the
+    first non-None result; with no result the plan is empty (``ParallelPlan()``).
+
+    :param model: what ``model_provider`` returned.
+    :param config: the validated run config.
+    :returns: an :class:`mm_core.plan.ParallelPlan`, whose fields document the schema.
     """
 
 
 @hookspec(firstresult=True)
-def datasets_provider(config, runtime):
-    """Return ``(train, valid, test)`` iterables of micro-batches; valid/test may be None.
+def parallelize_model(model: torch.nn.Module, plan: ParallelPlan, config: Config, runtime: Runtime) -> torch.nn.Module:
+    """Apply the parallel engines to ``model`` following ``plan`` and return what trains.
+
+    mm-parallel's implementation applies PP, CP, activation checkpointing, compile and FSDP2; mm-core's default
+    places the model and wraps it in DDP when data-parallel. Stops at the first non-None result.
+
+    :param model: what ``model_provider`` returned.
+    :param plan: what ``parallel_plan`` returned.
+    :param config: the validated run config.
+    :param runtime: device, process group and mesh of this process.
+    :returns: the model to train, or an ``mm_core.trainer.StepRunner`` that runs whole steps itself (PP).
+    """
+
+
+@hookspec(firstresult=True)
+def datasets_provider(config: Config, runtime: Runtime) -> tuple[Iterable, Iterable | None, Iterable | None]:
+    """Return this rank's ``(train, valid, test)`` iterables of micro-batches; valid and test may be None.
 
     Stops at the first non-None result.
+
+    :param config: the validated run config.
+    :param runtime: device, process group and mesh of this process (its ``dp_rank`` picks the shard).
+    :returns: three iterables; a resumable one implements ``state_dict`` / ``load_state_dict``.
     """
 
 
@@ -76,25 +99,41 @@ def datasets_provider(config, runtime):
 
 
 @hookspec(firstresult=True)
-def get_batch(data_iterator, runtime):
-    """Take the next micro-batch from ``data_iterator`` and return a dict on ``runtime.device``.
+def get_batch(data_iterator: Iterator, runtime: Runtime) -> dict[str, Any]:
+    """Take the next micro-batch from ``data_iterator`` and return it on ``runtime.device``.
 
-    Stops at the first non-None result.
+    Stops at the first non-None result (mm-core's default moves every tensor to the device).
+
+    :param data_iterator: the trainer's iterator over the train (or valid) iterable.
+    :param runtime: device, process group and mesh of this process.
+    :returns: the batch, a dict of tensors and plain values.
     """
 
 
 @hookspec(firstresult=True)
-def forward_step(batch, model, runtime):
-    """Run the model on a batch and return its output. Stops at the first non-None result."""
+def forward_step(batch: dict[str, Any], model: torch.nn.Module, runtime: Runtime) -> Any:
+    """Run the model on one micro-batch (inside the trainer's autocast); not called under PP.
+
+    Stops at the first non-None result (mm-core's default calls ``model(**batch)``).
+
+    :param batch: what ``get_batch`` returned.
+    :param model: what ``parallelize_model`` returned.
+    :param runtime: device, process group and mesh of this process.
+    :returns: the model's output, handed to ``loss_func``.
+    """
 
 
 @hookspec(firstresult=True)
-def loss_func(output, batch, runtime):
-    """Return ``(loss, metrics)``: a scalar tensor and a dict of floats to log.
+def loss_func(output: Any, batch: dict[str, Any], runtime: Runtime) -> tuple[torch.Tensor, dict[str, float]]:
+    """Return the micro-batch's loss and the metrics to log.
 
-    A ``tokens`` entry in metrics is summed over micro-batches and reported as tokens/s; a
-    ``flops`` entry (this rank's forward + backward model FLOPs) as TFLOP/s and MFU.
-    Stops at the first non-None result.
+    A ``tokens`` entry in metrics is summed over micro-batches and reported as tokens/s; a ``flops`` entry (this
+    rank's forward + backward model FLOPs) as TFLOP/s and MFU. Stops at the first non-None result.
+
+    :param output: what ``forward_step`` (or, under PP, the plan's ``pipeline.post``) returned.
+    :param batch: what ``get_batch`` returned.
+    :param runtime: device, process group and mesh of this process.
+    :returns: ``(loss, metrics)``: a scalar tensor and a dict of floats.
     """
 
 
@@ -102,23 +141,45 @@ def loss_func(output, batch, runtime):
 
 
 @hookspec
-def after_training(config, runtime, checkpoint):
-    """Called on every rank once training ends; ``checkpoint`` is the last saved directory or None."""
+def after_training(config: Config, runtime: Runtime, checkpoint: Path | None) -> None:
+    """Called on every rank once training ends (every plugin's implementation runs).
+
+    :param config: the validated run config.
+    :param runtime: device, process group and mesh of this process.
+    :param checkpoint: the last checkpoint directory saved, or None.
+    """
 
 
 # --- other subcommands ---------------------------------------------------------
 
 
 @hookspec(firstresult=True)
-def inference(config, runtime):
-    """Run ``mm infer``: generate from the config's ``inference`` section. Stops at the first non-None result."""
+def inference(config: Config, runtime: Runtime) -> Any:
+    """Run ``mm infer``: generate from the config's ``inference`` section.
+
+    Stops at the first non-None result.
+
+    :param config: the validated config (task ``"infer"``).
+    :param runtime: device, process group and mesh of this process.
+    :returns: anything not None (the paths written, say) once done.
+    """
 
 
 @hookspec(firstresult=True)
-def extract_features(config, runtime):
-    """Run ``mm extract``: encode the dataset once into feature shards. Stops at the first non-None result."""
+def extract_features(config: Config, runtime: Runtime) -> Any:
+    """Run ``mm extract``: encode the dataset once into feature shards.
+
+    Stops at the first non-None result.
+
+    :param config: the validated config (task ``"extract"``).
+    :param runtime: device, process group and mesh of this process.
+    :returns: anything not None (the feature directory, say) once done.
+    """
 
 
 @hookspec
-def register_converters(registry):
-    """Add checkpoint converters (name -> converter class) to registry for mm-convert."""
+def register_converters(registry: Any) -> None:
+    """Add checkpoint converters to mm-convert's registry (every plugin's implementation runs).
+
+    :param registry: an ``mm_convert.registry.Registry``; call ``registry.add(ConverterClass)`` for each converter.
+    """

@@ -1,4 +1,4 @@
-"""The Runtime: accelerator, process group, device mesh, dtype, seed and output directory of a run."""
+"""The Runtime: accelerator, process group, device mesh, seed and output directory of a run."""
 
 from __future__ import annotations
 
@@ -80,7 +80,6 @@ class Runtime:
 
     config: Config
     device: torch.device
-    dtype: torch.dtype
     output_dir: Path
     rank: int = 0
     world_size: int = 1
@@ -88,7 +87,6 @@ class Runtime:
     mesh: object | None = None
     dims: dict[str, int] = field(default_factory=lambda: dict.fromkeys(MESH_DIMS, 1))
     flat_meshes: dict[str, object] = field(default_factory=dict)
-    hook: object | None = None  # the plugin manager's hook relay, set by the Trainer; engines ask plugins with it
 
     @property
     def is_main(self) -> bool:
@@ -175,12 +173,10 @@ def create_runtime(config: Config, plugin_name: str = "mm") -> Runtime:
         flat["dp_shard_cp"] = mesh["dp_shard", "cp"]._flatten("dp_shard_cp")
         flat["dp_cp"] = mesh["dp_replicate", "dp_shard", "cp"]._flatten("dp_cp")
     output_dir = Path(training.get("output_dir") or Path("runs") / plugin_name)
-    dtype = torch.bfloat16 if training.get("bf16") else torch.float32
     seed_everything(int(training.get("seed", 1234)))
     return Runtime(
         config=config,
         device=device,
-        dtype=dtype,
         output_dir=output_dir,
         rank=rank,
         world_size=world_size,

@@ -18,6 +18,7 @@ from mm_core.data_iter import DataIterator
 from mm_core.errors import ConfigError, MMError, PluginError
 from mm_core.metrics import MetricsLogger, peak_memory_gib, peak_tflops
 from mm_core.optim import build_optimizer, build_scheduler
+from mm_core.plan import ParallelPlan
 from mm_core.runtime import Runtime
 
 log = logging.getLogger("mm")
@@ -89,13 +90,22 @@ def _call(hook, name: str, **kwargs):
     return result
 
 
+def model_plan(hook, model: torch.nn.Module, config) -> ParallelPlan:
+    """The plugins' ``parallel_plan`` for ``model``, checked; an empty plan when no plugin gives one."""
+    plan = hook.parallel_plan(model=model, config=config)
+    if plan is None:
+        return ParallelPlan()
+    if not isinstance(plan, ParallelPlan):
+        raise PluginError(f"parallel_plan must return an mm_core.ParallelPlan, got {type(plan).__name__}")
+    return plan
+
+
 class Trainer:
     """Builds model, data, optimizer and checkpoints from hooks and runs ``train_iters`` steps."""
 
     def __init__(self, pm: pluggy.PluginManager, runtime: Runtime) -> None:
         self.pm = pm
         self.rt = runtime
-        runtime.hook = pm.hook  # engines ask the plugins through it (parallel_plan)
         self.cfg = runtime.config
         self.training = self.cfg.training
         self.autocast_dtype = torch.bfloat16 if self.training.bf16 else None
@@ -160,7 +170,10 @@ class Trainer:
         rt, training, hook = self.rt, self.training, self.pm.hook
         accum = accumulation_steps(training, rt.dp_size)
         model = _call(hook.model_provider, "model_provider", config=self.cfg, runtime=rt)
-        model = _call(hook.parallelize_model, "parallelize_model", model=model, config=self.cfg, runtime=rt)
+        plan = model_plan(hook, model, self.cfg)
+        model = _call(
+            hook.parallelize_model, "parallelize_model", model=model, plan=plan, config=self.cfg, runtime=rt
+        )
         datasets = _call(hook.datasets_provider, "datasets_provider", config=self.cfg, runtime=rt)
         if not (isinstance(datasets, (tuple, list)) and len(datasets) == 3):
             raise PluginError("datasets_provider must return (train, valid, test)")

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from mm_core.errors import ConfigError, DataError
+from mm_core.errors import DataError
+from mm_data.bad_samples import BadSamples
 from mm_data.formats import DatasetParam, VideoRecord, read_index
 from mm_data.transforms import resize_center_crop
 from mm_data.video import read_video
-
-log = logging.getLogger("mm.data")
 
 Tokenizer = Callable[[str], Mapping[str, torch.Tensor]]
 
@@ -42,16 +40,13 @@ class VideoTextDataset(Dataset):
         seed: int = 0,
         backend: str | None = None,
     ) -> None:
-        if on_bad_sample not in ("skip", "error"):
-            raise ConfigError(f"on_bad_sample must be 'skip' or 'error', got {on_bad_sample!r}")
+        self.bad = BadSamples(on_bad_sample)
         self.records = list(records)
         self.num_frames, self.height, self.width = num_frames, height, width
         self.target_fps = target_fps
         self.tokenizer = tokenizer
-        self.on_bad_sample = on_bad_sample
         self.seed = seed
         self.backend = backend
-        self.bad_samples = 0
 
     @classmethod
     def from_param(
@@ -71,6 +66,11 @@ class VideoTextDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.records)
+
+    @property
+    def bad_samples(self) -> int:
+        """How many bad samples were skipped so far (in this process)."""
+        return self.bad.count
 
     def shapes(self) -> list[tuple[int | None, int | None, int | None]]:
         """Each sample's (num_frames, height, width) as its index states them, for bucketing."""
@@ -98,10 +98,7 @@ class VideoTextDataset(Dataset):
             try:
                 return self.load(candidate)
             except DataError as exc:
-                if self.on_bad_sample == "error":
-                    raise
-                self.bad_samples += 1
-                log.warning("skipping bad sample: %s", exc)
+                self.bad.skip(exc)
         raise DataError(f"no sample of the {len(self)} in the dataset can be read")
 
 

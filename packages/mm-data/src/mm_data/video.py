@@ -9,7 +9,7 @@ import av
 import numpy as np
 import torch
 
-from mm_core.errors import ConfigError, DataError
+from mm_core.errors import ConfigError, DataError, reason
 
 try:
     import decord
@@ -109,8 +109,7 @@ def _sample(
 
 
 def _undecodable(path: Path, exc: Exception) -> UndecodableError:
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return UndecodableError(f"video {path} cannot be decoded as a video file: {reason}")
+    return UndecodableError(f"video {path} cannot be decoded as a video file: {reason(exc)}")
 
 
 def _read_decord(

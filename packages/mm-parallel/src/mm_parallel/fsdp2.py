@@ -10,20 +10,12 @@ import torch
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
+from mm_core import dtypes
 from mm_core.errors import ConfigError
 from mm_core.runtime import Runtime
 from mm_parallel.patterns import expand
 
 log = logging.getLogger("mm")
-
-DTYPES = {
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-    "fp32": torch.float32,
-    "float32": torch.float32,
-}
 
 # parallel.fsdp2 with the seeds' defaults; "-" in their table means: torch's default.
 FSDP2_DEFAULTS: dict[str, Any] = {
@@ -48,11 +40,7 @@ FSDP2_DEFAULTS: dict[str, Any] = {
 
 def parse_dtype(value: str | None, key: str) -> torch.dtype | None:
     """The torch dtype named by ``value`` (bf16, fp16, fp32), or None to keep the model's."""
-    if value is None:
-        return None
-    if value not in DTYPES:
-        raise ConfigError(f"parallel.fsdp2.{key} must be one of bf16, fp16, fp32, got {value!r}")
-    return DTYPES[value]
+    return None if value is None else dtypes.parse_dtype(value, f"parallel.fsdp2.{key}")
 
 
 def check_options(options: Mapping[str, Any]) -> None:

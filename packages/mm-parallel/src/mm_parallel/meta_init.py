@@ -12,7 +12,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_
 from torch.distributed.tensor import DTensor
 
 from mm_core.checkpoint import load_model_state
-from mm_core.errors import CheckpointError
+from mm_core.errors import CheckpointError, reason
 
 # A plugin's source of pretrained weights: a callable returning the full state dict (called on
 # rank 0 only), or the directory of an mm (DCP) checkpoint, which every rank reads its shards of.
@@ -46,7 +46,7 @@ def load_pretrained(model: torch.nn.Module, source: Pretrained) -> None:
     try:
         set_model_state_dict(model, state, options=options)
     except (RuntimeError, KeyError) as exc:
-        raise CheckpointError(f"pretrained weights do not match the model: {str(exc).strip().splitlines()[0]}") from exc
+        raise CheckpointError(f"pretrained weights do not match the model: {reason(exc)}") from exc
 
 
 def materialize(

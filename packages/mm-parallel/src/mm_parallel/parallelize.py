@@ -8,6 +8,7 @@ import torch
 
 from mm_core import defaults
 from mm_core.config import Config
+from mm_core.plan import ParallelPlan
 from mm_core.runtime import Runtime
 from mm_parallel.compile import apply_compile, check_compile_options
 from mm_parallel.context import build_context, set_context_parallel
@@ -19,12 +20,6 @@ from mm_parallel.recompute import apply_recompute
 log = logging.getLogger("mm")
 
 
-def model_plan(model: torch.nn.Module, config: Config, runtime: Runtime) -> dict:
-    """The plugin's ``parallel_plan`` for ``model`` (``fsdp_modules``, ``pretrained``...), or an empty dict."""
-    plan = runtime.hook.parallel_plan(model=model, config=config) if runtime.hook is not None else None
-    return dict(plan or {})
-
-
 def apply_context_parallel(
     runtime: Runtime, size: int, mode: str, ulysses_degree: int | None = None, window_size: int | None = None
 ) -> None:
@@ -34,7 +29,7 @@ def apply_context_parallel(
         log.info("context parallel: %s over %d ranks", mode, size)
 
 
-def parallelize(model: torch.nn.Module, config: Config, runtime: Runtime) -> torch.nn.Module:
+def parallelize(model: torch.nn.Module, plan: ParallelPlan, config: Config, runtime: Runtime) -> torch.nn.Module:
     """PP → TP → CP → activation checkpointing → compile → FSDP2, then materialize a meta model and place it.
 
     TP does not exist yet. With PP (``parallel.pp.size > 1``) activation checkpointing applies to the whole
@@ -46,7 +41,6 @@ def parallelize(model: torch.nn.Module, config: Config, runtime: Runtime) -> tor
     compile_options = config.parallel.compile
     check_options(fsdp)
     check_compile_options(compile_options)
-    plan = model_plan(model, config, runtime)
     on_meta = is_meta(model)
     apply_context_parallel(runtime, **config.parallel.cp)
     model = apply_recompute(
@@ -54,17 +48,17 @@ def parallelize(model: torch.nn.Module, config: Config, runtime: Runtime) -> tor
     )
     if compile_options.enable:
         options = {k: v for k, v in compile_options.items() if k not in ("enable", "modules")}
-        apply_compile(model, compile_options.modules or plan.get("fsdp_modules", ()), **options)
+        apply_compile(model, compile_options.modules or plan.fsdp_modules, **options)
     if config.parallel.pp.size > 1:
         return apply_pipeline(model, plan, config, runtime, on_meta)
     sharded = bool(fsdp.enable) and runtime.mesh is not None
     if sharded:
-        model = apply_fsdp2(model, data_parallel_mesh(runtime), fsdp, default_modules=plan.get("fsdp_modules", ()))
+        model = apply_fsdp2(model, data_parallel_mesh(runtime), fsdp, default_modules=plan.fsdp_modules)
     elif fsdp.enable:
-        resolve(model, fsdp, plan.get("fsdp_modules", ()))
+        resolve(model, fsdp, plan.fsdp_modules)
         log.info("parallel.fsdp2: one process, nothing to shard; the model trains unsharded in its own dtype")
     if on_meta:
-        materialize(model, runtime.device, plan.get("pretrained"), offload=sharded and fsdp.offload_to_cpu)
+        materialize(model, runtime.device, plan.pretrained, offload=sharded and fsdp.offload_to_cpu)
     if sharded:
         return model
-    return defaults.parallelize_model(model=model, config=config, runtime=runtime)
+    return defaults.parallelize_model(model=model, plan=plan, config=config, runtime=runtime)

@@ -1,6 +1,6 @@
 """Pipeline parallelism: cut a plugin's layer stack into stages and run them with torch.distributed.pipelining.
 
-A plugin's ``parallel_plan`` describes its model as ``pre → layers → post`` (see the keys of :class:`PipelinePlan`).
+A plugin's ``parallel_plan`` describes its model as ``pre → layers → post`` (:class:`mm_core.plan.PipelinePlan`).
 Each pipeline rank keeps the layers of its stages (under their original indices, so ``blocks.7.fc1.weight`` is
 called the same with and without PP), the ``pre`` modules when it runs the first stage and the ``post`` modules
 when it runs the last. The last stage computes the loss; :class:`PipelineModel` runs a whole step's micro-batches
@@ -26,6 +26,7 @@ from torch.distributed.tensor import DTensor
 from mm_core.checkpoint import load_model_state
 from mm_core.config import Config
 from mm_core.errors import ConfigError, PluginError
+from mm_core.plan import Carry, ParallelPlan, PipelinePlan
 from mm_core.runtime import Runtime
 from mm_parallel.fsdp2 import apply_fsdp2, data_parallel_mesh, resolve
 from mm_parallel.meta_init import init_weights, materialize
@@ -34,7 +35,6 @@ from mm_parallel.pipeline_layout import check_first_stage_stack, local_stages, s
 
 SCHEDULES = {"1f1b": Schedule1F1B, "gpipe": ScheduleGPipe, "interleaved_1f1b": ScheduleInterleaved1F1B}
 
-Carry = torch.Tensor | tuple[torch.Tensor, ...]
 Part = torch.nn.Module | torch.Tensor
 
 
@@ -46,26 +46,8 @@ def call_layer(layer: torch.nn.Module, carry: Carry) -> Carry:
 
 
 @dataclass(frozen=True)
-class PipelinePlan:
-    """The pipeline keys of a plugin's ``parallel_plan``; the model's forward must be ``pre → layers → post``.
-
-    - ``pp_layers``: path of the ``nn.ModuleList`` the stages split (``"blocks"``, ``"model.layers"``).
-    - ``pp_pre(model, batch) -> carry``: everything before the first layer, on the first stage. ``carry`` is a
-      tensor or a tuple of tensors: what travels between stages.
-    - ``pp_post(model, carry, batch) -> output``: everything after the last layer, on the last stage; ``output``
-      goes to the plugin's ``loss_func`` as ``forward_step``'s would.
-    - ``pp_layer(layer, carry) -> carry`` (optional): one layer's step; default :func:`call_layer`.
-    - ``pp_pre_modules`` / ``pp_post_modules``: paths of the modules (or parameters) that ``pp_pre`` / ``pp_post``
-      use; they live on the first / last stage only. Every parameter and persistent buffer of the model must be
-      in the layer stack or one of these lists.
-    - Several stacks (a VLM's vision tower and LLM): ``pp_layers`` maps a name to each stack's path in forward
-      order, ``{"vit": "model.visual.blocks", "llm": "model.language_model.layers"}``. The last is cut across
-      the stages; the earlier ones run whole inside ``pp_pre`` on the first stage (their paths join
-      ``pp_pre_modules``), and ``pipeline_num_layers`` may name each stack, the earlier ones only as
-      ``[all, 0, ...]``. ``name`` is the cut stack's name (None for a single stack).
-    - ``pp_num_layers`` (optional): the plugin's own ``pipeline_num_layers`` (from its model section), used
-      when ``parallel.pp.pipeline_num_layers`` is not set.
-    """
+class StagePlan:
+    """A plugin's :class:`mm_core.plan.PipelinePlan` resolved for cutting: the cut stack and what runs before it."""
 
     layers: str
     pre: Callable[[torch.nn.Module, Any], Carry]
@@ -78,39 +60,28 @@ class PipelinePlan:
     num_layers: Any = None
 
     @classmethod
-    def from_plan(cls, plan: Mapping[str, Any]) -> PipelinePlan:
-        """Read and check the ``pp_*`` keys of a ``parallel_plan`` dict."""
-        missing = [key for key in ("pp_layers", "pp_pre", "pp_post") if key not in plan]
-        if missing:
+    def from_plan(cls, plan: PipelinePlan | None) -> StagePlan:
+        """The stages' view of the plugin's pipeline plan; a PluginError when the plugin gives none."""
+        if plan is None:
             raise PluginError(
-                f"parallel.pp.size > 1 needs the plugin's parallel_plan to name its layer stack: missing "
-                f"{', '.join(missing)} (see docs/pipeline_parallel.md)"
+                "parallel.pp.size > 1 needs the plugin's parallel_plan to give a pipeline "
+                "(mm_core.PipelinePlan: layers, pre, post; see docs/pipeline_parallel.md)"
             )
-        layers = plan["pp_layers"]
-        stacks: list[tuple[str, str]] = list(layers.items()) if isinstance(layers, Mapping) else []
-        if isinstance(layers, Mapping):
-            if not layers or not all(isinstance(k, str) and isinstance(v, str) for k, v in stacks):
-                raise PluginError(f"parallel_plan pp_layers must map stack names to ModuleList paths, got {layers!r}")
-            layers = stacks[-1][1]
-        if not isinstance(layers, str):
-            raise PluginError(f"parallel_plan pp_layers must be the path of an nn.ModuleList, got {layers!r}")
-        for key in ("pp_pre", "pp_post", "pp_layer"):
-            if key in plan and not callable(plan[key]):
-                raise PluginError(f"parallel_plan {key} must be a function, got {type(plan[key]).__name__}")
+        stacks = plan.stacks
         pre_stacks = tuple(stacks[:-1])
-        pre_modules = tuple(plan.get("pp_pre_modules", ()))
+        pre_modules = tuple(plan.pre_modules)
         # A stack inside a listed module (model.visual.blocks in model.visual) is already there.
         pre_modules += tuple(path for _, path in pre_stacks if _owner(path, {"pre": pre_modules}) is None)
         return cls(
-            layers=layers,
-            pre=plan["pp_pre"],
-            post=plan["pp_post"],
+            layers=stacks[-1][1],
+            pre=plan.pre,
+            post=plan.post,
             pre_modules=pre_modules,
-            post_modules=tuple(plan.get("pp_post_modules", ())),
-            layer=plan.get("pp_layer", call_layer),
-            name=stacks[-1][0] if stacks else None,
+            post_modules=tuple(plan.post_modules),
+            layer=plan.layer or call_layer,
+            name=stacks[-1][0],
             pre_stacks=pre_stacks,
-            num_layers=plan.get("pp_num_layers"),
+            num_layers=plan.num_layers,
         )
 
 
@@ -166,7 +137,7 @@ def _owner(path: str, groups: Mapping[str, Sequence[str]]) -> str | None:
     return None
 
 
-def _check_coverage(model: torch.nn.Module, plan: PipelinePlan) -> list[tuple[str, str]]:
+def _check_coverage(model: torch.nn.Module, plan: StagePlan) -> list[tuple[str, str]]:
     """Every parameter and persistent buffer belongs to exactly one of layers / pre / post.
 
     Returns the weights tied between pre and post (an LLM's input embedding and output projection) as
@@ -288,7 +259,7 @@ class PipelineModel(torch.nn.Module):
     step's micro-batches (``forward_backward``) and lets it clip gradients over all stages (``clip_grad_norm_``).
     """
 
-    def __init__(self, model: torch.nn.Module, plan: PipelinePlan, config: Config, runtime: Runtime) -> None:
+    def __init__(self, model: torch.nn.Module, plan: StagePlan, config: Config, runtime: Runtime) -> None:
         super().__init__()
         pp = config.parallel.pp
         self.pp_size, self.virtual = int(pp.size), int(pp.virtual_stages)
@@ -580,7 +551,7 @@ def _load_pretrained(pipe: PipelineModel, source: Any) -> None:
 
 
 def apply_pipeline(
-    model: torch.nn.Module, plan: Mapping[str, Any], config: Config, runtime: Runtime, on_meta: bool
+    model: torch.nn.Module, plan: ParallelPlan, config: Config, runtime: Runtime, on_meta: bool
 ) -> PipelineModel:
     """Cut ``model`` into this rank's stages, shard each with FSDP2 over dp_shard, allocate and place them.
 
@@ -588,9 +559,9 @@ def apply_pipeline(
     stages is no error; each stage then wraps the modules it holds, and is its own FSDP2 root.
     """
     fsdp = config.parallel.fsdp2
-    wrapped = [n for n, _ in resolve(model, fsdp, plan.get("fsdp_modules", ()))[0]] if fsdp.enable else []
+    wrapped = [n for n, _ in resolve(model, fsdp, plan.fsdp_modules)[0]] if fsdp.enable else []
     ignored = [n for n, _ in expand(fsdp.ignored_modules, model, "parallel.fsdp2.ignored_modules")]
-    pipe = PipelineModel(model, PipelinePlan.from_plan(plan), config, runtime)
+    pipe = PipelineModel(model, StagePlan.from_plan(plan.pipeline), config, runtime)
     if fsdp.enable:
         mesh = data_parallel_mesh(runtime)
         for chunk in pipe.chunks:
@@ -604,8 +575,8 @@ def apply_pipeline(
     if on_meta:
         _allocate(pipe, runtime.device, offload=fsdp.enable and fsdp.offload_to_cpu)
         init_weights(pipe.module)
-        if plan.get("pretrained") is not None:
-            _load_pretrained(pipe, plan["pretrained"])
+        if plan.pretrained is not None:
+            _load_pretrained(pipe, plan.pretrained)
     else:
         pipe.module.to(runtime.device)
     pipe.sync_tied_weights()

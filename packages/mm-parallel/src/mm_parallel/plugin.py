@@ -8,6 +8,7 @@ import torch
 
 from mm_core import hookimpl
 from mm_core.config import Config
+from mm_core.plan import ParallelPlan
 from mm_core.runtime import Runtime
 from mm_parallel.compile import COMPILE_DEFAULTS
 from mm_parallel.fsdp2 import FSDP2_DEFAULTS
@@ -22,11 +23,13 @@ def default_config(task: str) -> dict:
 
 
 @hookimpl
-def parallelize_model(model: torch.nn.Module, config: Config, runtime: Runtime) -> torch.nn.Module | None:
+def parallelize_model(
+    model: torch.nn.Module, plan: ParallelPlan, config: Config, runtime: Runtime
+) -> torch.nn.Module | None:
     """Apply PP, CP, recompute, compile and FSDP2, and materialize meta models; None (mm-core's DDP) if none asked."""
     fsdp = config.parallel.fsdp2
     par = config.parallel
     wanted = fsdp.enable or fsdp.recompute_modules or par.compile.enable or par.cp.size > 1 or par.pp.size > 1
     if not (wanted or is_meta(model)):
         return None
-    return parallelize(model, config, runtime)
+    return parallelize(model, plan, config, runtime)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mm_core import hookimpl
+from mm_core import ParallelPlan, hookimpl
 from mm_core.config import Config
 from mm_core.runtime import Runtime
 from mm_models_video.custom_dit import schema
@@ -40,9 +40,9 @@ def model_provider(config: Config, runtime: Runtime) -> CustomModel:
 
 
 @hookimpl
-def parallel_plan(model: CustomModel, config: Config) -> dict:
+def parallel_plan(model: CustomModel, config: Config) -> ParallelPlan:
     """FSDP2 shards each DiT block when fsdp2_config.yaml names no sub_modules_to_wrap."""
-    return {"fsdp_modules": ["predictor.blocks.{*}"]}
+    return ParallelPlan(fsdp_modules=["predictor.blocks.{*}"])
 
 
 @hookimpl

@@ -12,7 +12,7 @@ from torch import nn
 from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
 
 from mm_core.config import Config
-from mm_core.errors import ConfigError
+from mm_core.errors import ConfigError, reason
 from mm_models_video.wan2_1.diffusion import FlowMatching
 from mm_models_video.wan2_1.flavors import Flavor
 from mm_models_video.wan2_1.model import WanT2V
@@ -78,8 +78,7 @@ def load_pretrained(cls: Any, path: str, key: str, **kwargs: Any) -> Any:
     try:
         return cls.from_pretrained(str(local) if local.exists() else path, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{key}: cannot load {cls.__name__} from {path}: {reason}") from None
+        raise ConfigError(f"{key}: cannot load {cls.__name__} from {path}: {reason(exc)}") from None
 
 
 def _check_matches(predictor: WanTransformer3DModel, wanted: dict[str, Any], path: str) -> None:

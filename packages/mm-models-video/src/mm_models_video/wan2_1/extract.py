@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 from mm_core.config import Config
 from mm_core.errors import ConfigError, DataError
 from mm_core.runtime import Runtime
+from mm_data.bad_samples import BadSamples
 from mm_data.features import INDEX, FeatureWriter, read_feature_index
 from mm_models_video.wan2_1.build import build_model
 from mm_models_video.wan2_1.data import FEATURE_TYPE, data_config, video_dataset
-
-log = logging.getLogger("mm")
 
 
 def merge_indexes(out_dir: Path, rank_dirs: list[Path]) -> int:
@@ -38,16 +36,13 @@ def extract_features(config: Config, runtime: Runtime) -> str:
         raise DataError(f"extract.output_dir {out_dir} already holds features ({INDEX}); choose a new folder")
     dataset = video_dataset(config, data)
     model = build_model(config.model).to(runtime.device).eval()
-    skipped = 0
+    bad = BadSamples(data.on_bad_sample)
     with FeatureWriter(out_dir / f"rank_{runtime.rank:05d}", config.extract.shard_size) as writer:
         for index in range(runtime.rank, len(dataset), runtime.world_size):
             try:
                 item = dataset.load(index)
             except DataError as exc:
-                if data.on_bad_sample == "error":
-                    raise
-                skipped += 1
-                log.warning("skipping bad sample: %s", exc)
+                bad.skip(exc)
                 continue
             latents = model.encode_video(item["video"].unsqueeze(0).to(runtime.device))[0]
             length = int(model.tokenize([item["prompt"]])[1].sum())
@@ -64,7 +59,7 @@ def extract_features(config: Config, runtime: Runtime) -> str:
     }
     (out_dir / "data.json").write_text(json.dumps(feature_data, indent=2), encoding="utf-8")
     return (
-        f"extracted {count} samples ({skipped} skipped on rank 0) into {out_dir}; train on them with:\n"
+        f"extracted {count} samples ({bad.count} skipped on rank 0) into {out_dir}; train on them with:\n"
         f"  mm run --plugin wan2_1 --data {out_dir / 'data.json'}"
     )
 

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from mm_core import hookimpl
+from mm_core import ParallelPlan, PipelinePlan, hookimpl
 from mm_core.config import Config
 from mm_core.data_iter import DataIterator
 from mm_core.defaults import to_device
@@ -70,21 +70,22 @@ def model_provider(config: Config, runtime: Runtime) -> WanT2V:
 
 
 @hookimpl
-def parallel_plan(model: WanT2V, config: Config) -> dict:
-    """FSDP2 shards each transformer block; CP swaps the blocks' self-attention; PP cuts the block list.
+def parallel_plan(model: WanT2V, config: Config) -> ParallelPlan:
+    """FSDP2 shards each transformer block; PP cuts the block list.
 
     Under PP the first stage encodes, noises and embeds (``WanT2V.embed``), the last predicts (``WanT2V.predict``).
     """
-    return {
-        "fsdp_modules": ["predictor.blocks.{*}"],
-        "cp_attention": ["predictor.blocks.{*}.attn1"],
-        "pp_layers": "predictor.blocks",
-        "pp_pre": lambda model, batch: tuple(model.embed(**model_inputs(batch))),
-        "pp_layer": lambda block, carry: tuple(run_block(block, carry)),
-        "pp_post": _pp_post,
-        "pp_pre_modules": [*FROZEN, *(f"predictor.{name}" for name in PP_PRE)],
-        "pp_post_modules": [f"predictor.{name}" for name in PP_POST],
-    }
+    return ParallelPlan(
+        fsdp_modules=["predictor.blocks.{*}"],
+        pipeline=PipelinePlan(
+            layers="predictor.blocks",
+            pre=lambda model, batch: tuple(model.embed(**model_inputs(batch))),
+            layer=lambda block, carry: tuple(run_block(block, carry)),
+            post=_pp_post,
+            pre_modules=[*FROZEN, *(f"predictor.{name}" for name in PP_PRE)],
+            post_modules=[f"predictor.{name}" for name in PP_POST],
+        ),
+    )
 
 
 def _pp_post(model: WanT2V, carry: tuple[torch.Tensor, ...], batch: dict) -> dict:

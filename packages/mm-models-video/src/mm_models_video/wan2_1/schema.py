@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from mm_core.config import Config
+from mm_core.dtypes import parse_dtype
 from mm_core.errors import ConfigError
 from mm_data.transforms import check_video_shape
 from mm_models_video.wan2_1.flavors import Flavor, get_flavor
@@ -100,22 +101,9 @@ FIXED = {
     "diffusion.model_id": "wan_flow_match_scheduler",
 }
 
-DTYPES = {
-    "fp32": torch.float32,
-    "float32": torch.float32,
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-}
-
-
 def dtype_of(name: str | None, flavor: Flavor, key: str) -> torch.dtype:
     """The torch dtype a model.json ``dtype`` names (the flavor's default when None)."""
-    name = name or flavor.dtype
-    if name not in DTYPES:
-        raise ConfigError(f"{key} must be one of {', '.join(DTYPES)}, got {name!r}")
-    return DTYPES[name]
+    return parse_dtype(name or flavor.dtype, key)
 
 
 def check_model(model: Config) -> Flavor:

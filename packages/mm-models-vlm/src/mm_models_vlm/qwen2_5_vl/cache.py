@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from transformers import AutoProcessor
 
-from mm_core.errors import DataError
+from mm_core.errors import DataError, reason
 from mm_data.mllm_format import MllmRecord
 from mm_models_vlm.qwen2_5_vl.encode import Encoded, Encoder, EncodeSettings
 
@@ -68,7 +68,7 @@ def load_processor(path: str | Path):
     try:
         return AutoProcessor.from_pretrained(str(path))
     except (OSError, ValueError) as exc:
-        raise DataError(f"cannot load a processor from {path}: {str(exc).splitlines()[0]}") from None
+        raise DataError(f"cannot load a processor from {path}: {reason(exc)}") from None
 
 
 _ENCODER: Encoder | None = None

@@ -9,7 +9,7 @@ from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Q
 from transformers.utils.generic import is_flash_attention_requested
 
 from mm_core.config import Config
-from mm_core.errors import ConfigError
+from mm_core.errors import ConfigError, reason
 from mm_models_vlm.qwen2_5_vl.attention import NAME, load_implementation, use_attention
 
 
@@ -23,7 +23,7 @@ def load_model(path: str | Path, attn_implementation: str = NAME) -> Qwen2_5_VLF
             str(path), dtype=torch.float32, attn_implementation=implementation
         )
     except (OSError, ValueError, ImportError) as exc:
-        raise ConfigError(f"cannot load Qwen2.5-VL from {path}: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"cannot load Qwen2.5-VL from {path}: {reason(exc)}") from None
     return use_attention(model, attn_implementation)
 
 

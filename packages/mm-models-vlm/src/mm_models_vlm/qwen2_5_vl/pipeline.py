@@ -1,4 +1,4 @@
-"""Qwen2.5-VL as ``pre → layers → post`` for pipeline parallelism (the parallel_plan's ``pp_*`` keys).
+"""Qwen2.5-VL as ``pre → layers → post`` for pipeline parallelism (its ``mm_core.PipelinePlan``).
 
 pre (first stage): vision tower and merger, token embedding with the image / video features placed, mRoPE
 positions (per sample when packed) — transformers' ``Qwen2_5_VLModel`` pieces, called as its forward calls them.
@@ -23,6 +23,7 @@ from transformers.masking_utils import create_causal_mask, create_sliding_window
 
 from mm_core.config import Config
 from mm_core.errors import DataError
+from mm_core.plan import PipelinePlan
 from mm_models_vlm.qwen2_5_vl.fused_loss import LMHiddenStates
 
 MASKS = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
@@ -118,14 +119,14 @@ def model_pipeline_num_layers(config: Config) -> dict[str, Any] | None:
     return cuts or None
 
 
-def pipeline_plan(model: torch.nn.Module, config: Config) -> dict[str, Any]:
-    """The parallel_plan's ``pp_*`` keys: the vision tower runs in pre on the first stage, the LLM is cut."""
-    return {
-        "pp_layers": {"vit": "model.visual.blocks", "llm": "model.language_model.layers"},
-        "pp_pre": partial(pp_pre, length=sequence_length(config)),
-        "pp_layer": partial(pp_layer, model),
-        "pp_post": pp_post,
-        "pp_pre_modules": ["model.visual", "model.language_model.embed_tokens"],
-        "pp_post_modules": ["model.language_model.norm", "lm_head"],
-        "pp_num_layers": model_pipeline_num_layers(config),
-    }
+def pipeline_plan(model: torch.nn.Module, config: Config) -> PipelinePlan:
+    """The pipeline plan: the vision tower runs in pre on the first stage, the LLM is cut."""
+    return PipelinePlan(
+        layers={"vit": "model.visual.blocks", "llm": "model.language_model.layers"},
+        pre=partial(pp_pre, length=sequence_length(config)),
+        layer=partial(pp_layer, model),
+        post=pp_post,
+        pre_modules=["model.visual", "model.language_model.embed_tokens"],
+        post_modules=["model.language_model.norm", "lm_head"],
+        num_layers=model_pipeline_num_layers(config),
+    )

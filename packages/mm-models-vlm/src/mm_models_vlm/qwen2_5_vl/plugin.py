@@ -6,7 +6,7 @@ import logging
 
 import torch
 
-from mm_core import hookimpl
+from mm_core import ParallelPlan, hookimpl
 from mm_core.config import Config
 from mm_models_vlm.qwen2_5_vl.convert import register_converters  # noqa: F401 (mm-convert hook)
 from mm_models_vlm.qwen2_5_vl.data import build_train_loader, model_dir
@@ -69,10 +69,10 @@ def loss_func(output: torch.Tensor, batch: dict, runtime) -> tuple[torch.Tensor,
 
 
 @hookimpl
-def parallel_plan(model: torch.nn.Module, config: Config) -> dict:
+def parallel_plan(model: torch.nn.Module, config: Config) -> ParallelPlan:
     """FSDP2 units: every vision block and every decoder layer (transformers' module names); the PP stages."""
-    return {"fsdp_modules": ["model.visual.blocks.{*}", "model.language_model.layers.{*}"],
-            **pipeline_plan(model, config)}
+    return ParallelPlan(fsdp_modules=["model.visual.blocks.{*}", "model.language_model.layers.{*}"],
+                        pipeline=pipeline_plan(model, config))
 
 
 @hookimpl

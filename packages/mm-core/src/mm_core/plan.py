@@ -1,0 +1,156 @@
+"""The typed parallel plan: what a plugin's ``parallel_plan`` hook tells the engines about its model.
+
+Built with keywords only, so a misspelt or unknown field fails where the plugin builds the plan, and each field
+is checked there too. The trainer asks for the plan once and hands it to ``parallelize_model``; no engine calls
+back into a plugin. Every field is optional until its engine is turned on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mm_core.errors import PluginError
+
+Carry = torch.Tensor | tuple[torch.Tensor, ...]
+"""What travels between pipeline stages: one tensor, or a tuple ``(hidden, *extras)``."""
+
+Pretrained = str | Path | Callable[[], Mapping[str, torch.Tensor]]
+"""A DCP checkpoint directory, or a function returning the full state dict (called on rank 0 only, and on
+every rank under pipeline parallelism, where each stage needs other weights)."""
+
+
+def _paths(owner: str, name: str, value: Any) -> tuple[str, ...]:
+    """``value`` as a tuple of module paths, or a PluginError naming the field."""
+    if isinstance(value, str) or not isinstance(value, Sequence) or not all(isinstance(v, str) for v in value):
+        raise PluginError(f"{owner}.{name} must be a list of module paths, got {value!r}")
+    return tuple(value)
+
+
+def _callable(owner: str, name: str, value: Any, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if not callable(value):
+        raise PluginError(f"{owner}.{name} must be a function, got {type(value).__name__}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PipelinePlan:
+    """How pipeline parallelism (``parallel.pp.size > 1``) sees the model's forward: ``pre → layers → post``.
+
+    Each pipeline rank keeps the layers of its stages, ``pre_modules`` when it runs the first stage and
+    ``post_modules`` when it runs the last. ``forward_step`` is not called under PP: ``post``'s output goes to
+    ``loss_func``. See docs/pipeline_parallel.md for a worked example.
+    """
+
+    layers: str | Mapping[str, str]
+    """Path of the ``nn.ModuleList`` cut into stages (``"blocks"``). For several stacks in forward order (a VLM's
+    vision tower, then its LLM) a mapping name -> path, ``{"vit": "model.visual.blocks", "llm": "model.layers"}``:
+    the last is cut across the stages, the earlier ones run whole inside ``pre`` on the first stage."""
+
+    pre: Callable[[torch.nn.Module, Any], Carry]
+    """``pre(model, batch) -> carry``: everything before the first layer, on the first stage."""
+
+    post: Callable[[torch.nn.Module, Carry, Any], Any]
+    """``post(model, carry, batch) -> output``: everything after the last layer, on the last stage; its output goes
+    to the plugin's ``loss_func`` as ``forward_step``'s would."""
+
+    layer: Callable[[torch.nn.Module, Carry], Carry] | None = None
+    """``layer(block, carry) -> carry``: one layer's step. None: ``block(hidden)``, or ``(block(*carry), *extras)``
+    when the carry is a tuple (the extras pass every layer unchanged)."""
+
+    pre_modules: Sequence[str] = ()
+    """Paths of the modules, parameters or buffers ``pre`` uses; they live on the first stage only. Every parameter
+    and persistent buffer must be in the layer stack, ``pre_modules`` or ``post_modules``; only weights tied
+    between ``pre_modules`` and ``post_modules`` (an LLM's embedding and output head) may be shared."""
+
+    post_modules: Sequence[str] = ()
+    """Paths of the modules, parameters or buffers ``post`` uses; they live on the last stage only."""
+
+    num_layers: Any = None
+    """The plugin's own ``pipeline_num_layers`` (from its model section), used when ``parallel.pp.pipeline_num_layers``
+    is not set: a list of layers per stage, or for several stacks a mapping name -> list (the earlier stacks only
+    as ``[all, 0, ...]``)."""
+
+    def __post_init__(self) -> None:
+        owner = "PipelinePlan"
+        layers = self.layers
+        if isinstance(layers, Mapping):
+            if not layers or not all(isinstance(k, str) and isinstance(v, str) for k, v in layers.items()):
+                raise PluginError(f"{owner}.layers must map stack names to ModuleList paths, got {layers!r}")
+        elif not isinstance(layers, str):
+            raise PluginError(f"{owner}.layers must be the path of an nn.ModuleList, got {layers!r}")
+        _callable(owner, "pre", self.pre)
+        _callable(owner, "post", self.post)
+        _callable(owner, "layer", self.layer, optional=True)
+        object.__setattr__(self, "pre_modules", _paths(owner, "pre_modules", self.pre_modules))
+        object.__setattr__(self, "post_modules", _paths(owner, "post_modules", self.post_modules))
+
+    @property
+    def stacks(self) -> tuple[tuple[str | None, str], ...]:
+        """``(name, path)`` of every layer stack in forward order; the last is the one cut into stages."""
+        return tuple(self.layers.items()) if isinstance(self.layers, Mapping) else ((None, self.layers),)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContextParallelPlan:
+    """Where context parallelism (``parallel.cp.size > 1``) splits the model's sequence and gathers it again.
+
+    The engine splits and gathers at these modules; in between every op is per token except attention, which the
+    plugin computes with ``mm_parallel.attention`` so that it spans every rank's shard.
+    """
+
+    split_inputs: Mapping[str, int] = field(default_factory=dict)
+    """Module path -> sequence dim: the module's first positional input is split over the cp ranks before it
+    runs (``{"predictor.blocks.0": 1}``: the tokens entering the first block)."""
+
+    split_outputs: Mapping[str, int] = field(default_factory=dict)
+    """Module path -> sequence dim: the module's output (each tensor of a tuple) is split after it runs (tables
+    computed for the whole sequence, such as rotary embeddings, so each shard keeps its positions)."""
+
+    gather_outputs: Mapping[str, int] = field(default_factory=dict)
+    """Module path -> sequence dim: the module's output is gathered from every cp rank, padding dropped."""
+
+    heads: int | None = None
+    """Attention heads of the model: Ulysses and USP split them over their ranks, which must divide them."""
+
+    def __post_init__(self) -> None:
+        for name in ("split_inputs", "split_outputs", "gather_outputs"):
+            value = getattr(self, name)
+            if not isinstance(value, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, int) for k, v in value.items()
+            ):
+                raise PluginError(f"ContextParallelPlan.{name} must map module paths to dims, got {value!r}")
+        if not (self.split_inputs or self.split_outputs):
+            raise PluginError("ContextParallelPlan needs at least one split (split_inputs or split_outputs)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ParallelPlan:
+    """A model as the engines see it (the result of the ``parallel_plan`` hook)."""
+
+    fsdp_modules: Sequence[str] = ()
+    """Module patterns FSDP2 shards as one unit each (``["blocks.{*}"]``), when ``fsdp2_config.yaml`` names no
+    ``sub_modules_to_wrap``; also the blocks ``parallel.compile`` compiles by default."""
+
+    pretrained: Pretrained | None = None
+    """The weights to load after a meta-device model is allocated; None: the model's own initialization."""
+
+    cp: ContextParallelPlan | None = None
+    """Where context parallelism splits and gathers the sequence; None: the plugin does not support CP."""
+
+    pipeline: PipelinePlan | None = None
+    """How pipeline parallelism cuts the model; None: the plugin does not support PP."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fsdp_modules", _paths("ParallelPlan", "fsdp_modules", self.fsdp_modules))
+        for name, kind in (("cp", ContextParallelPlan), ("pipeline", PipelinePlan)):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, kind):
+                raise PluginError(f"ParallelPlan.{name} must be a {kind.__name__}, got {type(value).__name__}")
+        if self.pretrained is not None and not isinstance(self.pretrained, (str, Path)):
+            _callable("ParallelPlan", "pretrained", self.pretrained)
