@@ -1,4 +1,7 @@
-"""Helpers and pytest fixtures for testing mm plugins on the CPU (loaded by pytest automatically)."""
+"""Helpers for testing mm plugins on the CPU: train as ``mm run`` would, in one or several gloo processes.
+
+Imports without pytest (bench/ uses it); the pytest fixtures live in :mod:`mm_core.pytest_plugin`.
+"""
 
 from __future__ import annotations
 
@@ -10,18 +13,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
-import pluggy
-import pytest
 import torch
 import torch.distributed as dist
 
-from mm_core.plugins import load_plugins, make_config, new_plugin_manager
+from mm_core.plugins import load_plugins, make_config
 from mm_core.runtime import create_runtime
 from mm_core.trainer import Trainer, TrainResult
 
 
 def needs_cuda(test):
     """Mark ``test`` as a CUDA check: ``pytest -m cuda`` (``nox -s gpu``) selects it; without a GPU it is skipped."""
+    import pytest
+
     skip = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
     return pytest.mark.cuda(skip(test))
 
@@ -73,19 +76,3 @@ def spawn_training(
             [str(p) for p in sys_path])
     mp.spawn(_spawned_worker, args=args, nprocs=world_size, join=True)
     return {int(k): v for k, v in json.loads(Path(output_dir, "losses.json").read_text()).items()}
-
-
-@pytest.fixture
-def mm_pm() -> pluggy.PluginManager:
-    """A fresh plugin manager with mm's hookspecs, mm-core's defaults and the installed engines."""
-    return new_plugin_manager()
-
-
-@pytest.fixture
-def mm_train(tmp_path: Path):
-    """Call ``mm_train(plugins, *overrides)`` to train on the CPU into a temp dir; returns a TrainResult."""
-
-    def train(plugins: Sequence[str | ModuleType], *overrides: str, output_dir: Path | None = None) -> TrainResult:
-        return run_training(plugins, output_dir or tmp_path / "run", ["training.device=cpu", *overrides])
-
-    return train
