@@ -14,6 +14,7 @@ import torch
 from transformers import AutoProcessor
 
 from mm_core.errors import DataError, reason
+from mm_data.bad_samples import BadSamples
 from mm_data.mllm_format import MllmRecord
 from mm_models_vlm.qwen2_5_vl.encode import Encoded, Encoder, EncodeSettings
 
@@ -79,19 +80,20 @@ def _init_worker(processor_dir: str, settings: EncodeSettings) -> None:
     _ENCODER = Encoder(load_processor(processor_dir), settings)
 
 
-def _encode_chunk(records: list[MllmRecord]) -> list[Encoded | str]:
-    out: list[Encoded | str] = []
+def _encode_chunk(records: list[MllmRecord]) -> list[Encoded | DataError]:
+    out: list[Encoded | DataError] = []
     for record in records:
         try:
             out.append(_ENCODER.encode(record))
         except DataError as exc:
-            out.append(str(exc))
+            out.append(exc)
     return out
 
 
 def encode_all(records: list[MllmRecord], processor_dir: str | Path, settings: EncodeSettings, workers: int,
                chunk_size: int, on_bad_sample: str = "skip") -> tuple[list[Encoded], EncodeStats]:
-    """Encode every record with up to ``workers`` processes; unusable ones are dropped and counted (or raised)."""
+    """Encode every record with up to ``workers`` processes; unusable ones go to ``on_bad_sample`` (skip or error)."""
+    bad = BadSamples(on_bad_sample)
     chunks = [records[i : i + chunk_size] for i in range(0, len(records), max(chunk_size, 1))]
     workers = max(1, min(workers, os.cpu_count() or 1, len(chunks)))
     if workers == 1:
@@ -103,16 +105,13 @@ def encode_all(records: list[MllmRecord], processor_dir: str | Path, settings: E
             results = pool.map(_encode_chunk, chunks)
     samples, stats = [], EncodeStats()
     for result in (r for chunk in results for r in chunk):
-        if isinstance(result, str):
-            if on_bad_sample == "error":
-                raise DataError(result)
-            stats.dropped += 1
-            stats.drop_reasons += [result][: 5 - len(stats.drop_reasons)]
+        if isinstance(result, DataError):
+            bad.skip(result)
             continue
         samples.append(result)
         stats.truncated_samples += bool(result.truncated_tokens)
         stats.truncated_tokens += result.truncated_tokens
-    stats.samples = len(samples)
+    stats.samples, stats.dropped, stats.drop_reasons = len(samples), bad.count, bad.reasons
     if not samples:
         raise DataError(f"no usable sample in the dataset: {stats.summary()}")
     return samples, stats
