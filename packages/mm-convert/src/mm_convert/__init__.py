@@ -2,50 +2,35 @@
 
 from mm_convert.converter import Converter, Subcommand, subcommand
 from mm_convert.errors import ConvertError
-from mm_convert.export import ExportOptions, find_training_checkpoint, run_config
-from mm_convert.megatron_layout import (
-    PipelineSpec,
-    Stack,
-    parse_layout,
-    read_megatron,
-    resplit_megatron,
-    write_megatron,
-)
 from mm_convert.options import option
-from mm_convert.publish import staged_output
 from mm_convert.registry import Registry, collect_converters
-from mm_convert.rules import Rule, RuleSet, concat, deinterleave, interleave, rename
-from mm_convert.safetensors_io import DEFAULT_SHARD_SIZE, read_safetensors, write_safetensors
-from mm_convert.sources import TensorSource
+from mm_core.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "DEFAULT_SHARD_SIZE",
-    "ConvertError",
-    "Converter",
-    "ExportOptions",
-    "PipelineSpec",
-    "Registry",
-    "Rule",
-    "RuleSet",
-    "Stack",
-    "Subcommand",
-    "TensorSource",
-    "collect_converters",
-    "concat",
-    "deinterleave",
-    "find_training_checkpoint",
-    "interleave",
-    "option",
-    "parse_layout",
-    "read_megatron",
-    "read_safetensors",
-    "rename",
-    "resplit_megatron",
-    "run_config",
-    "staged_output",
-    "subcommand",
-    "write_megatron",
-    "write_safetensors",
-]
+# Imported on first use: they need torch or mm_core's checkpoints, and `mm-convert --help` must answer at once.
+_LAZY = {
+    "DEFAULT_SHARD_SIZE": "mm_convert.safetensors_io",
+    "read_safetensors": "mm_convert.safetensors_io",
+    "write_safetensors": "mm_convert.safetensors_io",
+    "ExportOptions": "mm_convert.export",
+    "find_training_checkpoint": "mm_convert.export",
+    "run_config": "mm_convert.export",
+    "PipelineSpec": "mm_convert.megatron_layout",
+    "Stack": "mm_convert.megatron_layout",
+    "parse_layout": "mm_convert.megatron_layout",
+    "read_megatron": "mm_convert.megatron_layout",
+    "resplit_megatron": "mm_convert.megatron_layout",
+    "write_megatron": "mm_convert.megatron_layout",
+    "staged_output": "mm_convert.publish",
+    "Rule": "mm_convert.rules",
+    "RuleSet": "mm_convert.rules",
+    "concat": "mm_convert.rules",
+    "deinterleave": "mm_convert.rules",
+    "interleave": "mm_convert.rules",
+    "rename": "mm_convert.rules",
+    "TensorSource": "mm_convert.sources",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
+
+__all__ = ["ConvertError", "Converter", "Registry", "Subcommand", "collect_converters", "option", "subcommand", *_LAZY]

@@ -9,22 +9,21 @@ from collections.abc import Sequence
 from mm_convert.converter import Converter
 from mm_convert.errors import ConvertError
 from mm_convert.options import REQUIRED, build_options, option_fields, parse_flags, type_name
-from mm_convert.registry import Registry, collect_converters
+from mm_convert.registry import collect_converters, declared_converters
 from mm_core.errors import MMError
 
 USAGE = "usage: mm-convert CONVERTER SUBCOMMAND [--cfg.NAME VALUE ...]   (--NAME VALUE works too)"
 HELP = ("-h", "--help")
 
 
-def overview(registry: Registry) -> str:
-    """Every converter with its subcommands, one line each."""
+def overview(converters: dict[str, str]) -> str:
+    """Every converter (name -> description) on a line of its own."""
     lines = [USAGE, "", "converters (from the installed mm plugins):"]
-    for name in sorted(registry):
-        lines.append(f"  {name}: {registry[name].description}")
-        lines += [f"    {sub.name:<16} {sub.help}" for sub in registry[name].subcommands().values()]
-    if not registry:
+    lines += [f"  {name}: {converters[name]}" for name in sorted(converters)]
+    if not converters:
         lines.append("  none: install a plugin package such as mm-models-video")
-    lines += ["", "mm-convert CONVERTER SUBCOMMAND --help lists a subcommand's options"]
+    lines += ["", "mm-convert CONVERTER lists its subcommands; mm-convert CONVERTER SUBCOMMAND --help a subcommand's "
+              "options"]
     return "\n".join(lines)
 
 
@@ -66,9 +65,9 @@ def _split_mode(tokens: list[str]) -> tuple[str | None, list[str]]:
 
 def run(argv: Sequence[str]) -> str:
     """Parse ``argv`` and run it; returns the text to print."""
-    registry = collect_converters()
     if not argv or argv[0] in HELP:
-        return overview(registry)
+        return overview(declared_converters())
+    registry = collect_converters()
     converter = registry[_pick(argv[0], sorted(registry), "converter")]
     rest = list(argv[1:])
     name, rest = (rest[0], rest[1:]) if rest and not rest[0].startswith("-") else _split_mode(rest)

@@ -1,13 +1,17 @@
-"""The converters of every installed plugin, gathered through the ``register_converters`` hook."""
+"""The converters of every installed plugin: declared in entry-point metadata, loaded by ``register_converters``."""
 
 from __future__ import annotations
 
+import ast
 import importlib.metadata as md
 import sys
 
 from mm_convert.converter import Converter
 from mm_convert.errors import ConvertError
+from mm_core.entry_points import declared, summary, target_node
 from mm_core.plugins import PLUGIN_GROUP, new_plugin_manager
+
+CONVERTER_GROUP = "mm.converters"
 
 
 class Registry(dict):
@@ -38,3 +42,19 @@ def collect_converters() -> Registry:
     registry = Registry()
     pm.hook.register_converters(registry=registry)
     return registry
+
+
+def declared_converters() -> dict[str, str]:
+    """Converter name -> one-line description, from the ``mm.converters`` entry points without importing them."""
+    return {entry.name: _description(entry.value) for entry in declared(CONVERTER_GROUP)}
+
+
+def _description(value: str) -> str:
+    """The ``description = "..."`` in the source of converter class ``value``, else its docstring's first line."""
+    for stmt in getattr(target_node(value), "body", []):
+        targets = stmt.targets if isinstance(stmt, ast.Assign) else [getattr(stmt, "target", None)]
+        text = getattr(stmt, "value", None)
+        if (any(isinstance(t, ast.Name) and t.id == "description" for t in targets)
+                and isinstance(text, ast.Constant) and isinstance(text.value, str)):
+            return text.value
+    return summary(value)

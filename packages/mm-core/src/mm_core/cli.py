@@ -10,10 +10,10 @@ from collections.abc import Sequence
 
 import pluggy
 
+from mm_core import plugins
 from mm_core.config import Config, dump
+from mm_core.entry_points import summary
 from mm_core.errors import MMError
-from mm_core.plugins import hooks_of, installed_plugins, load_plugins, make_config, new_plugin_manager
-from mm_core.runtime import create_runtime
 
 log = logging.getLogger("mm")
 
@@ -44,34 +44,52 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 
 def prepare(args: argparse.Namespace, task: str, extra: Sequence[str] = ()) -> tuple[pluggy.PluginManager, Config]:
     """Load the plugins and build the validated effective config for ``task``."""
-    pm = load_plugins(args.plugin)
+    pm = plugins.load_plugins(args.plugin)
     sections = {sec: getattr(args, flag) for flag, sec in SECTION_FLAGS.items() if getattr(args, flag)}
     overrides = list(args.overrides) + list(extra)
     if getattr(args, "resume", False):
         overrides.append("training.resume=true")
-    return pm, make_config(pm, task, args.config, sections, overrides, plugin_name=args.plugin[-1])
+    return pm, plugins.make_config(pm, task, args.config, sections, overrides, plugin_name=args.plugin[-1])
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    """Print installed plugins and the hooks each implements."""
-    found = installed_plugins()
+    """Print the installed plugins (from metadata alone), the hooks each implements, or who answers each hook."""
+    if args.plugin:
+        return _print_call_order(args.plugin)
+    found = plugins.installed_plugins()
     if not found:
         print("no plugins installed (pip install mm-models-video, or a package with an 'mm.plugins' entry point)")
         return 0
-    pm = new_plugin_manager()
-    rows = []
-    for info in found:
-        try:
-            module = load_plugins([info.name], pm=pm) and pm.get_plugin(info.name)
-            hooks = ", ".join(hooks_of(pm, module))
-        except MMError as exc:
-            hooks = f"(failed to load: {exc})"
-        rows.append((info.name, info.package, info.version, hooks))
-    width = [max(len(r[i]) for r in rows + [("name", "package", "version", "")]) for i in range(3)]
-    print(f"{'name':<{width[0]}}  {'package':<{width[1]}}  {'version':<{width[2]}}  hooks")
-    for name, package, version, hooks in rows:
-        print(f"{name:<{width[0]}}  {package:<{width[1]}}  {version:<{width[2]}}  {hooks}")
+    if args.hooks:
+        rows = [(p.name, p.package, p.version, _hooks(p.name)) for p in found]
+    else:
+        rows = [(p.name, p.package, p.version, summary(p.value)) for p in found]
+    print(_table(("name", "package", "version", "hooks" if args.hooks else "description"), rows))
     return 0
+
+
+def _hooks(name: str) -> str:
+    """The hooks plugin ``name`` implements, or why it failed to load."""
+    try:
+        pm = plugins.load_plugins([name])
+    except MMError as exc:
+        return f"(failed to load: {exc})"
+    return ", ".join(plugins.hooks_of(pm, pm.get_plugin(name)))
+
+
+def _print_call_order(names: list[str]) -> int:
+    pm = plugins.load_plugins(names)
+    print(f"plugin stack {', '.join(names)}: later plugins are tried first, mm-core's defaults last")
+    rows = [(hook.name, "first result" if hook.firstresult else "every one", ", ".join(hook.plugins) or "-")
+            for hook in plugins.call_order(pm)]
+    print(_table(("hook", "calls", "implemented by, in call order"), rows))
+    return 0
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """``rows`` under ``header`` in left-aligned columns two spaces apart (the last column is not padded)."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
+    return "\n".join("  ".join([*(f"{cell:<{w}}" for cell, w in zip(row, widths)), row[-1]]) for row in [header, *rows])
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -83,6 +101,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Train."""
+    from mm_core.runtime import create_runtime  # these import torch: not at the top, so `mm --help` is instant
     from mm_core.trainer import Trainer
 
     pm, config = prepare(args, "run")
@@ -102,6 +121,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _subcommand_with_section(hook_name: str, task: str, section: str):
     def run(args: argparse.Namespace, free: list[str]) -> int:
+        from mm_core.runtime import create_runtime
+
         pm, config = prepare(args, task, [f"{section}.{k}" for k in free])
         if getattr(args, "checkpoint", None):
             config[section]["checkpoint"] = args.checkpoint
@@ -148,8 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mm", description="Train multimodal models with plugins and parallel engines."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("plugins", help="list installed plugins and their hooks",
-                   description="List installed plugins (entry-point group mm.plugins) and the hooks each implements.")
+    p = sub.add_parser("plugins", help="list installed plugins, their hooks, or who answers each hook of a stack",
+                       description="List the installed plugins (entry-point group mm.plugins) without importing them.")
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--hooks", action="store_true", help="import each plugin and list the hooks it implements")
+    shown.add_argument("--plugin", action="append", metavar="NAME",
+                       help="load this stack as `mm run` would (repeat to stack) and show who implements each hook")
     p = sub.add_parser("config", help="print the effective config", description="Print the effective config of a run.")
     _add_config_args(p)
     p = sub.add_parser("run", help="train", description="Train with a plugin; works unchanged under torchrun.")

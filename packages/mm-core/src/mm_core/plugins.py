@@ -11,34 +11,20 @@ from types import ModuleType
 
 import pluggy
 
-from mm_core import defaults, hookspecs
+from mm_core import hookspecs
 from mm_core.config import Config, build_config, deep_merge
+from mm_core.entry_points import Declared, declared
 from mm_core.errors import PluginError
 
 PLUGIN_GROUP = "mm.plugins"
 ENGINE_GROUP = "mm.engines"
+DEFAULTS = "mm_core.defaults"
 REQUIRED_HOOKS = ("model_provider", "datasets_provider", "loss_func")
 
 
-@dataclass(frozen=True)
-class PluginInfo:
-    """An installed plugin: its entry point name, distribution and version."""
-
-    name: str
-    package: str
-    version: str
-    value: str
-
-
-def installed_plugins() -> list[PluginInfo]:
-    """List the plugins installed under the ``mm.plugins`` entry-point group, sorted by name."""
-    found = []
-    for ep in md.entry_points(group=PLUGIN_GROUP):
-        dist = ep.dist
-        found.append(
-            PluginInfo(ep.name, dist.name if dist else "?", dist.version if dist else "?", ep.value)
-        )
-    return sorted(found, key=lambda p: p.name)
+def installed_plugins() -> list[Declared]:
+    """The plugins installed under the ``mm.plugins`` entry-point group, sorted by name; none is imported."""
+    return declared(PLUGIN_GROUP)
 
 
 def _installed_names() -> str:
@@ -68,9 +54,11 @@ def _load_module(name: str) -> object:
 
 def new_plugin_manager() -> pluggy.PluginManager:
     """A plugin manager with mm's hookspecs, mm-core's defaults and the installed engines."""
+    from mm_core import defaults  # it imports torch: imported here, `mm plugins` and `mm --help` stay instant
+
     pm = pluggy.PluginManager("mm")
     pm.add_hookspecs(hookspecs)
-    pm.register(defaults, name="mm_core.defaults")
+    pm.register(defaults, name=DEFAULTS)
     for ep in md.entry_points(group=ENGINE_GROUP):
         if pm.has_plugin(ep.name):
             continue
@@ -121,13 +109,37 @@ def load_plugins(names: list[str | ModuleType], pm: pluggy.PluginManager | None 
     return pm
 
 
+@dataclass(frozen=True)
+class HookCallers:
+    """One hook of a plugin stack: whether it stops at the first result, and who implements it, in call order."""
+
+    name: str
+    firstresult: bool
+    plugins: list[str]
+
+
+def call_order(pm: pluggy.PluginManager) -> list[HookCallers]:
+    """Every mm hook, in the order the hookspecs define them, with its implementers in the order pluggy calls them.
+
+    Later registered plugins come first, mm-core's defaults (trylast) last; a firstresult hook is answered by the
+    first of them that returns something other than None.
+    """
+    hooks = []
+    for name in (n for n in vars(hookspecs) if _is_spec(n)):
+        caller = getattr(pm.hook, name)
+        plugins = [impl.plugin_name + (" (wrapper)" if impl.wrapper or impl.hookwrapper else "")
+                   for impl in reversed(caller.get_hookimpls())]
+        hooks.append(HookCallers(name, bool(caller.spec and caller.spec.opts.get("firstresult")), plugins))
+    return hooks
+
+
 def _is_spec(name: str) -> bool:
     return not name.startswith("_") and hasattr(getattr(hookspecs, name), "mm_spec")
 
 
 def _implemented_outside_defaults(pm: pluggy.PluginManager, hook: str) -> bool:
     caller = getattr(pm.hook, hook)
-    return any(impl.plugin is not defaults for impl in caller.get_hookimpls())
+    return any(impl.plugin_name != DEFAULTS for impl in caller.get_hookimpls())
 
 
 def merged_defaults(pm: pluggy.PluginManager, task: str) -> dict:
