@@ -3,13 +3,35 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import yaml
 
+from mm_core import plugins
 from mm_core.cli import main, split_free_flags
+
+HEAVY = ("torch", "toy_plugin", "mm_models_video", "mm_models_vlm", "mm_parallel", "mm_data")
+
+
+@pytest.fixture
+def toy_installed(tmp_path, monkeypatch) -> Path:
+    """A distribution ``mm-toy`` 0.3 declaring plugin ``toy`` (module toy_plugin), found on sys.path."""
+    dist = tmp_path / "site" / "mm_toy-0.3.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: mm-toy\nVersion: 0.3\n")
+    (dist / "entry_points.txt").write_text("[mm.plugins]\ntoy = toy_plugin\n")
+    monkeypatch.syspath_prepend(str(dist.parent))
+    return dist.parent
+
+
+def _rows(out: str) -> dict[str, list[str]]:
+    """A printed table as first column -> the other columns."""
+    return {cells[0]: cells[1:] for cells in (re.split(r"\s{2,}", line.strip()) for line in out.splitlines())}
 
 
 def _mm(*args: str, env: dict, cwd) -> subprocess.CompletedProcess:
@@ -56,10 +78,63 @@ def test_mm_config_prints_the_effective_config(capsys, tmp_path):
     assert set(printed) >= {"model", "data", "parallel", "training", "logging"}
 
 
-def test_mm_plugins_lists_installed_entry_points(capsys):
-    assert main(["plugins"]) == 0
+@pytest.mark.parametrize("argv", [["--help"], ["plugins"]])
+def test_help_and_plugins_import_neither_torch_nor_any_plugin(argv, toy_installed, toy_env, tmp_path):
+    script = ("import sys\nfrom mm_core.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+              f"print('imported:', sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    env = {**toy_env, "PYTHONPATH": f"{toy_installed}:{toy_env['PYTHONPATH']}"}
+    done = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "imported: []"
+    if argv == ["plugins"]:
+        assert done.stdout.splitlines()[0].split() == ["name", "package", "version", "description"]
+        assert _rows(done.stdout)["toy"] == ["mm-toy", "0.3", "A tiny regression plugin used by mm-core's tests: "
+                                                             "an MLP with dropout on random data."]
+
+
+def test_mm_plugins_hooks_imports_each_plugin_and_lists_its_hooks(toy_installed, monkeypatch, capsys):
+    installed = plugins.installed_plugins
+    monkeypatch.setattr(plugins, "installed_plugins", lambda: [p for p in installed() if p.package == "mm-toy"])
+    assert main(["plugins", "--hooks"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "name  package  version  hooks",
+        "toy   mm-toy   0.3      datasets_provider, default_config, forward_step, get_batch, loss_func, model_provider",
+    ]
+
+
+def test_mm_plugins_with_a_stack_shows_who_implements_each_hook_in_call_order(tmp_path, monkeypatch, capsys):
+    (tmp_path / "l1_loss.py").write_text(textwrap.dedent("""
+        import torch
+        from mm_core import hookimpl
+
+        @hookimpl
+        def default_config(task):
+            return {}
+
+        @hookimpl
+        def loss_func(output, batch, runtime):
+            return torch.nn.functional.l1_loss(output, batch["y"]), {}
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["plugins", "--plugin", "toy_plugin", "--plugin", "l1_loss"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("name") or out.startswith("no plugins installed")
+    stack, table = out.split("\n", 1)
+    assert stack == "plugin stack toy_plugin, l1_loss: later plugins are tried first, mm-core's defaults last"
+    rows = {hook: (calls, names.split(", ")) for hook, (calls, names) in _rows(table).items()}
+    assert rows["loss_func"] == ("first result", ["l1_loss", "toy_plugin"])
+    assert rows["get_batch"] == ("first result", ["toy_plugin", "mm_core.defaults"])
+    assert rows["inference"] == ("first result", ["-"])
+    calls, names = rows["default_config"]
+    assert calls == "every one" and names[:2] == ["l1_loss", "toy_plugin"] and names[-1] == "mm_core.defaults"
+    assert list(rows)[:3] == ["hook", "default_config", "model_provider"]  # in the hookspecs' order
+
+
+def test_mm_plugins_with_an_unknown_plugin_in_the_stack_is_one_error(capsys):
+    assert main(["plugins", "--plugin", "toy_plugin", "--plugin", "toy_plugn"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown plugin 'toy_plugn': it is neither an installed plugin (installed: ")
+    assert err.count("\n") == 1
 
 
 @pytest.mark.parametrize("command", ["run", "config", "infer", "extract", "plugins"])
