@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from mm_convert import Converter, ConvertError, Registry, collect_converters
 from mm_convert.cli import main
 from mm_convert.options import build_options, parse_flags
+from mm_convert.registry import declared_converters
 
 
 def test_register_converters_hook_gives_both_families():
@@ -30,14 +34,29 @@ def test_a_converter_registered_twice_under_one_name_is_an_error():
         registry.add(Two)
 
 
-def test_help_lists_converters_and_subcommands(capsys):
-    assert main(["--help"]) == 0
-    out = capsys.readouterr().out
-    for text in ("Wan21Converter", "Qwen2_5_VLConverter", "hf_to_mm", "mm_to_hf", "resplit", "export",
-                 "original_to_hf"):
-        assert text in out
+def test_the_declared_converters_are_the_ones_the_hook_registers():
+    registry = collect_converters()
+    assert declared_converters() == {name: converter.description for name, converter in registry.items()}
+
+
+def test_help_lists_converters_from_metadata_without_importing_torch_or_plugins():
+    heavy = ("torch", "mm_models_video", "mm_models_vlm")
+    script = ("import sys\nfrom mm_convert.cli import main\nmain(['--help'])\n"
+              f"print('imported:', sorted(m for m in {heavy!r} if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[-1] == "imported: []"
+    assert ("  Wan21Converter: Wan2.1 T2V/I2V transformer: diffusers, MindSpeed-MM and Wan-AI layouts; "
+            "mm checkpoint export") in lines
+    assert any(line.startswith("  Qwen2_5_VLConverter: Qwen2.5-VL: ") for line in lines)
+
+
+def test_a_converter_lists_its_subcommands_and_a_subcommand_its_options(capsys):
     assert main(["Wan21Converter"]) == 0
-    assert "convert_to_mm    same as hf_to_mm" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    for text in ("hf_to_mm", "mm_to_hf", "resplit", "export", "original_to_hf", "convert_to_mm    same as hf_to_mm"):
+        assert text in out
     assert main(["Qwen2_5_VLConverter", "hf_to_mm", "--help"]) == 0
     out = capsys.readouterr().out
     assert "--cfg.parallel_config.llm_pp_layers (list or int, required)" in out
