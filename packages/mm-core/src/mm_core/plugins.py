@@ -127,8 +127,7 @@ def call_order(pm: pluggy.PluginManager) -> list[HookCallers]:
     hooks = []
     for name in (n for n in vars(hookspecs) if _is_spec(n)):
         caller = getattr(pm.hook, name)
-        plugins = [impl.plugin_name + (" (wrapper)" if impl.wrapper or impl.hookwrapper else "")
-                   for impl in reversed(caller.get_hookimpls())]
+        plugins = [impl.plugin_name for impl in reversed(caller.get_hookimpls())]
         hooks.append(HookCallers(name, bool(caller.spec and caller.spec.opts.get("firstresult")), plugins))
     return hooks
 
