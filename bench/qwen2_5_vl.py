@@ -30,9 +30,9 @@ from mm_core import hookimpl
 from mm_core.config import Config
 from mm_core.runtime import Runtime
 from mm_models_vlm.qwen2_5_vl.attention import load_implementation, use_attention
-from mm_models_vlm.qwen2_5_vl.dataset import collate_packed, collate_padded
+from mm_models_vlm.qwen2_5_vl.batch import collate_padded
 from mm_models_vlm.qwen2_5_vl.encode import IGNORE_INDEX
-from mm_models_vlm.qwen2_5_vl.model import RopeIndex
+from mm_models_vlm.qwen2_5_vl.packing import RopeIndex, collate_packed
 from mm_models_vlm.qwen2_5_vl.schema import MODEL
 from mm_models_vlm.qwen2_5_vl.tiny import tiny_config, tiny_processor
 
@@ -106,7 +106,7 @@ def plain_loop(config: Qwen2_5_VLConfig, items: list[dict], device: torch.device
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     padded = collate_padded(items, pad_token_id=0)
-    batch = {k: padded[k].to(device) for k in ("input_ids", "attention_mask", "mm_token_type_ids", "labels")}
+    batch = {k: getattr(padded, k).to(device) for k in ("input_ids", "attention_mask", "mm_token_type_ids", "labels")}
 
     def step() -> None:
         model(**batch, use_cache=False).loss.backward()

@@ -12,7 +12,8 @@ from mm_data.mllm_format import MllmRecord
 from mm_models_vlm.qwen2_5_vl.cache import load_processor
 from mm_models_vlm.qwen2_5_vl.dataset import ConversationDataset
 from mm_models_vlm.qwen2_5_vl.encode import Encoder, EncodeSettings
-from mm_models_vlm.qwen2_5_vl.model import RopeIndex, load_model
+from mm_models_vlm.qwen2_5_vl.model import load_model
+from mm_models_vlm.qwen2_5_vl.packing import RopeIndex
 from mm_models_vlm.qwen2_5_vl.synthetic import COLOURS, draw_shape
 from mm_models_vlm.qwen2_5_vl.tiny import MAX_PIXELS, MIN_PIXELS, make_tiny_checkpoint
 

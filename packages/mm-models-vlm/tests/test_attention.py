@@ -8,13 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.varlen import varlen_attn
 
-from mm_core.defaults import to_device
 from mm_core.errors import ConfigError
 from mm_core.testing import needs_cuda
 from mm_models_vlm.qwen2_5_vl import attention, plugin
-from mm_models_vlm.qwen2_5_vl.dataset import collate_packed, collate_padded
+from mm_models_vlm.qwen2_5_vl.batch import collate_padded
 from mm_models_vlm.qwen2_5_vl.encode import IGNORE_INDEX
-from mm_models_vlm.qwen2_5_vl.model import RopeIndex, load_model
+from mm_models_vlm.qwen2_5_vl.model import load_model
+from mm_models_vlm.qwen2_5_vl.packing import RopeIndex, collate_packed
 
 OVERRIDES = ["training.train_iters=3", "training.save_interval=0",
              "data.dataset_param.basic_parameters.preprocessing_num_workers=1"]
@@ -119,7 +119,7 @@ def test_the_kernel_branch_passes_varlen_attn_the_row_as_documented(model, sdpa_
     text = [c for c in calls if c["window"] == (-1, 0)]
     vision = [c for c in calls if c["window"] == (-1, -1)]
     assert len(text) == len(model.model.language_model.layers) and len(vision) == len(model.model.visual.blocks)
-    assert all(c["gqa"] and c["max"] == (batch["max_seqlen"],) * 2 for c in text)
+    assert all(c["gqa"] and c["max"] == (batch.max_seqlen,) * 2 for c in text)
     assert not any(c["gqa"] for c in vision) and {c["cu"] for c in calls} == {torch.int32}
 
 
@@ -130,7 +130,7 @@ def test_a_packed_text_step_reads_nothing_back_only_with_varlen(tiny_dir, implem
     monkeypatch.setattr(attention, "KERNEL_DEVICES", ("meta",))
     model = load_model(tiny_dir, implementation).to(torch.bfloat16)
     batch = collate_packed(_text_items([7, 12, 5]), RopeIndex(model.config))
-    model, batch = model.to("meta"), to_device(batch, torch.device("meta"))
+    model, batch = model.to("meta"), batch.to(torch.device("meta"))
 
     def step():
         output = plugin.forward_step(batch=batch, model=model, runtime=None)
@@ -163,7 +163,7 @@ def test_on_cuda_in_bf16_the_kernel_runs_and_matches_sdpa(model, sdpa_model, ite
 
     monkeypatch.setattr(attention, "varlen_attn", counted)
     cuda = torch.device("cuda")
-    batch = to_device(collate_packed(items, rope), cuda)
+    batch = collate_packed(items, rope).to(cuda)
     logits, loss, grads = _step(model.to(cuda, torch.bfloat16), batch)
     expected_logits, expected_loss, expected_grads = _step(sdpa_model.to(cuda, torch.bfloat16), batch)
     assert len(calls) == len(model.model.language_model.layers) + len(model.model.visual.blocks)

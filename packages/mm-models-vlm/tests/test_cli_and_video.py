@@ -12,8 +12,9 @@ from mm_data.mllm_format import read_mllm_dataset
 from mm_data.synthetic import write_video
 from mm_models_vlm.llava_to_mllm import main
 from mm_models_vlm.qwen2_5_vl import plugin
-from mm_models_vlm.qwen2_5_vl.dataset import ConversationDataset, collate_packed
+from mm_models_vlm.qwen2_5_vl.dataset import ConversationDataset
 from mm_models_vlm.qwen2_5_vl.encode import Encoder
+from mm_models_vlm.qwen2_5_vl.packing import collate_packed
 
 
 def test_llava_to_mllm_command(tmp_path, capsys):

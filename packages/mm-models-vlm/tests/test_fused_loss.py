@@ -7,17 +7,15 @@ import torch
 import torch.nn.functional as F
 
 from mm_models_vlm.qwen2_5_vl import fused_loss, plugin
-from mm_models_vlm.qwen2_5_vl.dataset import collate_packed, collate_padded
+from mm_models_vlm.qwen2_5_vl.batch import collate_padded
 from mm_models_vlm.qwen2_5_vl.encode import IGNORE_INDEX
+from mm_models_vlm.qwen2_5_vl.packing import collate_packed
 
 
 def _plain_loss(model, batch):
     """The reference: full logits from transformers' forward, cross-entropy over every position."""
-    inputs = {key: batch[key] for key in plugin.MODEL_INPUTS if key in batch}
-    if "cu_seqlens" in batch:
-        inputs.update(plugin.packed_inputs(model, batch))
-    logits = model(**inputs, use_cache=False).logits[:, :-1].float()
-    labels = batch["labels"][:, 1:]
+    logits = model(**batch.model_inputs(model), use_cache=False).logits[:, :-1].float()
+    labels = batch.labels[:, 1:]
     total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX,
                             reduction="sum")
     return total / (labels != IGNORE_INDEX).sum()

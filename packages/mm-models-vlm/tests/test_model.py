@@ -13,7 +13,8 @@ from mm_core.config import wrap
 from mm_core.errors import ConfigError
 from mm_core.plugins import load_plugins, make_config
 from mm_models_vlm.qwen2_5_vl import plugin
-from mm_models_vlm.qwen2_5_vl.dataset import ConversationDataset, collate_padded
+from mm_models_vlm.qwen2_5_vl.batch import collate_padded
+from mm_models_vlm.qwen2_5_vl.dataset import ConversationDataset
 from mm_models_vlm.qwen2_5_vl.export import export_hf, main
 from mm_models_vlm.qwen2_5_vl.model import apply_freeze, load_model
 

@@ -1,12 +1,15 @@
-"""Packing: one row of several samples gives the logits and loss each sample gets alone."""
+"""Packing: one row of several samples gives the logits and loss each sample gets alone; get_batch moves it."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from mm_models_vlm.qwen2_5_vl import plugin
-from mm_models_vlm.qwen2_5_vl.dataset import collate_packed, collate_padded
+from mm_models_vlm.qwen2_5_vl.batch import collate_padded, vision_inputs
+from mm_models_vlm.qwen2_5_vl.packing import collate_packed
 
 
 def _run(model, batch):
@@ -32,12 +35,12 @@ def test_packed_logits_and_loss_equal_unpacked(model, items, processor, rope):
         start += n
 
 
-def test_packing_without_per_sample_positions_would_differ(model, items, rope):
-    """The check above has teeth: one row without per-sample positions mixes the samples."""
-    batch = collate_packed(items, rope)
-    packed_logits, _, _ = _run(model, batch)
-    del batch["cu_seqlens"]
-    mixed_logits, _, _ = _run(model, batch)
+def test_packing_without_per_sample_positions_would_differ(model, items, processor, rope):
+    """The check above has teeth: the same row as one sample, without per-sample positions, mixes the samples."""
+    packed_logits, _, _ = _run(model, collate_packed(items, rope))
+    row = {key: torch.cat([item[key] for item in items]) for key in ("input_ids", "labels", "mm_token_type_ids")}
+    row.update(vision_inputs(items))
+    mixed_logits, _, _ = _run(model, collate_padded([row], processor.tokenizer.pad_token_id))
     n = len(items[0]["input_ids"])
     torch.testing.assert_close(mixed_logits[0, :n], packed_logits[0, :n], rtol=1e-4, atol=1e-4)
     assert not torch.allclose(mixed_logits[0, n:], packed_logits[0, n:], rtol=1e-3, atol=1e-3)
@@ -45,6 +48,21 @@ def test_packing_without_per_sample_positions_would_differ(model, items, rope):
 
 def test_packed_row_masks_each_samples_first_label(items, rope):
     batch = collate_packed(items, rope)
-    starts = batch["cu_seqlens"][:-1]
-    assert (batch["labels"][0, starts] == -100).all()
-    assert batch["image_grid_thw"].shape[0] == 3
+    starts = batch.cu_seqlens[:-1]
+    assert (batch.labels[0, starts] == -100).all()
+    assert batch.vision["image_grid_thw"].shape[0] == 3
+
+
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "padded"])
+def test_get_batch_puts_every_tensor_on_the_device_and_keeps_host_counts(items, processor, rope, packed):
+    batch = collate_packed(items, rope) if packed else collate_padded(items, processor.tokenizer.pad_token_id)
+    moved = plugin.get_batch(data_iterator=iter([batch]), runtime=SimpleNamespace(device=torch.device("meta")))
+    assert type(moved) is type(batch)
+    tensors = {name: value for name, value in vars(moved).items() if isinstance(value, torch.Tensor)}
+    tensors.update(moved.vision)
+    layout = {"position_ids", "cu_seqlens"} if packed else {"attention_mask"}
+    assert tensors.keys() == {"input_ids", "labels", "mm_token_type_ids", "target_index", "pixel_values",
+                              "image_grid_thw", *layout}
+    assert all(t.is_meta for t in tensors.values())
+    assert moved.num_tokens == sum(len(item["input_ids"]) for item in items)
+    assert not packed or moved.max_seqlen == max(len(item["input_ids"]) for item in items)

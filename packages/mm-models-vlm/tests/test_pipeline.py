@@ -10,12 +10,13 @@ import pytest
 import torch
 from transformers import Qwen2_5_VLForConditionalGeneration
 
-from mm_core.config import Config
+from mm_core.config import Config, wrap
 from mm_core.errors import ConfigError
 from mm_core.testing import run_training, spawn_training
 from mm_models_vlm.qwen2_5_vl import plugin
-from mm_models_vlm.qwen2_5_vl.dataset import collate_packed, collate_padded
-from mm_models_vlm.qwen2_5_vl.pipeline import model_pipeline_num_layers, pp_layer, pp_post, pp_pre
+from mm_models_vlm.qwen2_5_vl.batch import collate_padded
+from mm_models_vlm.qwen2_5_vl.packing import collate_packed
+from mm_models_vlm.qwen2_5_vl.pipeline import model_pipeline_num_layers
 from mm_models_vlm.qwen2_5_vl.synthetic import make_shapes_dataset
 from mm_models_vlm.qwen2_5_vl.tiny import tiny_config, tiny_processor
 from mm_parallel.pipeline import _pipeline_num_layers
@@ -27,11 +28,17 @@ OVERRIDES = ["training.train_iters=3", "training.save_interval=0", "training.mic
              "data.dataset_param.basic_parameters.preprocessing_num_workers=1"]
 
 
-def _through_plan(model, batch, length):
-    carry = pp_pre(model, batch, length)
+def _through_plan(model, batch, packed):
+    """``batch`` through the plugin's plan for a config with ``packed``, padded 37 tokens beyond its length."""
+    basic = {"cutoff_len": batch.input_ids.shape[1] + 37, "packing": packed}
+    config = wrap({"model": {}, "data": {"dataset_param": {"basic_parameters": basic}},
+                   "training": {"micro_batch_size": 1}})
+    plan = plugin.parallel_plan(model=model, config=config).pipeline
+    carry = plan.pre(model, batch)
+    assert carry[0].shape[1] == basic["cutoff_len"]
     for layer in model.model.language_model.layers:
-        carry = pp_layer(model, layer, carry)
-    return pp_post(model, carry, batch)
+        carry = plan.layer(layer, carry)
+    return plan.post(model, carry, batch)
 
 
 @pytest.mark.parametrize("packed", [True, False], ids=["packed", "padded"])
@@ -39,7 +46,7 @@ def test_pre_layers_post_equal_forward_step(model, items, processor, rope, packe
     batch = collate_packed(items, rope) if packed else collate_padded(items, processor.tokenizer.pad_token_id)
     with torch.no_grad():
         expected = plugin.forward_step(batch=batch, model=model, runtime=None)
-        hidden = _through_plan(model, batch, batch["input_ids"].shape[1] + 37)
+        hidden = _through_plan(model, batch, packed)
     assert hidden.head is model.lm_head
     torch.testing.assert_close(hidden.as_subclass(torch.Tensor), expected.as_subclass(torch.Tensor),
                                rtol=1e-5, atol=1e-5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from torch.utils.data import DataLoader
@@ -12,10 +13,11 @@ from mm_core.config import Config
 from mm_core.errors import ConfigError
 from mm_data.mllm_format import read_mllm_dataset
 from mm_data.sampler import build_dataloader
+from mm_models_vlm.qwen2_5_vl.batch import Batch, collate_padded
 from mm_models_vlm.qwen2_5_vl.cache import cache_key, load_or_encode, load_processor
-from mm_models_vlm.qwen2_5_vl.dataset import Collator, ConversationDataset
+from mm_models_vlm.qwen2_5_vl.dataset import ConversationDataset
 from mm_models_vlm.qwen2_5_vl.encode import EncodeSettings
-from mm_models_vlm.qwen2_5_vl.model import RopeIndex
+from mm_models_vlm.qwen2_5_vl.packing import RopeIndex, collate_packed
 from mm_models_vlm.qwen2_5_vl.synthetic import make_shapes_dataset
 from mm_models_vlm.qwen2_5_vl.tiny import make_tiny_checkpoint
 
@@ -83,6 +85,18 @@ def build_dataset(config: Config, runtime) -> ConversationDataset:
     if runtime.is_main:
         log.info("qwen2_5_vl data: %s", stats.summary())
     return ConversationDataset(samples, load_processor(proc_dir), settings)
+
+
+class Collator:
+    """Packs or pads a list of items (a picklable callable, for DataLoader worker processes)."""
+
+    def __init__(self, packing: bool, pad_token_id: int, rope: RopeIndex) -> None:
+        self.packing = packing
+        self.pad_token_id = pad_token_id
+        self.rope = rope
+
+    def __call__(self, items: Sequence[dict]) -> Batch:
+        return collate_packed(items, self.rope) if self.packing else collate_padded(items, self.pad_token_id)
 
 
 def build_train_loader(config: Config, runtime) -> DataLoader:

@@ -1,4 +1,4 @@
-"""Encoded samples to model inputs: pixels from the processor, and batches packed or padded."""
+"""Encoded samples to the collates' items: ids, labels, token types and the processor's pixels."""
 
 from __future__ import annotations
 
@@ -7,16 +7,11 @@ from typing import Any
 
 import torch
 from PIL import Image
-from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
 from mm_core.errors import DataError
 from mm_data.video import read_video
-from mm_models_vlm.qwen2_5_vl.encode import IGNORE_INDEX, Encoded, EncodeSettings
-from mm_models_vlm.qwen2_5_vl.fused_loss import target_positions
-from mm_models_vlm.qwen2_5_vl.model import RopeIndex, packed_position_ids
-
-VISION_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+from mm_models_vlm.qwen2_5_vl.encode import Encoded, EncodeSettings
 
 
 class ConversationDataset(Dataset):
@@ -69,62 +64,3 @@ class ConversationDataset(Dataset):
                                 f"vision tokens but its media give {expected}: the tokenized cache is stale, "
                                 "set data.dataset_param.basic_parameters.overwrite_cache=true")
         return item
-
-
-def _vision(items: Sequence[dict]) -> dict[str, torch.Tensor]:
-    return {key: torch.cat([item[key] for item in items if key in item])
-            for key in VISION_KEYS if any(key in item for item in items)}
-
-
-def collate_packed(items: Sequence[dict], rope: RopeIndex) -> dict[str, Any]:
-    """All samples in one row; ``cu_seqlens`` marks where each starts so attention stays within it.
-
-    A sample's first label is never a target (nothing precedes it), so it is masked: in the row the
-    previous sample's last token must not learn to predict it. Everything the step needs to know about the
-    row's layout is made here on the host (positions, ``max_seqlen``, the scored positions, counts), so the
-    step reads nothing back from the device.
-    """
-    lengths = [len(item["input_ids"]) for item in items]
-    cu_seqlens = torch.tensor([0, *lengths]).cumsum(0)
-    labels = torch.cat([item["labels"] for item in items])[None]
-    labels[0, cu_seqlens[:-1]] = IGNORE_INDEX
-    return {
-        "input_ids": torch.cat([item["input_ids"] for item in items])[None],
-        "labels": labels,
-        "mm_token_type_ids": torch.cat([item["mm_token_type_ids"] for item in items])[None],
-        "position_ids": packed_position_ids(rope, items),
-        "cu_seqlens": cu_seqlens.int(),
-        "max_seqlen": max(lengths),
-        "target_index": target_positions(labels),
-        "num_tokens": sum(lengths),
-        **_vision(items),
-    }
-
-
-def collate_padded(items: Sequence[dict], pad_token_id: int) -> dict[str, Any]:
-    """One row per sample, right-padded, with an attention mask."""
-    def pad(key: str, value: int) -> torch.Tensor:
-        return pad_sequence([item[key] for item in items], batch_first=True, padding_value=value)
-
-    labels = pad("labels", IGNORE_INDEX)
-    return {
-        "input_ids": pad("input_ids", pad_token_id),
-        "labels": labels,
-        "mm_token_type_ids": pad("mm_token_type_ids", 0),
-        "attention_mask": pad_sequence([torch.ones_like(item["input_ids"]) for item in items], batch_first=True),
-        "target_index": target_positions(labels),
-        "num_tokens": sum(len(item["input_ids"]) for item in items),
-        **_vision(items),
-    }
-
-
-class Collator:
-    """Packs or pads a list of items (a picklable callable, for DataLoader worker processes)."""
-
-    def __init__(self, packing: bool, pad_token_id: int, rope: RopeIndex) -> None:
-        self.packing = packing
-        self.pad_token_id = pad_token_id
-        self.rope = rope
-
-    def __call__(self, items: Sequence[dict]) -> dict[str, Any]:
-        return collate_packed(items, self.rope) if self.packing else collate_padded(items, self.pad_token_id)

@@ -1,12 +1,11 @@
-"""Load Qwen2.5-VL from a Hugging Face directory, freeze parts of it, and give packed rows their positions."""
+"""Load Qwen2.5-VL from a Hugging Face directory and freeze parts of it."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
-from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLModel
-from transformers.utils.generic import is_flash_attention_requested
+from transformers import Qwen2_5_VLForConditionalGeneration
 
 from mm_core.config import Config
 from mm_core.errors import ConfigError, reason
@@ -64,44 +63,3 @@ def apply_freeze(model: Qwen2_5_VLForConditionalGeneration, model_cfg: Config) -
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The Qwen2.5-VL module inside a DDP wrapper (FSDP2 keeps the module itself)."""
     return getattr(model, "module", model)
-
-
-class RopeIndex:
-    """transformers' own Qwen2.5-VL ``get_rope_index``, run without the model: it reads nothing but the config.
-
-    Picklable, so DataLoader workers compute a packed row's positions on the host.
-    """
-
-    get_rope_index = Qwen2_5_VLModel.get_rope_index
-    get_vision_position_ids = Qwen2_5_VLModel.get_vision_position_ids
-
-    def __init__(self, config: Qwen2_5_VLConfig) -> None:
-        self.config = config
-
-
-def packed_position_ids(rope: RopeIndex, items: list[dict]) -> torch.Tensor:
-    """``[4, 1, L]`` positions of ``items`` packed in one row: text positions restarting per sample, then mRoPE.
-
-    Each sample's 3-D positions are those ``get_rope_index`` gives it alone; the leading text row restarts at 0
-    for every sample, which is how transformers recognises packed sequences and masks across them (the masking
-    implementations; the varlen ones take ``cu_seqlens`` instead, see ``packed_inputs``).
-    """
-    mrope = [rope.get_rope_index(item["input_ids"][None], item["mm_token_type_ids"][None],
-                                 image_grid_thw=item.get("image_grid_thw"), video_grid_thw=item.get("video_grid_thw"),
-                                 second_per_grid_ts=item.get("second_per_grid_ts"))[0][:, 0] for item in items]
-    text = torch.cat([torch.arange(len(item["input_ids"])) for item in items])
-    return torch.cat([text[None], torch.cat(mrope, dim=1)])[:, None, :]
-
-
-def packed_inputs(model: torch.nn.Module, batch: dict) -> dict:
-    """The model inputs that keep a packed row's samples apart, all made on the host by the collate.
-
-    Flash implementations (ours included) get the mRoPE positions and the varlen arguments, so no mask is built;
-    the others (sdpa, eager) get the positions with the text row, from which transformers builds a block mask.
-    """
-    positions = batch["position_ids"]
-    if not is_flash_attention_requested(unwrap(model).config):
-        return {"position_ids": positions}
-    cu_seqlens, longest = batch["cu_seqlens"], batch["max_seqlen"]
-    return {"position_ids": positions[1:], "cu_seq_lens_q": cu_seqlens, "cu_seq_lens_k": cu_seqlens,
-            "max_length_q": longest, "max_length_k": longest}

@@ -19,12 +19,15 @@ from functools import partial
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
 from mm_core.config import Config
 from mm_core.errors import DataError
 from mm_core.plan import PipelinePlan
+from mm_models_vlm.qwen2_5_vl.batch import Batch, PaddedBatch
 from mm_models_vlm.qwen2_5_vl.fused_loss import LMHiddenStates
+from mm_models_vlm.qwen2_5_vl.packing import PackedBatch
 
 MASKS = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
 
@@ -35,63 +38,60 @@ def sequence_length(config: Config) -> int:
     return int(basic.cutoff_len) * (int(config.training.micro_batch_size) if basic.packing else 1)
 
 
-def _vision_embeddings(vlm: torch.nn.Module, batch: dict, embeds: torch.Tensor) -> torch.Tensor:
+
+def _vision_embeddings(vlm: torch.nn.Module, batch: Batch, embeds: torch.Tensor) -> torch.Tensor:
     """``embeds`` with the image and video features in place of their placeholder tokens."""
     for kind, pixels, grid in (("image", "pixel_values", "image_grid_thw"),
                                ("video", "pixel_values_videos", "video_grid_thw")):
-        if batch.get(pixels) is None:
+        if pixels not in batch.vision:
             continue
-        encoded = getattr(vlm, f"get_{kind}_features")(batch[pixels], batch[grid], return_dict=True)
+        encoded = getattr(vlm, f"get_{kind}_features")(batch.vision[pixels], batch.vision[grid], return_dict=True)
         features = torch.cat(encoded.pooler_output).to(embeds.dtype)
-        masks = vlm.get_placeholder_mask(batch["input_ids"], embeds, **{f"{kind}_features": features})
+        masks = vlm.get_placeholder_mask(batch.input_ids, embeds, **{f"{kind}_features": features})
         embeds = embeds.masked_scatter(masks[kind == "video"], features)
     return embeds
 
 
-def _positions(model: torch.nn.Module, batch: dict, embeds: torch.Tensor) -> torch.Tensor:
-    """``[4, 1, L]`` text + mRoPE positions of a packed row (the collate's), else the ``[3, B, L]`` mRoPE positions."""
-    if "cu_seqlens" in batch:
-        return batch["position_ids"]
+def _mrope_positions(model: torch.nn.Module, batch: PaddedBatch, embeds: torch.Tensor) -> torch.Tensor:
+    """The ``[3, B, L]`` mRoPE positions of a padded batch, as the model's forward computes them."""
     positions = model.model.compute_3d_position_ids(
-        input_ids=batch["input_ids"], image_grid_thw=batch.get("image_grid_thw"),
-        video_grid_thw=batch.get("video_grid_thw"), second_per_grid_ts=batch.get("second_per_grid_ts"),
-        inputs_embeds=embeds, attention_mask=batch.get("attention_mask"), past_key_values=None,
-        mm_token_type_ids=batch.get("mm_token_type_ids"),
+        input_ids=batch.input_ids, image_grid_thw=batch.vision.get("image_grid_thw"),
+        video_grid_thw=batch.vision.get("video_grid_thw"), second_per_grid_ts=batch.vision.get("second_per_grid_ts"),
+        inputs_embeds=embeds, attention_mask=batch.attention_mask, past_key_values=None,
+        mm_token_type_ids=batch.mm_token_type_ids,
     )
     if positions is None:  # no vision input: the language model's own default
-        batch_size, length = batch["input_ids"].shape
+        batch_size, length = batch.input_ids.shape
         positions = torch.arange(length, device=embeds.device).view(1, 1, -1).expand(3, batch_size, -1)
     return positions
 
 
-def _pad(tensor: torch.Tensor, dim: int, extra: int, fill: torch.Tensor | float) -> torch.Tensor:
-    """``tensor`` with ``extra`` entries of ``fill`` appended along ``dim``."""
-    shape = list(tensor.shape)
-    shape[dim] = extra
-    tail = fill.expand(shape) if isinstance(fill, torch.Tensor) else tensor.new_full(shape, fill)
-    return torch.cat([tensor, tail.to(tensor.dtype)], dim=dim)
+def pp_pre(model: torch.nn.Module, batch: Batch, length: int) -> tuple[torch.Tensor, ...]:
+    """Embeddings with vision features and their positions, right-padded to ``length``.
 
-
-def pp_pre(model: torch.nn.Module, batch: dict, length: int) -> tuple[torch.Tensor, ...]:
-    """Embeddings with vision features, padded to ``length``, with positions (and the padding mask if any)."""
-    vlm, ids = model.model, batch["input_ids"]
+    A packed row carries its ``[4, 1, length]`` positions (``PackedBatch.pp_carry``); a padded batch its
+    ``[3, B, length]`` mRoPE positions and padding mask. The PP padding is never masked: causal attention keeps it
+    out of every real token's result.
+    """
+    vlm, ids = model.model, batch.input_ids
     if ids.shape[1] > length:
         raise DataError(f"a micro-batch of {ids.shape[1]} tokens is longer than the {length} that pipeline "
                         "parallelism pads to (cutoff_len, times micro_batch_size when packing)")
     embeds = _vision_embeddings(vlm, batch, vlm.get_input_embeddings()(ids))
-    positions = _positions(model, batch, embeds)
+    if isinstance(batch, PackedBatch):
+        return batch.pp_carry(embeds, length)
     extra = length - ids.shape[1]
-    # Padded positions count from 0: in a packed row they form one more sample, which no real token sees.
-    carry = (_pad(embeds, 1, extra, 0.0), _pad(positions, 2, extra, torch.arange(extra, device=ids.device)))
-    if "attention_mask" in batch:
-        carry = (*carry, _pad(batch["attention_mask"], 1, extra, 1))
-    return carry
+    return (F.pad(embeds, (0, 0, 0, extra)), F.pad(_mrope_positions(model, batch, embeds), (0, extra)),
+            F.pad(batch.attention_mask, (0, extra), value=1))
 
 
-def pp_layer(model: torch.nn.Module, layer: torch.nn.Module, carry: tuple[torch.Tensor, ...]) -> tuple:
-    """One decoder layer, given the mask and rotary tables that its language model's forward would give it."""
+def pp_layer(model: torch.nn.Module, layer: torch.nn.Module, carry: tuple[torch.Tensor, ...], packed: bool) -> tuple:
+    """One decoder layer, given the mask and rotary tables that its language model's forward would give it.
+
+    ``packed``: the carry is a packed row's (``PackedBatch.pp_carry``), whose positions lead with the text row
+    that keeps its samples apart.
+    """
     hidden, positions, *padding = carry
-    packed = positions.shape[0] == 4  # the leading text row marks the samples of a packed row
     text, rope = (positions[0], positions[1:]) if packed else (None, positions)
     lm = model.model.language_model
     make_mask = MASKS[lm.config.layer_types[layer.self_attn.layer_idx]]
@@ -101,9 +101,9 @@ def pp_layer(model: torch.nn.Module, layer: torch.nn.Module, carry: tuple[torch.
     return (out, *carry[1:])
 
 
-def pp_post(model: torch.nn.Module, carry: tuple[torch.Tensor, ...], batch: dict) -> LMHiddenStates:
+def pp_post(model: torch.nn.Module, carry: tuple[torch.Tensor, ...], batch: Batch) -> LMHiddenStates:
     """The final-norm hidden states without the padding, carrying the lm_head (``forward_step``'s output)."""
-    hidden = model.model.language_model.norm(carry[0][:, : batch["input_ids"].shape[1]])
+    hidden = model.model.language_model.norm(carry[0][:, : batch.input_ids.shape[1]])
     output = hidden.as_subclass(LMHiddenStates)
     output.head = model.lm_head
     return output
@@ -124,7 +124,7 @@ def pipeline_plan(model: torch.nn.Module, config: Config) -> PipelinePlan:
     return PipelinePlan(
         layers={"vit": "model.visual.blocks", "llm": "model.language_model.layers"},
         pre=partial(pp_pre, length=sequence_length(config)),
-        layer=partial(pp_layer, model),
+        layer=partial(pp_layer, model, packed=bool(config.data.dataset_param.basic_parameters.packing)),
         post=pp_post,
         pre_modules=["model.visual", "model.language_model.embed_tokens"],
         post_modules=["model.language_model.norm", "lm_head"],

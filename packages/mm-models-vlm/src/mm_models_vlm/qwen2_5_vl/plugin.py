@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 import torch
 
 from mm_core import ParallelPlan, hookimpl
 from mm_core.config import Config
+from mm_core.runtime import Runtime
+from mm_models_vlm.qwen2_5_vl.batch import Batch
 from mm_models_vlm.qwen2_5_vl.convert import register_converters  # noqa: F401 (mm-convert hook)
 from mm_models_vlm.qwen2_5_vl.data import build_train_loader, model_dir
-from mm_models_vlm.qwen2_5_vl.dataset import VISION_KEYS
 from mm_models_vlm.qwen2_5_vl.fused_loss import LMHiddenStates, hidden_states, next_token_loss_sum
-from mm_models_vlm.qwen2_5_vl.model import apply_freeze, load_model, packed_inputs
+from mm_models_vlm.qwen2_5_vl.model import apply_freeze, load_model
 from mm_models_vlm.qwen2_5_vl.pipeline import pipeline_plan
 from mm_models_vlm.qwen2_5_vl.schema import defaults
 
 log = logging.getLogger("mm")
-
-MODEL_INPUTS = ("input_ids", "attention_mask", "mm_token_type_ids", *VISION_KEYS)
 
 
 @hookimpl
@@ -44,28 +44,30 @@ def datasets_provider(config: Config, runtime):
 
 
 @hookimpl
-def forward_step(batch: dict, model: torch.nn.Module, runtime) -> LMHiddenStates:
+def get_batch(data_iterator: Iterator[Batch], runtime: Runtime) -> Batch:
+    """The next micro-batch (a ``PackedBatch`` or a ``PaddedBatch``) with its tensors on the device."""
+    return next(data_iterator).to(runtime.device)
+
+
+@hookimpl
+def forward_step(batch: Batch, model: torch.nn.Module, runtime) -> LMHiddenStates:
     """Final hidden states of the batch, with the lm_head that ``loss_func`` projects them with chunk by chunk.
 
     A packed row gets per-sample positions (and, for flash implementations, its ``cu_seqlens``) so samples do
     not attend to each other.
     """
-    inputs = {key: batch[key] for key in MODEL_INPUTS if key in batch}
-    if "cu_seqlens" in batch:
-        inputs.update(packed_inputs(model, batch))
-    return hidden_states(model, {**inputs, "use_cache": False})
+    return hidden_states(model, {**batch.model_inputs(model), "use_cache": False})
 
 
 @hookimpl
-def loss_func(output: torch.Tensor, batch: dict, runtime) -> tuple[torch.Tensor, dict]:
+def loss_func(output: torch.Tensor, batch: Batch, runtime) -> tuple[torch.Tensor, dict]:
     """Next-token cross-entropy averaged over the assistant tokens of the micro-batch (logits made chunk by chunk).
 
     The counts come from the collate's host-side ``target_index`` and ``num_tokens``: nothing is read back.
     """
-    index = batch["target_index"]
-    total = next_token_loss_sum(output, batch["labels"], index)
-    targets = index.numel()
-    return total / max(targets, 1), {"tokens": float(batch["num_tokens"]), "targets": float(targets)}
+    total = next_token_loss_sum(output, batch.labels, batch.target_index)
+    targets = batch.target_index.numel()
+    return total / max(targets, 1), {"tokens": float(batch.num_tokens), "targets": float(targets)}
 
 
 @hookimpl
