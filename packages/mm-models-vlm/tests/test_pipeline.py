@@ -19,7 +19,7 @@ from mm_models_vlm.qwen2_5_vl.packing import collate_packed
 from mm_models_vlm.qwen2_5_vl.pipeline import model_pipeline_num_layers
 from mm_models_vlm.qwen2_5_vl.synthetic import make_shapes_dataset
 from mm_models_vlm.qwen2_5_vl.tiny import tiny_config, tiny_processor
-from mm_parallel.pipeline import _pipeline_num_layers
+from mm_parallel.pipeline import pipeline_num_layers as _pipeline_num_layers
 
 # Packing on (the default); 4 micro-batches of 2 samples per step.
 OVERRIDES = ["training.train_iters=3", "training.save_interval=0", "training.micro_batch_size=2",

@@ -14,8 +14,16 @@ from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 from mm_core.errors import ConfigError, PluginError
 from mm_core.plan import PipelinePlan
 from mm_core.testing import run_training, spawn_training
-from mm_parallel.pipeline import StagePlan, _check_coverage, _check_schedule, _pipeline_num_layers
-from mm_parallel.pipeline_layout import bubble_fraction, check_first_stage_stack, local_stages, stage_layer_counts
+from mm_parallel.pipeline import (
+    StagePlan,
+    bubble_fraction,
+    check_coverage,
+    check_first_stage_stack,
+    check_schedule,
+    local_stages,
+    pipeline_num_layers,
+    stage_layer_counts,
+)
 
 TESTS = Path(__file__).parent
 PLUGIN = ["pp_toy_plugin"]
@@ -132,9 +140,16 @@ def test_tied_checkpoint_without_pipeline_resumes_with_it(tmp_path):
 def test_weights_tied_between_layers_and_an_end_are_an_error():
     model = torch.nn.ModuleDict({"inp": torch.nn.Linear(2, 2), "blocks": torch.nn.ModuleList([torch.nn.Linear(2, 2)])})
     model.inp.weight = model.blocks[0].weight
-    plan = PipelinePlan(layers="blocks", pre=lambda m, b: b, post=lambda m, c, b: c, pre_modules=("inp",))
-    with pytest.raises(PluginError, match="only weights shared between pp_pre_modules and pp_post_modules"):
-        _check_coverage(model, plan)
+    plan = StagePlan.from_plan(
+        PipelinePlan(layers="blocks", pre=lambda m, b: b, post=lambda m, c, b: c, pre_modules=("inp",))
+    )
+    with pytest.raises(PluginError) as info:
+        check_coverage(model, plan)
+    assert str(info.value) == (
+        "parameter 'blocks.0.weight' (PipelinePlan.layers) is tied to 'inp.weight' (PipelinePlan.pre_modules): only "
+        "weights shared between PipelinePlan.pre_modules and PipelinePlan.post_modules can be tied across pipeline "
+        "stages; untie them"
+    )
 
 
 def _resume_from_step_2(source: Path, run_dir: Path) -> None:
@@ -213,10 +228,10 @@ def test_two_stack_plan():
 
 
 def test_plugin_pipeline_num_layers_fill_in_and_must_agree():
-    assert _pipeline_num_layers(None, {"llm": [1, 3]}) == {"llm": [1, 3]}
-    assert _pipeline_num_layers({"llm": [1, 3]}, {"llm": [1, 3]}) == {"llm": [1, 3]}
+    assert pipeline_num_layers(None, {"llm": [1, 3]}) == {"llm": [1, 3]}
+    assert pipeline_num_layers({"llm": [1, 3]}, {"llm": [1, 3]}) == {"llm": [1, 3]}
     with pytest.raises(ConfigError, match=r"\[2, 2\] differs from the model section's \{'llm': \[1, 3\]\}"):
-        _pipeline_num_layers([2, 2], {"llm": [1, 3]})
+        pipeline_num_layers([2, 2], {"llm": [1, 3]})
 
 
 def test_too_few_layers_for_an_even_cut():
@@ -232,11 +247,15 @@ def test_plan_and_schedule_errors():
     with pytest.raises(PluginError, match="PipelinePlan.post must be a function, got str"):
         PipelinePlan(layers="blocks", pre=lambda m, b: b, post="head")
     with pytest.raises(ConfigError, match="virtual_stages 2 needs parallel.pp.schedule interleaved_1f1b"):
-        _check_schedule("1f1b", 2)
+        check_schedule("1f1b", 2)
     model = torch.nn.ModuleDict({"inp": torch.nn.Linear(2, 2), "blocks": torch.nn.ModuleList([torch.nn.Linear(2, 2)])})
     plan = StagePlan(layers="blocks", pre=lambda m, b: b, post=lambda m, c, b: c)
-    with pytest.raises(PluginError, match="parameter 'inp.weight' is in none of the parallel_plan's pp_layers"):
-        _check_coverage(model, plan)
+    with pytest.raises(PluginError) as info:
+        check_coverage(model, plan)
+    assert str(info.value) == (
+        "parameter 'inp.weight' is in none of PipelinePlan.layers ('blocks'), PipelinePlan.pre_modules [] or "
+        "PipelinePlan.post_modules []; name its module in one"
+    )
 
 
 def test_bubble_fraction():
