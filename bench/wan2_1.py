@@ -29,11 +29,12 @@ from transformers import UMT5Config, UMT5EncoderModel
 from mm_core import hookimpl
 from mm_core.config import Config
 from mm_core.runtime import Runtime
+from mm_models_video.encoders import VAE_STRIDES
+from mm_models_video.flow_matching import FlowMatching
+from mm_models_video.tokenizer import build_char_tokenizer
 from mm_models_video.wan2_1.build import build_predictor
-from mm_models_video.wan2_1.diffusion import FlowMatching
-from mm_models_video.wan2_1.flavors import VAE_STRIDES, get_flavor
+from mm_models_video.wan2_1.flavors import get_flavor
 from mm_models_video.wan2_1.model import WanT2V
-from mm_models_video.wan2_1.tokenizer import build_char_tokenizer
 
 WORKLOAD = "wan2_1"
 SHAPES = {"1.3b": (81, 480, 832), "tiny": (9, 32, 32)}

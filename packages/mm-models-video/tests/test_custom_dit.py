@@ -17,8 +17,8 @@ from mm_models_video.custom_dit.build import build_model, build_predictor
 from mm_models_video.custom_dit.data import data_config
 from mm_models_video.custom_dit.model import CustomModel
 from mm_models_video.custom_dit.plugin import model_provider
-from mm_models_video.wan2_1.diffusion import FlowMatching
-from mm_models_video.wan2_1.flavors import UMT5_XXL
+from mm_models_video.encoders import UMT5_XXL
+from mm_models_video.flow_matching import FlowMatching
 from mm_parallel.fsdp2 import resolve
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "custom_dit"

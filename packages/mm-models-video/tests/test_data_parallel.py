@@ -6,7 +6,7 @@ import pytest
 import torch
 from parallel_testing import parallel_run
 
-from mm_models_video.wan2_1.diffusion import FlowMatching, noise_seeds
+from mm_models_video.flow_matching import FlowMatching, noise_seeds
 
 
 def test_noise_and_timestep_of_a_sample_do_not_depend_on_its_batch() -> None:

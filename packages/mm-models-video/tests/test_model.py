@@ -10,8 +10,8 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from wan_testing import wan_config
 
 from mm_core.errors import ConfigError
+from mm_models_video.flow_matching import FlowMatching
 from mm_models_video.wan2_1.build import build_model
-from mm_models_video.wan2_1.diffusion import FlowMatching
 from mm_models_video.wan2_1.plugin import loss_func
 
 

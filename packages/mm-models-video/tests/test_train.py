@@ -11,8 +11,9 @@ from wan_testing import QUIET, SMALL_CLIPS, wan_config
 from mm_core.errors import DataError
 from mm_core.runtime import create_runtime
 from mm_data.synthetic import make_moving_shapes
+from mm_models_video.synthetic import cache_dir
 from mm_models_video.wan2_1.build import build_model
-from mm_models_video.wan2_1.data import build_train_loader, cache_dir
+from mm_models_video.wan2_1.data import build_train_loader
 from mm_models_video.wan2_1.extract import extract_features
 from mm_models_video.wan2_1.plugin import forward_step, loss_func
 

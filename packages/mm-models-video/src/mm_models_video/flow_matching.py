@@ -1,4 +1,4 @@
-"""Wan2.1's flow-matching diffusion: shifted sigmas, noising, the velocity target and the sampling scheduler."""
+"""Flow-matching diffusion for video models: shifted sigmas, noising, the velocity target, the sampling scheduler."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
+
+from mm_core.config import Config
 
 # Spreads (training seed, epoch, sample index) over distinct generator seeds for up to a million samples.
 SEED_STRIDE = 1_000_003
@@ -33,6 +35,13 @@ class FlowMatching:
         self.sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
         self.timesteps = self.sigmas * num_train_timesteps
         self._tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @classmethod
+    def from_config(cls, diffusion: Config) -> FlowMatching:
+        """From a model.json ``diffusion`` section (num_train_timesteps, shift, sigma_min, extra_one_step)."""
+        return cls(
+            diffusion.num_train_timesteps, float(diffusion.shift), float(diffusion.sigma_min), diffusion.extra_one_step
+        )
 
     def sample_indices(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """One uniformly drawn training-timestep index per sample."""

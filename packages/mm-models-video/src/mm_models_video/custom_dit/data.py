@@ -18,10 +18,10 @@ from mm_data.formats import DataConfig, parse_data_config
 from mm_data.sampler import bucket_keys, build_rank_loader
 from mm_data.transforms import check_video_shape
 from mm_models_video.custom_dit.schema import CLIP
-from mm_models_video.wan2_1.build import load_pretrained
-from mm_models_video.wan2_1.data import with_synthetic_data
-from mm_models_video.wan2_1.flavors import VAE_STRIDES
-from mm_models_video.wan2_1.tokenizer import build_char_tokenizer
+from mm_models_video.encoders import VAE_STRIDES
+from mm_models_video.pretrained import load_pretrained
+from mm_models_video.synthetic import with_synthetic_data
+from mm_models_video.tokenizer import build_char_tokenizer
 
 # Token length of the character tokenizer used when tokenizer_config names no pretrained tokenizer.
 CHAR_TEXT_LEN = 64

@@ -10,8 +10,8 @@ from diffusers import AutoencoderKLWan
 from transformers import UMT5EncoderModel
 
 from mm_models_video.custom_dit.dit import CustomDiT
+from mm_models_video.flow_matching import FlowMatching
 from mm_models_video.frozen import FrozenEncoders
-from mm_models_video.wan2_1.diffusion import FlowMatching
 
 
 class CustomModel(FrozenEncoders):

@@ -7,7 +7,7 @@ from typing import Any
 
 from mm_core.config import Config
 from mm_core.errors import ConfigError
-from mm_models_video.wan2_1 import schema as wan_schema
+from mm_models_video import sections
 
 # The tiny CustomDiT of the embedded run: its in_channels and text_dim fit the tiny Wan VAE and UMT5 that
 # are built when model.json names no pretrained weights.
@@ -26,10 +26,10 @@ PREDICTOR: dict[str, Any] = {
 }
 
 MODEL: dict[str, Any] = {
-    "ae": copy.deepcopy(wan_schema.MODEL["ae"]),
-    "text_encoder": copy.deepcopy(wan_schema.MODEL["text_encoder"]),
+    "ae": copy.deepcopy(sections.AE),
+    "text_encoder": copy.deepcopy(sections.TEXT_ENCODER),
     "predictor": PREDICTOR,
-    "diffusion": copy.deepcopy(wan_schema.MODEL["diffusion"]),
+    "diffusion": copy.deepcopy(sections.DIFFUSION),
 }
 
 # data.json's blocks are validated by mm_data.formats; no data_path means the generated moving-shapes videos.
@@ -38,22 +38,12 @@ DATA: dict[str, Any] = {"dataset_param": {}, "dataloader_param": {}, "on_bad_sam
 # Clip shape when data.json gives none: small enough for the CPU (4k+1 frames, multiples of 8 × patch).
 CLIP = {"num_frames": 9, "max_height": 32, "max_width": 32}
 
-FIXED = {
-    "ae.model_id": "wan_video_vae",
-    "ae.norm_mode": "channel_specified_shift_scale",
-    "text_encoder.model_id": "UMT5",
-    "text_encoder.hub_backend": "hf",
-    "predictor.model_id": "custom_dit",
-    "diffusion.model_id": "wan_flow_match_scheduler",
-}
+FIXED = {**sections.FIXED, "predictor.model_id": "custom_dit"}
 
 
 def check_model(model: Config) -> None:
     """Raise a ConfigError for a model.json value naming a component custom_dit does not build."""
-    for dotted, expected in FIXED.items():
-        value = model.get_path(dotted)
-        if value != expected:
-            raise ConfigError(f"model.{dotted} must be {expected!r} (custom_dit builds only that), got {value!r}")
+    sections.check_fixed(model, FIXED, "custom_dit builds only that")
     patch = model.predictor.patch_size
     if len(patch) != 3 or not all(isinstance(p, int) and p > 0 for p in patch):
         raise ConfigError(f"model.predictor.patch_size must be three positive integers [t, h, w], got {patch!r}")

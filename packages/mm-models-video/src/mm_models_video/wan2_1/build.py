@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKLWan, WanTransformer3DModel
-from torch import nn
-from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
+from diffusers import WanTransformer3DModel
+from transformers import AutoTokenizer
 
 from mm_core.config import Config
-from mm_core.errors import ConfigError, reason
-from mm_models_video.wan2_1.diffusion import FlowMatching
+from mm_core.errors import ConfigError
+from mm_models_video.encoders import build_text_encoder, build_vae
+from mm_models_video.flow_matching import FlowMatching
+from mm_models_video.pretrained import load_pretrained, source
+from mm_models_video.tokenizer import build_char_tokenizer
 from mm_models_video.wan2_1.flavors import Flavor
 from mm_models_video.wan2_1.model import WanT2V
-from mm_models_video.wan2_1.schema import check_model, dtype_of, source
-from mm_models_video.wan2_1.tokenizer import build_char_tokenizer
-
-# Seed of the random weights of a frozen part built from its flavor (no pretrained weights).
-FROZEN_INIT_SEED = 0
+from mm_models_video.wan2_1.schema import check_model, dtype_of
 
 # The seeds' predictor keys (MindSpeed-MM's wandit) and the WanTransformer3DModel arguments they set.
 PREDICTOR_KEYS = {
@@ -62,25 +58,6 @@ def predictor_overrides(predictor: Config, flavor: Flavor) -> dict[str, Any]:
     return out
 
 
-def fixed_init(factory: Callable[[], nn.Module], dtype: torch.dtype) -> nn.Module:
-    """Build a frozen part from its flavor with a fixed seed, so every run, extraction and inference share it."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(FROZEN_INIT_SEED)
-        module = factory()
-    return module if dtype == torch.float32 else module.to(dtype)
-
-
-def load_pretrained(cls: Any, path: str, key: str, **kwargs: Any) -> Any:
-    """``cls.from_pretrained(path)``; a missing or unloadable path is a ConfigError naming the config ``key``."""
-    local = Path(path).expanduser()
-    if not local.exists() and path.startswith((".", "/", "~")):
-        raise ConfigError(f"{key}: {path} does not exist")
-    try:
-        return cls.from_pretrained(str(local) if local.exists() else path, **kwargs)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ConfigError(f"{key}: cannot load {cls.__name__} from {path}: {reason(exc)}") from None
-
-
 def _check_matches(predictor: WanTransformer3DModel, wanted: dict[str, Any], path: str) -> None:
     names = {**{v: k for k, v in PREDICTOR_KEYS.items()}, "attention_head_dim": "hidden_size", "qk_norm": "qk_norm"}
     for key, value in wanted.items():
@@ -110,8 +87,6 @@ def build_predictor(model: Config, flavor: Flavor) -> WanTransformer3DModel:
 def build_model(model: Config) -> WanT2V:
     """The WanT2V the model section describes; parts without from_pretrained are built from the flavor."""
     flavor = check_model(model)
-    ae_dtype = dtype_of(model.ae.dtype, flavor, "model.ae.dtype")
-    text_dtype = dtype_of(model.text_encoder.dtype, flavor, "model.text_encoder.dtype")
     ae_path = source(model, "ae", "vae")
     text_path = source(model, "text_encoder", "text_encoder")
     tokenizer_path = source(model, "tokenizer", "tokenizer")
@@ -124,27 +99,13 @@ def build_model(model: Config) -> WanT2V:
             f"model.tokenizer.from_pretrained (or model.from_pretrained) is needed for flavor {model.flavor!r}: "
             "the UMT5 tokenizer of Wan2.1, e.g. Wan2.1-T2V-1.3B-Diffusers/tokenizer"
         )
-    if ae_path:
-        ae = load_pretrained(AutoencoderKLWan, ae_path, "model.ae.from_pretrained", torch_dtype=ae_dtype)
-    else:
-        ae = fixed_init(lambda: AutoencoderKLWan(**flavor.ae), ae_dtype)
-    if model.ae.enable_tiling:
-        ae.enable_tiling(**{k: v for k, v in model.ae.tiling_param.items() if v is not None})
-    if text_path:
-        text_encoder = load_pretrained(
-            UMT5EncoderModel, text_path, "model.text_encoder.from_pretrained", dtype=text_dtype
-        )
-    else:
-        text_encoder = fixed_init(lambda: UMT5EncoderModel(UMT5Config(**flavor.text_encoder)), text_dtype)
-    diffusion = model.diffusion
+    text_dtype = dtype_of(model.text_encoder.dtype, flavor, "model.text_encoder.dtype")
     return WanT2V(
-        ae=ae,
-        text_encoder=text_encoder,
+        ae=build_vae(model.ae, ae_path, dtype_of(model.ae.dtype, flavor, "model.ae.dtype"), flavor.ae),
+        text_encoder=build_text_encoder(text_path, text_dtype, flavor.text_encoder),
         tokenizer=tokenizer,
         predictor=build_predictor(model, flavor),
-        diffusion=FlowMatching(
-            diffusion.num_train_timesteps, float(diffusion.shift), float(diffusion.sigma_min), diffusion.extra_one_step
-        ),
+        diffusion=FlowMatching.from_config(model.diffusion),
         text_len=model.predictor.text_len or flavor.text_len,
         norm_latents=model.ae.norm_latents,
         do_sample=model.ae.do_sample,

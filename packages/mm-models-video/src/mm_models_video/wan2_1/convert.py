@@ -36,9 +36,9 @@ from mm_convert import (
 from mm_convert.dcp_io import read_dcp
 from mm_convert.megatron_layout import STALE
 from mm_core import hookimpl
+from mm_models_video.pretrained import source
 from mm_models_video.wan2_1.build import predictor_overrides
 from mm_models_video.wan2_1.flavors import get_flavor
-from mm_models_video.wan2_1.schema import source
 
 WEIGHTS = "diffusion_pytorch_model"
 STALE_WEIGHTS = (f"{WEIGHTS}*.safetensors", f"{WEIGHTS}.safetensors.index.json")

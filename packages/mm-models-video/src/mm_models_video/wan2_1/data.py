@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import torch.nn.functional as F
@@ -15,19 +12,13 @@ from mm_core.config import Config
 from mm_core.runtime import Runtime
 from mm_data.datasets import VideoTextDataset, collate
 from mm_data.features import FeatureDataset, read_feature_index
-from mm_data.formats import DataConfig, DatasetParam, parse_data_config, read_index
+from mm_data.formats import DataConfig, parse_data_config, read_index
 from mm_data.sampler import bucket_keys, build_rank_loader
-from mm_data.synthetic import make_moving_shapes
+from mm_models_video.synthetic import with_synthetic_data
 from mm_models_video.wan2_1.flavors import get_flavor
 from mm_models_video.wan2_1.schema import check_clip
 
 FEATURE_TYPE = "feature"
-SYNTHETIC_VIDEOS = 16
-
-
-def cache_dir() -> Path:
-    """Where generated data is cached: $MM_CACHE_DIR, else ~/.cache/mm."""
-    return Path(os.environ.get("MM_CACHE_DIR") or Path.home() / ".cache" / "mm")
 
 
 def data_config(config: Config) -> DataConfig:
@@ -40,21 +31,6 @@ def data_config(config: Config) -> DataConfig:
     if param.dataset_type != FEATURE_TYPE:
         check_clip(config.model, param.num_frames, param.max_height, param.max_width, "data.dataset_param")
     return parsed
-
-
-def with_synthetic_data(param: DatasetParam, fps: int) -> DatasetParam:
-    """``param`` itself, or, when it names no data, pointing at the generated moving-shapes dataset (cached)."""
-    if param.data_path:
-        return param
-    folder = make_moving_shapes(
-        cache_dir() / "datasets",
-        num_videos=SYNTHETIC_VIDEOS,
-        num_frames=param.num_frames,
-        height=param.max_height,
-        width=param.max_width,
-        fps=fps,
-    )
-    return replace(param, data_path=str(folder / "data.json"), data_folder=str(folder))
 
 
 def video_dataset(config: Config, data: DataConfig) -> VideoTextDataset:

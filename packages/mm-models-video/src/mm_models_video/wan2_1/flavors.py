@@ -6,23 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mm_core.errors import ConfigError
-
-# The Wan2.1 VAE compresses time by 4 (keeping the first frame) and space by 8.
-VAE_STRIDES = {"scale_factor_temporal": 4, "scale_factor_spatial": 8}
-
-# UMT5-XXL, the text encoder of every Wan2.1 model.
-UMT5_XXL = {
-    "vocab_size": 256384,
-    "d_model": 4096,
-    "d_kv": 64,
-    "d_ff": 10240,
-    "num_layers": 24,
-    "num_heads": 64,
-    "relative_attention_num_buckets": 32,
-    "relative_attention_max_distance": 128,
-    "feed_forward_proj": "gated-gelu",
-    "dropout_rate": 0.0,
-}
+from mm_models_video.encoders import TINY_UMT5, TINY_VAE, UMT5_XXL, VAE_STRIDES
 
 
 @dataclass(frozen=True)
@@ -54,29 +38,8 @@ FLAVORS: dict[str, Flavor] = {
             "num_layers": 4,
             "rope_max_seq_len": 256,
         },
-        ae={
-            "base_dim": 8,
-            "z_dim": 4,
-            "dim_mult": [1, 1, 1, 1],
-            "num_res_blocks": 1,
-            "temperal_downsample": [False, True, True],
-            # Measured on generated clips with the fixed-seed init (build.FROZEN_INIT_SEED).
-            "latents_mean": [0.33, 0.7, 0.2, 0.25],
-            "latents_std": [0.125, 0.18, 0.125, 0.09],
-            **VAE_STRIDES,
-        },
-        text_encoder={
-            "vocab_size": 128,
-            "d_model": 64,
-            "d_kv": 16,
-            "d_ff": 128,
-            "num_layers": 2,
-            "num_heads": 4,
-            "relative_attention_num_buckets": 8,
-            "relative_attention_max_distance": 32,
-            "feed_forward_proj": "gated-gelu",
-            "dropout_rate": 0.0,
-        },
+        ae=TINY_VAE,
+        text_encoder=TINY_UMT5,
         text_len=64,
         num_frames=17,
         height=64,

@@ -13,8 +13,8 @@ from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 from torch import nn
 from transformers import PreTrainedTokenizerBase, UMT5EncoderModel
 
+from mm_models_video.flow_matching import FlowMatching
 from mm_models_video.frozen import FrozenEncoders
-from mm_models_video.wan2_1.diffusion import FlowMatching
 
 
 class Carry(NamedTuple):

@@ -13,13 +13,13 @@ from mm_core.config import Config
 from mm_core.data_iter import DataIterator
 from mm_core.defaults import to_device
 from mm_core.runtime import Runtime
+from mm_models_video.flow_matching import noise_seeds
 from mm_models_video.frozen import FROZEN
 from mm_models_video.wan2_1 import schema
 from mm_models_video.wan2_1.build import build_model
 from mm_models_video.wan2_1.convert import register_converters  # noqa: F401 (mm-convert hook)
 from mm_models_video.wan2_1.cp import broadcast_batch, check_heads, enable_context_parallel, set_sequence_length
 from mm_models_video.wan2_1.data import build_train_loader, data_config, example_prompt
-from mm_models_video.wan2_1.diffusion import noise_seeds
 from mm_models_video.wan2_1.extract import extract_features as run_extraction
 from mm_models_video.wan2_1.infer import generate
 from mm_models_video.wan2_1.model import Carry, WanT2V, run_block

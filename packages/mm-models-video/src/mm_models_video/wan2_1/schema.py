@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import copy
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,28 +13,16 @@ from mm_core.config import Config
 from mm_core.dtypes import parse_dtype
 from mm_core.errors import ConfigError
 from mm_data.transforms import check_video_shape
+from mm_models_video import sections
+from mm_models_video.pretrained import source
 from mm_models_video.wan2_1.flavors import Flavor, get_flavor
 
 MODEL: dict[str, Any] = {
     "flavor": "tiny",
     "from_pretrained": None,
     "task": "t2v",
-    "ae": {
-        "model_id": "wan_video_vae",
-        "from_pretrained": None,
-        "dtype": None,
-        "enable_tiling": False,
-        "tiling_param": {
-            "tile_sample_min_height": None,
-            "tile_sample_min_width": None,
-            "tile_sample_stride_height": None,
-            "tile_sample_stride_width": None,
-        },
-        "norm_latents": True,
-        "norm_mode": "channel_specified_shift_scale",
-        "do_sample": False,
-    },
-    "text_encoder": {"model_id": "UMT5", "hub_backend": "hf", "from_pretrained": None, "dtype": None},
+    "ae": copy.deepcopy(sections.AE),
+    "text_encoder": copy.deepcopy(sections.TEXT_ENCODER),
     "tokenizer": {"autotokenizer_name": "AutoTokenizer", "hub_backend": "hf", "from_pretrained": None},
     "predictor": {
         "model_id": "wandit",
@@ -58,13 +46,7 @@ MODEL: dict[str, Any] = {
         "eps": None,
         "max_seq_len": None,
     },
-    "diffusion": {
-        "model_id": "wan_flow_match_scheduler",
-        "num_train_timesteps": 1000,
-        "shift": 5.0,
-        "sigma_min": 0.0,
-        "extra_one_step": True,
-    },
+    "diffusion": copy.deepcopy(sections.DIFFUSION),
 }
 
 # data.json's blocks are validated by mm_data.formats (the seeds' keys); an empty dataset_param.data_path
@@ -90,16 +72,13 @@ EXTRACT: dict[str, Any] = {"output_dir": None, "shard_size": 64, "batch_size": 1
 # Values model.json keys must have: mm implements exactly these components.
 FIXED = {
     "task": "t2v",
-    "ae.model_id": "wan_video_vae",
-    "ae.norm_mode": "channel_specified_shift_scale",
-    "text_encoder.model_id": "UMT5",
-    "text_encoder.hub_backend": "hf",
+    **sections.FIXED,
     "tokenizer.autotokenizer_name": "AutoTokenizer",
     "tokenizer.hub_backend": "hf",
     "predictor.model_id": "wandit",
     "predictor.model_type": "t2v",
-    "diffusion.model_id": "wan_flow_match_scheduler",
 }
+
 
 def dtype_of(name: str | None, flavor: Flavor, key: str) -> torch.dtype:
     """The torch dtype a model.json ``dtype`` names (the flavor's default when None)."""
@@ -109,21 +88,10 @@ def dtype_of(name: str | None, flavor: Flavor, key: str) -> torch.dtype:
 def check_model(model: Config) -> Flavor:
     """Check the model section beyond its schema; returns its flavor."""
     flavor = get_flavor(model.flavor)
-    for dotted, expected in FIXED.items():
-        value = model.get_path(dotted)
-        if value != expected:
-            raise ConfigError(f"model.{dotted} must be {expected!r} (mm's wan2_1 implements only that), got {value!r}")
+    sections.check_fixed(model, FIXED, "mm's wan2_1 implements only that")
     for part in ("ae", "text_encoder", "predictor"):
         dtype_of(model[part].dtype, flavor, f"model.{part}.dtype")
     return flavor
-
-
-def source(model: Mapping, part: str, subfolder: str) -> str | None:
-    """Where component ``part`` loads from: its own from_pretrained, else ``subfolder`` of model.from_pretrained."""
-    own = model[part].get("from_pretrained")
-    if own:
-        return str(own)
-    return str(Path(model["from_pretrained"]) / subfolder) if model.get("from_pretrained") else None
 
 
 def _pretrained_config(path: str | None) -> dict:
