@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from pp_toy_plugin import StackNet, parallel_plan
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
+from mm_core.config import wrap
 from mm_core.errors import ConfigError, PluginError
 from mm_core.plan import PipelinePlan
 from mm_core.testing import run_training, spawn_training
@@ -20,8 +22,10 @@ from mm_parallel.pipeline import (
     check_coverage,
     check_first_stage_stack,
     check_schedule,
+    layer_ranges,
     local_stages,
     pipeline_num_layers,
+    split_stages,
     stage_layer_counts,
 )
 
@@ -211,6 +215,41 @@ def test_two_stacks_vision_whole_on_the_first_stage():
     )
     with pytest.raises(ConfigError, match="sums to 30 layers, but the model's 'vit' has 32"):
         check_first_stage_stack(32, 2, 1, {"vit": [30, 0]}, "vit", "llm")
+
+
+def _toy_stages(stages: list[int], tie: bool = True) -> tuple[list[torch.nn.Module], dict[str, torch.Tensor]]:
+    """The toy's 8 blocks cut into 2 × 2 virtual stages; the stage modules of ``stages``, and the weights before."""
+    torch.manual_seed(0)
+    model = StackNet(dim=4, depth=8, tie=tie)
+    weights = dict(model.named_parameters(remove_duplicate=False))
+    plan = StagePlan.from_plan(parallel_plan(model=model, config=wrap({"model": {"tie": tie}})).pipeline)
+    modules = split_stages(model, plan, layer_ranges(model, plan, 2, 2, None), stages)
+    assert modules[-1] is model  # the model itself, pruned, is the last stage module
+    return modules, weights
+
+
+def _blocks(*indices: int) -> set[str]:
+    return {f"blocks.{i}.{name}" for i in indices for name in ("norm.weight", "norm.bias", "fc1.weight", "fc1.bias",
+                                                                  "fc2.weight", "fc2.bias")}
+
+
+def test_stage_modules_hold_their_parts_under_their_names_and_copy_no_weight():
+    first, third = _toy_stages([0, 2])[0]
+    assert {n for n, _ in first.named_parameters()} == {"embed.weight", "embed.bias", "cond.weight", "cond.bias",
+                                                         *_blocks(0, 1)}
+    assert [n for n, _ in first.named_buffers()] == ["shift"]
+    assert {n for n, _ in third.named_parameters()} == _blocks(4, 5)
+    assert (third.embed, third.shift, third.head, third.scale) == (None, None, None, None)
+    assert [i for i, _ in enumerate(first.blocks)] == [0, 1] and first.blocks[1] is not third.blocks[4]
+    (second, last), weights = _toy_stages([1, 3])
+    assert {n for n, _ in second.named_parameters()} == _blocks(2, 3)
+    assert {n for n, _ in last.named_parameters()} == {"norm_out.weight", "norm_out.bias", "head.weight",
+                                                        "head.bias", "scale", "skip.weight", *_blocks(6, 7)}
+    # The last stage keeps the tied weight under its own name; every weight is the model's own tensor, not a copy.
+    assert last.cond is None and last.skip.weight is weights["cond.weight"]
+    for module in (second, last):
+        for name, param in module.named_parameters():
+            assert param is weights[name], name
 
 
 def test_two_stack_plan():

@@ -13,8 +13,9 @@ first and last stage; runner: the :class:`PipelineModel` the trainer drives; app
 
 from mm_parallel.pipeline.apply import apply_pipeline
 from mm_parallel.pipeline.layout import bubble_fraction, check_first_stage_stack, local_stages, stage_layer_counts
-from mm_parallel.pipeline.plan import StagePlan, check_coverage, pipeline_num_layers
+from mm_parallel.pipeline.plan import StagePlan, check_coverage, layer_ranges, pipeline_num_layers
 from mm_parallel.pipeline.runner import PipelineModel, check_schedule
+from mm_parallel.pipeline.split import split_stages
 
 __all__ = [
     "PipelineModel",
@@ -24,7 +25,9 @@ __all__ = [
     "check_coverage",
     "check_first_stage_stack",
     "check_schedule",
+    "layer_ranges",
     "local_stages",
     "pipeline_num_layers",
+    "split_stages",
     "stage_layer_counts",
 ]
