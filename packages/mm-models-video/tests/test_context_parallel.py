@@ -1,4 +1,4 @@
-"""wan2_1 with context parallelism: training with the tokens split over cp ranks equals one process."""
+"""wan2_1 with context parallelism from its ContextParallelPlan: the tokens split over cp ranks train as one process."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from wan_testing import wan_config
 
 from mm_core.errors import ConfigError
 from mm_models_video.wan2_1.build import build_model
-from mm_models_video.wan2_1.cp import check_heads
+from mm_models_video.wan2_1.plugin import parallel_plan
+from mm_parallel.context_plan import check_plan
 
 # 3 × 2 × 3 = 18 tokens per clip: padded to 20 for a ring of 2 and for 4 ranks, so padding is exercised too.
 WIDE = ["data.dataset_param.max_width=48"]
@@ -64,7 +65,9 @@ def test_context_parallel_training_equals_one_process(single, tmp_path, world, o
     ],
 )
 def test_heads_must_divide_by_the_ranks_that_exchange_them(overrides, message) -> None:
+    """The plan gives the transformer's heads; the engine checks them against parallel.cp before training."""
     config = wan_config(*overrides)
+    plan = parallel_plan(build_model(config.model), config).cp
     with pytest.raises(ConfigError, match=message):
-        check_heads(config.parallel.cp, build_model(config.model).predictor.config.num_attention_heads)
-    check_heads(wan_config("parallel.cp.size=8", "parallel.cp.mode=ring").parallel.cp, 4)
+        check_plan(plan, config.parallel.cp)
+    check_plan(plan, wan_config("parallel.cp.size=8", "parallel.cp.mode=ring").parallel.cp)

@@ -1,4 +1,5 @@
-"""What each rank runs in the wan2_1 context-parallel transformer test: sharded forward/backward vs the whole one."""
+"""What each rank runs in the wan2_1 context-parallel test: the plugin's ContextParallelPlan applied by the engine,
+forward and backward, against the whole model on one rank."""
 
 from __future__ import annotations
 
@@ -15,24 +16,27 @@ from torch.distributed.device_mesh import init_device_mesh
 from wan_testing import wan_config
 
 from mm_models_video.wan2_1.build import build_model
-from mm_models_video.wan2_1.cp import enable_context_parallel
-from mm_parallel import build_context, context_parallel
+from mm_models_video.wan2_1.cp import use_context_parallel_attention
+from mm_models_video.wan2_1.model import WanT2V
+from mm_models_video.wan2_1.plugin import parallel_plan
+from mm_parallel import build_context
+from mm_parallel.context_plan import shard_model
 
 
-def _inputs() -> dict[str, torch.Tensor]:
+def _inputs(model: WanT2V) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     return {
-        "hidden_states": torch.randn(2, 4, 3, 4, 6, generator=g),  # 3 × 2 × 3 = 18 tokens
-        "timestep": torch.tensor([100.0, 900.0]),
-        "encoder_hidden_states": torch.randn(2, 64, 64, generator=g),
+        "latents": torch.randn(2, model.ae.config.z_dim, 3, 4, 6, generator=g),  # 3 × 2 × 3 = 18 tokens
+        "prompt_embeds": torch.randn(2, model.text_len, model.text_encoder.config.d_model, generator=g),
+        "noise": torch.randn(2, model.ae.config.z_dim, 3, 4, 6, generator=g),
+        "timestep_indices": torch.tensor([100, 900]),
     }
 
 
-def _run(model: torch.nn.Module, weight: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    model.zero_grad(set_to_none=True)
-    out = model(**_inputs(), return_dict=False)[0]
-    (out * weight).sum().backward()
-    return out.detach(), {name: p.grad for name, p in model.named_parameters()}
+def _run(model: WanT2V, weight: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    pred = model(**_inputs(model))["pred"]
+    (pred * weight).sum().backward()
+    return pred.detach(), {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
 
 
 def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -45,18 +49,19 @@ def compare(rank: int, world: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("cp",))
+    config = wan_config()
     torch.manual_seed(0)
-    reference = build_model(wan_config().model).predictor
-    weight = torch.randn(2, 4, 3, 4, 6, generator=torch.Generator().manual_seed(1))
-    expected, expected_grads = _run(reference, weight)
+    reference = build_model(config.model)
+    weight = torch.randn(2, reference.ae.config.z_dim, 3, 4, 6, generator=torch.Generator().manual_seed(1))
+    expected, expected_grads = _run(copy.deepcopy(reference), weight)
     report = {}
     seen: list[int] = []
     for mode in ("ulysses", "ring"):
         model = copy.deepcopy(reference)
-        enable_context_parallel(model)
-        model.blocks[0].register_forward_hook(lambda module, args, output: seen.append(output.shape[1]))
-        with context_parallel(build_context(mesh, mode)):
-            pred, grads = _run(model, weight)
+        use_context_parallel_attention(model.predictor)
+        shard_model(model, parallel_plan(model, config).cp, build_context(mesh, mode), pipelined=False)
+        model.predictor.blocks[0].register_forward_hook(lambda module, args, output: seen.append(output.shape[1]))
+        pred, grads = _run(model, weight)
         # Every rank's loss is over the whole output: their gradients sum to world × the gradient (see cp docs).
         for grad in grads.values():
             dist.all_reduce(grad)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import os
@@ -11,8 +12,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.distributed.device_mesh import init_device_mesh
 
+from mm_core import ContextParallelPlan
 from mm_core.errors import ConfigError
 from mm_parallel import ContextParallel, attention, build_context, context_parallel, gather_sequence, split_sequence
+from mm_parallel.context import active_scope
+from mm_parallel.context_plan import shard_model
+from mm_parallel.recompute import apply_recompute
 
 
 def _max_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -48,13 +53,16 @@ def attention_errors(
 
 
 def sequence_errors(cp: ContextParallel, length: int) -> dict[str, float]:
-    """gather(split(x)) == x, and the gather's backward gives each rank its part of the gradient summed over ranks."""
+    """gather(split(x)) == x, and the gather's backward gives each rank its part of the gradient summed over ranks.
+
+    Outside a scope the groups and the true length are given explicitly.
+    """
     x = torch.randn(3, length, 2, generator=torch.Generator().manual_seed(length))
     weight = torch.randn(3, length, 2, generator=torch.Generator().manual_seed(length + 1))
     shard = split_sequence(x, 1, cp).requires_grad_()
-    (gather_sequence(shard, 1, cp) * weight).sum().backward()
+    (gather_sequence(shard, 1, cp, length) * weight).sum().backward()
     return {
-        "roundtrip": _max_error(gather_sequence(shard.detach(), 1, cp), x),
+        "roundtrip": _max_error(gather_sequence(shard.detach(), 1, cp, length), x),
         "grad": _max_error(shard.grad, cp.size * split_sequence(weight, 1, cp)),
     }
 
@@ -67,6 +75,74 @@ def error_message(cp: ContextParallel, heads: int) -> str:
     except ConfigError as exc:
         return str(exc)
     return ""
+
+
+class _Table(torch.nn.Module):
+    """A table computed for the whole sequence, as RoPE's is: the plan splits its output."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.freq = torch.nn.Parameter(torch.randn(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sin(torch.arange(x.shape[1], dtype=x.dtype)[None, :, None] * self.freq)
+
+
+class _Block(torch.nn.Module):
+    """Attention inside a module, so that activation checkpointing runs it again in backward."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = torch.nn.Linear(dim, 3 * dim)
+
+    def forward(self, h: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        h = h + table
+        q, k, v = self.qkv(h).unflatten(-1, (3, self.heads, -1)).unbind(2)
+        return h + attention(q, k, v, causal=True).flatten(2)
+
+
+class _Net(torch.nn.Module):
+    def __init__(self, heads: int, dim: int = 8) -> None:
+        super().__init__()
+        self.inp = torch.nn.Linear(4, dim)
+        self.table = _Table(dim)
+        self.blocks = torch.nn.ModuleList(_Block(dim, heads) for _ in range(2))
+        self.out = torch.nn.Linear(dim, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        table, h = self.table(x), self.inp(x)
+        for block in self.blocks:
+            h = block(h, table)
+        return self.out(h)
+
+
+PLAN = ContextParallelPlan(split_inputs={"blocks.0": 1}, split_outputs={"table": 1}, gather_outputs={"out": 1})
+RECOMPUTE = {"none": None, "full": {"use_reentrant": True, "mode": "full"}, "selective": {"mode": "selective"}}
+
+
+def engine_errors(cp: ContextParallel, length: int, heads: int, recompute: str) -> dict[str, float]:
+    """Largest differences of output and parameter gradients between the plan applied over ``cp`` and one rank.
+
+    Every rank's loss is over the whole (gathered) output, so their gradients sum to cp.size × the gradient.
+    """
+    torch.manual_seed(length)
+    reference = _Net(heads)
+    model = copy.deepcopy(reference)
+    x, weight = torch.randn(2, 2, length, 4).unbind(0)
+    expected = reference(x)
+    (expected * weight).sum().backward()
+    shard_model(model, PLAN, cp, pipelined=False)
+    if RECOMPUTE[recompute] is not None:
+        apply_recompute(model, ["blocks.{*}"], **RECOMPUTE[recompute])
+    out = model(x)
+    (out * weight).sum().backward()
+    errors = []
+    for param, expected_param in zip(model.parameters(), reference.parameters(), strict=True):
+        dist.all_reduce(param.grad, group=cp.group)
+        errors.append(_max_error(param.grad / cp.size, expected_param.grad))
+    # The forward's scope ends with its backward: nothing is left for the next step to find.
+    return {"out": _max_error(out.detach(), expected.detach()), "grad": max(errors), "open": active_scope() is not None}
 
 
 def _cases(cp: ContextParallel, lengths: tuple[int, ...], heads: int) -> dict[str, dict[str, float]]:
@@ -96,6 +172,11 @@ def check(out: str) -> None:
     # Double ring: windows of 2 ranks on 4 (inner and outer rings both used), of 1 on 2 (outer ring only).
     double = build_context(mesh, "ring", window_size=world // 2)
     report |= {f"double-{k}": v for k, v in _cases(double, lengths, heads=world).items()}
+    engine = {
+        f"{mode}-{length}-{recompute}": engine_errors(build_context(mesh, mode), length, world, recompute)
+        for mode in ("ulysses", "ring")
+        for length, recompute in itertools.product((4 * world, 3 * world + 1), RECOMPUTE)
+    }
     errors = {"ulysses": error_message(build_context(mesh, "ulysses"), heads=world + 1)}
     try:
         build_context(mesh, "ring", window_size=3)
@@ -111,4 +192,4 @@ def check(out: str) -> None:
         report |= {f"pairs-{k}": v for k, v in _cases(build_context(pairs, "ring"), (5,), heads=2).items()}
     if int(os.environ["RANK"]) == 0:
         with open(out, "w") as f:
-            json.dump({"errors": report, "messages": errors}, f)
+            json.dump({"errors": report, "engine": engine, "messages": errors}, f)

@@ -1,4 +1,5 @@
-"""Context-parallel attention (Ulysses, ring, USP) equals SDPA on the whole sequence, outputs and gradients."""
+"""Context-parallel attention (Ulysses, ring, USP) equals SDPA on the whole sequence, outputs and gradients; so does
+a model the engine splits and gathers from its ContextParallelPlan, with and without activation checkpointing."""
 
 from __future__ import annotations
 
@@ -32,6 +33,15 @@ def test_every_mode_matches_single_device_attention(report):
         case: errors for case, errors in report["errors"].items() if not all(e <= TOLERANCE for e in errors.values())
     }
     assert not bad
+
+
+def test_the_plan_split_and_gather_equal_one_rank(report):
+    cases = report["engine"]
+    # Two modes × a length that divides evenly and one that pads × no, full and selective recompute.
+    assert len(cases) == 12
+    bad = {case: errors for case, errors in cases.items() if not (errors["out"] <= TOLERANCE >= errors["grad"])}
+    assert not bad
+    assert not any(errors["open"] for errors in cases.values())
 
 
 def test_ulysses_with_indivisible_heads_is_a_config_error(report):

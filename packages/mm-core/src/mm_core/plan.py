@@ -100,23 +100,28 @@ class PipelinePlan:
 class ContextParallelPlan:
     """Where context parallelism (``parallel.cp.size > 1``) splits the model's sequence and gathers it again.
 
-    The engine splits and gathers at these modules; in between every op is per token except attention, which the
-    plugin computes with ``mm_parallel.attention`` so that it spans every rank's shard.
+    The engine splits and gathers at these modules during the model's forward (and a pipeline stage's); in between
+    every op is per token except attention, which the plugin computes with ``mm_parallel.attention`` so that it
+    spans every rank's shard, padding masked. No module named: the plugin's forward splits and gathers itself
+    (``mm_parallel.split_sequence`` / ``gather_sequence``), in the scope the engine opens for it. See
+    docs/context_parallel.md.
     """
 
     split_inputs: Mapping[str, int] = field(default_factory=dict)
     """Module path -> sequence dim: the module's first positional input is split over the cp ranks before it
-    runs (``{"predictor.blocks.0": 1}``: the tokens entering the first block)."""
+    runs (``{"predictor.blocks.0": 1}``: the tokens entering the first block); a recomputed module splits it again."""
 
     split_outputs: Mapping[str, int] = field(default_factory=dict)
     """Module path -> sequence dim: the module's output (each tensor of a tuple) is split after it runs (tables
     computed for the whole sequence, such as rotary embeddings, so each shard keeps its positions)."""
 
     gather_outputs: Mapping[str, int] = field(default_factory=dict)
-    """Module path -> sequence dim: the module's output is gathered from every cp rank, padding dropped."""
+    """Module path -> sequence dim: the module's output (each tensor of a tuple) is gathered from every cp rank,
+    the split's padding dropped."""
 
     heads: int | None = None
-    """Attention heads of the model: Ulysses and USP split them over their ranks, which must divide them."""
+    """Attention heads of the model: Ulysses and USP split them over their ranks, which the engine checks divide
+    them before training starts. None: the first attention call checks."""
 
     def __post_init__(self) -> None:
         for name in ("split_inputs", "split_outputs", "gather_outputs"):
@@ -125,8 +130,8 @@ class ContextParallelPlan:
                 isinstance(k, str) and isinstance(v, int) for k, v in value.items()
             ):
                 raise PluginError(f"ContextParallelPlan.{name} must map module paths to dims, got {value!r}")
-        if not (self.split_inputs or self.split_outputs):
-            raise PluginError("ContextParallelPlan needs at least one split (split_inputs or split_outputs)")
+        if self.heads is not None and (not isinstance(self.heads, int) or self.heads < 1):
+            raise PluginError(f"ContextParallelPlan.heads must be a positive number of heads, got {self.heads!r}")
 
 
 @dataclass(frozen=True, kw_only=True)

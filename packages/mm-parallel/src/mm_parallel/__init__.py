@@ -3,13 +3,7 @@
 __version__ = "0.1.0"
 
 from mm_parallel.attention import attention
-from mm_parallel.context import (
-    ContextParallel,
-    build_context,
-    context_parallel,
-    current_context,
-    set_context_parallel,
-)
+from mm_parallel.context import ContextParallel, build_context, context_parallel
 from mm_parallel.sequence import gather_sequence, split_sequence
 
 __all__ = [
@@ -17,8 +11,6 @@ __all__ = [
     "attention",
     "build_context",
     "context_parallel",
-    "current_context",
     "gather_sequence",
-    "set_context_parallel",
     "split_sequence",
 ]

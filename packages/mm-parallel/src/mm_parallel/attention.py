@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch.distributed import ProcessGroup
 from torch.distributed.device_mesh import DeviceMesh
 
-from mm_parallel.context import ContextParallel, SequenceLayout, build_context, current_context
+from mm_parallel.context import ContextParallel, SequenceLayout, active_scope, build_context, true_length
 from mm_parallel.ring_attention import ring_attention
 from mm_parallel.ulysses import check_heads, heads_to_sequence, sequence_to_heads
 
@@ -30,10 +30,13 @@ def _local_attention(
 
 
 def _resolve(cp_group: ContextParallel | ProcessGroup | DeviceMesh | None, mode: str | None) -> ContextParallel | None:
-    cp = current_context() if cp_group is None else cp_group
-    if cp is None or isinstance(cp, ContextParallel):
-        return cp
-    return build_context(cp, mode or "ulysses")
+    """The groups to run on: ``cp_group`` (a group or mesh in ``mode``), else the active scope's once it has split."""
+    if cp_group is None:
+        scope = active_scope()
+        return scope.cp if scope is not None and scope.length is not None else None
+    if isinstance(cp_group, ContextParallel):
+        return cp_group
+    return build_context(cp_group, mode or "ulysses")
 
 
 def attention(
@@ -51,8 +54,9 @@ def attention(
     """Softmax attention of this rank's sequence shard over the whole sequence; equals SDPA on the full sequence.
 
     ``cp_group``: a ContextParallel, or a cp process group / 1-D mesh run in ``mode`` (ulysses or ring); default the
-    current context (``context_parallel``); none or one rank: plain SDPA. ``seq_len``: the unpadded length, default
-    the last ``split_sequence``'s. Keys/values with fewer heads (GQA) are repeated to the query heads.
+    active scope's (``context_parallel``, which the engine opens for the model's forward) once the sequence is split;
+    none or one rank: plain SDPA. ``seq_len``: the unpadded length, default the active scope's split (none: no
+    padding). Keys/values with fewer heads (GQA) are repeated to the query heads.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
@@ -66,14 +70,14 @@ def attention(
         return out.transpose(1, 2) if layout == "bshd" else out
     if k.shape[1] != q.shape[1]:
         k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
-    seq = cp.layout(seq_len or cp.length or q.shape[2] * cp.size)
+    seq = cp.layout(true_length(cp, seq_len, q.shape[2]))
     if seq.padded != q.shape[2] * cp.size:
         raise ValueError(
             f"a {seq.length}-token sequence is {seq.padded} padded tokens over {cp.size} cp ranks, "
             f"not {q.shape[2]} per rank: shard it with mm_parallel.split_sequence"
         )
     if cp.ulysses_group is not None:
-        check_heads(q.shape[1], cp.ulysses_group, cp.mode)
+        check_heads(q.shape[1], cp.ulysses_size, cp.mode)
         q, k, v = (heads_to_sequence(t, cp.ulysses_group) for t in (q, k, v))
     if cp.ring_group is not None:
         out = ring_attention(q, k, v, cp.ring_group, seq, causal, scale, cp.ring_window)

@@ -1,4 +1,5 @@
-"""The context-parallel groups a model's attention runs on, and how a sequence is laid out over them."""
+"""The context-parallel groups a model's attention runs on, how a sequence is laid out over them, and the scope
+one forward's split, attention calls and gather share."""
 
 from __future__ import annotations
 
@@ -6,11 +7,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.autograd import Variable
 from torch.distributed import ProcessGroup
 from torch.distributed.device_mesh import DeviceMesh
+from torch.utils._pytree import tree_map_only
 
 from mm_core.errors import ConfigError
 
@@ -63,16 +67,15 @@ class SequenceLayout:
         return torch.cat([self.positions(rank) for rank in range(self.ring * self.ulysses)])
 
 
-@dataclass
+@dataclass(frozen=True)
 class ContextParallel:
-    """The process groups and mode of context parallelism; ``length`` is the sequence last split over them."""
+    """The process groups and mode of context parallelism, built once per run (:func:`build_context`)."""
 
     mode: str
     group: ProcessGroup
     ulysses_group: ProcessGroup | None = None
     ring_group: ProcessGroup | None = None
     ring_window: tuple[ProcessGroup, ProcessGroup] | None = None
-    length: int | None = None
 
     @property
     def size(self) -> int:
@@ -151,26 +154,95 @@ def build_context(
     )
 
 
-_current: ContextParallel | None = None
 
 
-def current_context() -> ContextParallel | None:
-    """The context parallelism ``attention`` and the sequence helpers use when given no group."""
-    return _current
+@dataclass(frozen=True)
+class Scope:
+    """What the split, attention calls and gather of one forward share: the groups, and the length of the sequence
+    split over them (None until the split)."""
+
+    cp: ContextParallel
+    length: int | None = None
 
 
-def set_context_parallel(cp: ContextParallel | None) -> ContextParallel | None:
-    """Make ``cp`` the current context parallelism (None: none); returns the previous one."""
-    global _current
-    previous, _current = _current, cp
-    return previous
+# The scope of the forward running now, or of the backward pass re-entering it; None outside both. Only
+# `context_parallel` (a forward) and `reenter_in_backward` (its backward) set it, and both put back what was there.
+_active: Scope | None = None
+# While a backward pass re-enters a scope: what to put back when that pass ends.
+_before_backward: list[Scope | None] = []
+
+
+def active_scope() -> Scope | None:
+    """The scope ``attention`` and the sequence helpers run in when given no groups."""
+    return _active
 
 
 @contextmanager
-def context_parallel(cp: ContextParallel | None) -> Iterator[ContextParallel | None]:
-    """Within the block, ``attention`` and the sequence helpers run on ``cp``."""
-    previous = set_context_parallel(cp)
+def context_parallel(cp: ContextParallel | None, length: int | None = None) -> Iterator[None]:
+    """Within the block, ``attention`` and the sequence helpers run on ``cp``, sharing the length a split records.
+
+    ``length``: the true length of a sequence already split (on another pipeline stage). The scope ends with the
+    block: run backward inside it too when modules are recomputed (the engine re-enters it in backward itself).
+    """
+    global _active
+    previous, _active = _active, None if cp is None else Scope(cp, length)
     try:
-        yield cp
+        yield
     finally:
-        set_context_parallel(previous)
+        _active = previous
+
+
+def record_split(cp: ContextParallel, length: int) -> None:
+    """Note in the active scope that a ``length``-token sequence was split over ``cp`` (nothing outside one)."""
+    global _active
+    if _active is None or _active.cp != cp:
+        return
+    if _active.length not in (None, length):
+        raise ValueError(
+            f"context parallelism splits one sequence per forward: {_active.length} tokens were split already, "
+            f"now {length}"
+        )
+    _active = Scope(cp, length)
+
+
+def true_length(cp: ContextParallel, length: int | None, shard: int) -> int:
+    """A sequence's true length over ``cp``: ``length``, else the active scope's split, else ``shard`` × ranks."""
+    if length is not None:
+        return length
+    if _active is not None and _active.cp == cp and _active.length is not None:
+        return _active.length
+    return shard * cp.size
+
+
+def _end_backward() -> None:
+    global _active
+    _active = _before_backward.pop()
+
+
+class _Reenter(torch.autograd.Function):
+    """Identity; its backward makes ``scope`` active until the backward pass ends (recompute runs forwards there)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scope: Scope) -> torch.Tensor:
+        ctx.scope = scope
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        global _active
+        if not _before_backward:
+            _before_backward.append(_active)
+            Variable._execution_engine.queue_callback(_end_backward)
+        _active = ctx.scope
+        return grad, None
+
+
+def reenter_in_backward(output: Any, scope: Scope | None) -> Any:
+    """``output`` with each tensor that requires grad passed through an identity that re-enters ``scope`` in backward.
+
+    Applied to what leaves a scope (the model's output, a pipeline stage's carry), it keeps the scope active while
+    backward runs through what ran in it, activation checkpointing's recompute included.
+    """
+    if scope is None:
+        return output
+    return tree_map_only(torch.Tensor, lambda t: _Reenter.apply(t, scope) if t.requires_grad else t, output)

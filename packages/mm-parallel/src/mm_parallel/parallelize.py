@@ -11,22 +11,13 @@ from mm_core.config import Config
 from mm_core.plan import ParallelPlan
 from mm_core.runtime import Runtime
 from mm_parallel.compile import apply_compile, check_compile_options
-from mm_parallel.context import build_context, set_context_parallel
+from mm_parallel.context_plan import apply_context_parallel
 from mm_parallel.fsdp2 import apply_fsdp2, check_options, data_parallel_mesh, resolve
 from mm_parallel.meta_init import is_meta, materialize
 from mm_parallel.pipeline import apply_pipeline
 from mm_parallel.recompute import apply_recompute
 
 log = logging.getLogger("mm")
-
-
-def apply_context_parallel(
-    runtime: Runtime, size: int, mode: str, ulysses_degree: int | None = None, window_size: int | None = None
-) -> None:
-    """Make ``mm_parallel.attention`` shard sequences over the runtime's ``cp`` mesh dim (nothing when size is 1)."""
-    if size > 1:
-        set_context_parallel(build_context(runtime.submesh("cp"), mode, ulysses_degree, window_size))
-        log.info("context parallel: %s over %d ranks", mode, size)
 
 
 def parallelize(model: torch.nn.Module, plan: ParallelPlan, config: Config, runtime: Runtime) -> torch.nn.Module:
@@ -42,7 +33,7 @@ def parallelize(model: torch.nn.Module, plan: ParallelPlan, config: Config, runt
     check_options(fsdp)
     check_compile_options(compile_options)
     on_meta = is_meta(model)
-    apply_context_parallel(runtime, **config.parallel.cp)
+    plan = apply_context_parallel(model, plan, config, runtime)
     model = apply_recompute(
         model, modules=fsdp.recompute_modules, use_reentrant=fsdp.use_reentrant, mode=fsdp.recompute_mode
     )

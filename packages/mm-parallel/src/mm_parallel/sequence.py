@@ -6,26 +6,27 @@ import torch
 import torch.distributed as dist
 from torch.distributed import ProcessGroup
 
-from mm_parallel.context import ContextParallel, current_context
+from mm_parallel.context import ContextParallel, active_scope, record_split, true_length
 
 
-def _active(cp: ContextParallel | None) -> ContextParallel | None:
-    """``cp``, else the current context; None when there is no context parallelism to apply."""
-    cp = cp if cp is not None else current_context()
+def _groups(cp: ContextParallel | None) -> ContextParallel | None:
+    """``cp``, else the active scope's; None when there is no context parallelism to apply."""
+    scope = active_scope()
+    cp = cp if cp is not None else scope.cp if scope is not None else None
     return cp if cp is not None and cp.size > 1 else None
 
 
 def split_sequence(x: torch.Tensor, dim: int, cp: ContextParallel | None = None) -> torch.Tensor:
-    """This rank's shard of ``x`` along ``dim``, zero-padded to the layout's length; records the length on ``cp``.
+    """This rank's shard of ``x`` along ``dim``, zero-padded to the layout's length; the active scope notes the length.
 
-    Without context parallelism (no context, or one rank) ``x`` is returned as it is.
+    ``cp``: default the active scope's. Without context parallelism (none, or one rank) ``x`` is returned as it is.
     """
-    cp = _active(cp)
+    cp = _groups(cp)
     if cp is None:
         return x
     length = x.shape[dim]
     layout = cp.layout(length)
-    cp.length = length
+    record_split(cp, length)
     if layout.padded > length:
         shape = list(x.shape)
         shape[dim] = layout.padded - length
@@ -54,13 +55,14 @@ class _AllGather(torch.autograd.Function):
 def gather_sequence(
     x: torch.Tensor, dim: int, cp: ContextParallel | None = None, length: int | None = None
 ) -> torch.Tensor:
-    """The whole sequence from every rank's shard of ``x``, padding dropped (``length``: default the last split's).
+    """The whole sequence from every rank's shard of ``x``, padding dropped.
 
-    Without context parallelism ``x`` is returned as it is.
+    ``cp``: default the active scope's; ``length``: the true length, default the active scope's split (none: no
+    padding). Without context parallelism ``x`` is returned as it is.
     """
-    cp = _active(cp)
+    cp = _groups(cp)
     if cp is None:
         return x
-    layout = cp.layout(length if length is not None else cp.length or x.shape[dim] * cp.size)
+    layout = cp.layout(true_length(cp, length, x.shape[dim]))
     full = _AllGather.apply(x, dim, cp.group)
     return full.index_select(dim, layout.order.argsort().to(x.device)).narrow(dim, 0, layout.length)

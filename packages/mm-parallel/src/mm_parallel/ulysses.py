@@ -31,13 +31,13 @@ class _AllToAll(torch.autograd.Function):
         return _all_to_all(grad, gather_dim, scatter_dim, ctx.group), None, None, None
 
 
-def check_heads(heads: int, group: ProcessGroup, mode: str) -> None:
-    """Raise a ConfigError unless ``heads`` splits evenly over the ``group`` that exchanges heads."""
-    size = dist.get_world_size(group)
-    if heads % size:
+def check_heads(heads: int, ranks: int, mode: str) -> None:
+    """Raise a ConfigError unless ``heads`` split evenly over the ``ranks`` that exchange them (Ulysses' ranks)."""
+    if heads % ranks:
+        degree = "cp size" if mode == "ulysses" else "ulysses_degree"
         raise ConfigError(
-            f"cp mode {mode} splits the {heads} attention heads over {size} ranks, and {heads} is not divisible "
-            f"by {size}: pick parallel.cp.size (ulysses) or the ulysses degree (usp) dividing {heads}, or mode ring"
+            f"parallel.cp.mode {mode} splits the {heads} attention heads over {ranks} ranks: pick a {degree} "
+            f"dividing {heads}, or mode ring"
         )
 
 

@@ -1,4 +1,7 @@
-"""Context parallelism for Wan2.1: the transformer's tokens split over the cp ranks, one batch read per cp group."""
+"""Context parallelism for Wan2.1: self-attention over the cp ranks' token shards, one batch read per cp group.
+
+Where the tokens are split and gathered is the plugin's ``ContextParallelPlan``; the engine does it.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +11,9 @@ import torch
 import torch.distributed as dist
 from diffusers import WanTransformer3DModel
 from diffusers.models.transformers.transformer_wan import WanAttention, _get_qkv_projections
-from torch import nn
 from torch.distributed import ProcessGroup
 
-from mm_core.config import Config
-from mm_core.errors import ConfigError
-from mm_parallel import attention, current_context, gather_sequence, split_sequence
+from mm_parallel import attention
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -30,7 +30,7 @@ class ContextParallelSelfAttention:
     """A WanAttention processor for self-attention whose attention is ``mm_parallel.attention``.
 
     The hidden states and RoPE tables are this rank's shard of the sequence; the attention spans the
-    whole sequence over the current context-parallel group (plain SDPA without one).
+    whole sequence over the cp ranks (plain SDPA without context parallelism).
     """
 
     def __call__(
@@ -53,48 +53,14 @@ class ContextParallelSelfAttention:
         return attn.to_out[1](attn.to_out[0](out))
 
 
-def _split_rope(module: nn.Module, args: tuple, output: tuple[torch.Tensor, torch.Tensor]) -> tuple:
-    # The tables are computed for the whole sequence, so each shard keeps its tokens' full-sequence positions.
-    return tuple(split_sequence(table, dim=1) for table in output)
+def use_context_parallel_attention(predictor: WanTransformer3DModel) -> None:
+    """Every block's self-attention (attn1) through ``mm_parallel.attention``; cross-attention stays diffusers'.
 
-
-def _split_tokens(module: nn.Module, args: tuple) -> tuple:
-    return (split_sequence(args[0], dim=1), *args[1:])
-
-
-def _gather_tokens(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-    return gather_sequence(output, dim=1)
-
-
-def enable_context_parallel(predictor: WanTransformer3DModel) -> None:
-    """Split the tokens after patch embedding and gather them after ``proj_out``; self-attention spans the shards.
-
-    Everything between is per token (norms, cross-attention to the whole text, FFN, timestep modulation of
-    the whole sample), so only self-attention talks to the other cp ranks. Needs the current context set
-    (``mm_parallel.set_context_parallel``, done by the engine); without one the hooks do nothing.
+    Everything else in a block is per token (norms, cross-attention to the whole text, FFN, timestep modulation
+    of the whole sample), so only self-attention talks to the other cp ranks.
     """
-    predictor.rope.register_forward_hook(_split_rope)
-    predictor.blocks[0].register_forward_pre_hook(_split_tokens)
-    predictor.proj_out.register_forward_hook(_gather_tokens)
     for block in predictor.blocks:
         block.attn1.set_processor(ContextParallelSelfAttention())
-
-
-def set_sequence_length(tokens: int) -> None:
-    """The token count ``proj_out``'s gather unpads to, on a pipeline stage where the split ran on another rank."""
-    cp = current_context()
-    if cp is not None:
-        cp.length = tokens
-
-
-def check_heads(cp: Config, heads: int) -> None:
-    """A ConfigError unless the heads split evenly over the ranks that exchange them (ulysses, usp)."""
-    degree = {"ulysses": cp.size, "usp": cp.ulysses_degree}.get(cp.mode)
-    if degree and heads % degree:
-        raise ConfigError(
-            f"parallel.cp.mode {cp.mode} splits the transformer's {heads} attention heads over {degree} ranks: "
-            f"pick a {'cp size' if cp.mode == 'ulysses' else 'ulysses_degree'} dividing {heads}, or mode ring"
-        )
 
 
 def broadcast_batch(batch: dict[str, Any] | None, group: ProcessGroup, device: torch.device) -> dict[str, Any]:

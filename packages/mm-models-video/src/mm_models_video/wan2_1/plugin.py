@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from mm_core import ParallelPlan, PipelinePlan, hookimpl
+from mm_core import ContextParallelPlan, ParallelPlan, PipelinePlan, hookimpl
 from mm_core.config import Config
 from mm_core.data_iter import DataIterator
 from mm_core.defaults import to_device
@@ -18,7 +16,7 @@ from mm_models_video.frozen import FROZEN
 from mm_models_video.wan2_1 import schema
 from mm_models_video.wan2_1.build import build_model
 from mm_models_video.wan2_1.convert import register_converters  # noqa: F401 (mm-convert hook)
-from mm_models_video.wan2_1.cp import broadcast_batch, check_heads, enable_context_parallel, set_sequence_length
+from mm_models_video.wan2_1.cp import broadcast_batch, use_context_parallel_attention
 from mm_models_video.wan2_1.data import build_train_loader, data_config, example_prompt
 from mm_models_video.wan2_1.extract import extract_features as run_extraction
 from mm_models_video.wan2_1.infer import generate
@@ -58,41 +56,40 @@ def default_config(task: str) -> dict:
 def model_provider(config: Config, runtime: Runtime) -> WanT2V:
     """Check the data shape against the model, then build the WanT2V (on the CPU; the engines place it).
 
-    With context parallelism the transformer's tokens are split over the cp ranks (see ``cp``); the split and
-    gather hooks sit on modules of the first and the last pipeline stage, so it combines with PP.
+    With context parallelism its self-attention runs through ``mm_parallel.attention`` (see ``cp``).
     """
     data_config(config)
     model = build_model(config.model)
     if runtime.dims["cp"] > 1:
-        check_heads(config.parallel.cp, model.predictor.config.num_attention_heads)
-        enable_context_parallel(model.predictor)
+        use_context_parallel_attention(model.predictor)
     return model
 
 
 @hookimpl
 def parallel_plan(model: WanT2V, config: Config) -> ParallelPlan:
-    """FSDP2 shards each transformer block; PP cuts the block list.
+    """FSDP2 shards each transformer block; CP splits the tokens entering the blocks; PP cuts the block list.
 
-    Under PP the first stage encodes, noises and embeds (``WanT2V.embed``), the last predicts (``WanT2V.predict``).
+    CP splits after patch embedding (with the RoPE tables, computed for the whole sequence, so each token keeps its
+    position) and gathers after ``proj_out``. Under PP the first stage encodes, noises and embeds
+    (``WanT2V.embed``), the last predicts (``WanT2V.predict``).
     """
     return ParallelPlan(
         fsdp_modules=["predictor.blocks.{*}"],
+        cp=ContextParallelPlan(
+            split_inputs={"predictor.blocks.0": 1},
+            split_outputs={"predictor.rope": 1},
+            gather_outputs={"predictor.proj_out": 1},
+            heads=model.predictor.config.num_attention_heads,
+        ),
         pipeline=PipelinePlan(
             layers="predictor.blocks",
             pre=lambda model, batch: tuple(model.embed(**model_inputs(batch))),
             layer=lambda block, carry: tuple(run_block(block, carry)),
-            post=_pp_post,
+            post=lambda model, carry, batch: model.predict(Carry(*carry)),
             pre_modules=[*FROZEN, *(f"predictor.{name}" for name in PP_PRE)],
             post_modules=[f"predictor.{name}" for name in PP_POST],
         ),
     )
-
-
-def _pp_post(model: WanT2V, carry: tuple[torch.Tensor, ...], batch: dict) -> dict:
-    """The last pipeline stage: ``WanT2V.predict``, after telling context parallelism the clip's token count."""
-    carry = Carry(*carry)
-    set_sequence_length(math.prod(model.patch_grid(carry.target)))
-    return model.predict(carry)
 
 
 @hookimpl
