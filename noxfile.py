@@ -50,7 +50,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python="3.11", reuse_venv=False)
 def build(session: nox.Session) -> None:
-    """Build each package's wheel, install the wheels into this fresh venv, check `mm plugins` sees them."""
+    """Build each package's wheel, install the wheels into this fresh venv, check `mm plugins --hooks` imports them."""
     session.install(*CONSTRAINTS, "build")
     with tempfile.TemporaryDirectory() as dist:
         for package in PACKAGES:
@@ -59,7 +59,8 @@ def build(session: nox.Session) -> None:
         if len(wheels) != len(PACKAGES):
             session.error(f"built {len(wheels)} wheels for {len(PACKAGES)} packages")
         session.install(*CONSTRAINTS, *wheels)
-    listing = session.run("mm", "plugins", silent=True)
+    # --hooks imports every plugin: a wheel missing a module fails here, not at a user's first run.
+    listing = session.run("mm", "plugins", "--hooks", silent=True)
     print(listing)
     missing = [name for name in _declared_plugins() if name not in listing]
     if missing:

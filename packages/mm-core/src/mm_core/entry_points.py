@@ -28,10 +28,13 @@ def declared(group: str) -> list[Declared]:
 
 
 def summary(value: str) -> str:
-    """The first line of the docstring of entry-point target ``value``, read from its source ("" when none)."""
+    """The first line of the docstring of entry-point target ``value``, read from its source ("" when none).
+
+    reST's double backticks are dropped: the line is printed on a terminal.
+    """
     node = target_node(value)
     doc = ast.get_docstring(node) if node is not None else None
-    return doc.strip().splitlines()[0] if doc else ""
+    return doc.strip().splitlines()[0].replace("``", "") if doc else ""
 
 
 def target_node(value: str) -> ast.Module | ast.ClassDef | ast.FunctionDef | None:
