@@ -19,7 +19,7 @@ from mm_models_vlm.qwen2_5_vl.packing import collate_packed
 from mm_models_vlm.qwen2_5_vl.pipeline import model_pipeline_num_layers
 from mm_models_vlm.qwen2_5_vl.synthetic import make_shapes_dataset
 from mm_models_vlm.qwen2_5_vl.tiny import tiny_config, tiny_processor
-from mm_parallel.pipeline import pipeline_num_layers as _pipeline_num_layers
+from mm_parallel.pipeline import pipeline_num_layers
 
 # Packing on (the default); 4 micro-batches of 2 samples per step.
 OVERRIDES = ["training.train_iters=3", "training.save_interval=0", "training.micro_batch_size=2",
@@ -62,7 +62,7 @@ def test_model_json_cuts_map_onto_pipeline_num_layers():
     assert cuts == {"vit": [[32, 0]], "llm": [[1, 35]]}
     assert model_pipeline_num_layers(Config({"model": {"image_encoder": {}, "text_decoder": {}}})) is None
     with pytest.raises(ConfigError, match="differs from the model section's"):
-        _pipeline_num_layers({"llm": [18, 18]}, cuts)
+        pipeline_num_layers({"llm": [18, 18]}, cuts)
 
 
 @pytest.fixture(scope="module")
