@@ -99,19 +99,20 @@ def datasets_provider(config: Config, runtime: Runtime) -> tuple[Iterable, Itera
 
 
 @hookspec(firstresult=True)
-def get_batch(data_iterator: Iterator, runtime: Runtime) -> dict[str, Any]:
+def get_batch(data_iterator: Iterator, runtime: Runtime) -> Any:
     """Take the next micro-batch from ``data_iterator`` and return it on ``runtime.device``.
 
     Stops at the first non-None result (mm-core's default moves every tensor to the device).
 
     :param data_iterator: the trainer's iterator over the train (or valid) iterable.
     :param runtime: device, process group and mesh of this process.
-    :returns: the batch, a dict of tensors and plain values.
+    :returns: the batch: a dict of tensors and plain values, or a plugin's own batch type (a dataclass with
+        ``to(device)``, say), handed as it is to ``forward_step`` and ``loss_func``.
     """
 
 
 @hookspec(firstresult=True)
-def forward_step(batch: dict[str, Any], model: torch.nn.Module, runtime: Runtime) -> Any:
+def forward_step(batch: Any, model: torch.nn.Module, runtime: Runtime) -> Any:
     """Run the model on one micro-batch (inside the trainer's autocast); not called under PP.
 
     Stops at the first non-None result (mm-core's default calls ``model(**batch)``).
@@ -124,7 +125,7 @@ def forward_step(batch: dict[str, Any], model: torch.nn.Module, runtime: Runtime
 
 
 @hookspec(firstresult=True)
-def loss_func(output: Any, batch: dict[str, Any], runtime: Runtime) -> tuple[torch.Tensor, dict[str, float]]:
+def loss_func(output: Any, batch: Any, runtime: Runtime) -> tuple[torch.Tensor, dict[str, float]]:
     """Return the micro-batch's loss and the metrics to log.
 
     A ``tokens`` entry in metrics is summed over micro-batches and reported as tokens/s; a ``flops`` entry (this
