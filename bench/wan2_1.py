@@ -138,7 +138,8 @@ def datasets_provider(config: Config, runtime: Runtime) -> tuple:
     param = config.data.dataset_param
     shape = latent_shape(config.model.flavor, param.num_frames, param.max_height, param.max_width)
     latents, embeds = features(config.model.flavor, shape)
-    return [{"latents": latents, "prompt_embeds": embeds, "index": torch.tensor([0])}], None, None
+    batch = {"latents": latents, "prompt_embeds": embeds, "epoch": torch.tensor([0]), "index": torch.tensor([0])}
+    return [batch], None, None
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

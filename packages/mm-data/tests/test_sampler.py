@@ -6,6 +6,7 @@ from torch.utils.data import Dataset
 
 from mm_core.data_iter import DataIterator
 from mm_core.errors import ConfigError
+from mm_data.datasets import collate
 from mm_data.sampler import ResumableBatchSampler, bucket_keys, build_dataloader
 
 
@@ -18,6 +19,11 @@ class Range(Dataset):
 
     def __getitem__(self, index: int) -> int:
         return index
+
+
+class Items(Range):
+    def __getitem__(self, index: int) -> dict[str, int]:
+        return {"index": index}
 
 
 def rank_batches(n: int, dp_size: int, **kwargs) -> list[list[list[int]]]:
@@ -119,3 +125,22 @@ def test_worker_options_without_workers_are_ignored_and_a_bad_prefetch_is_one_er
     assert plain.num_workers == 0 and not plain.persistent_workers
     with pytest.raises(ConfigError, match="dataloader_param.prefetch_factor must be at least 1, got 0"):
         build_dataloader(Range(4), batch_size=2, dp_rank=0, dp_size=1, seed=0, num_workers=1, prefetch_factor=0)
+
+
+def test_items_carry_the_epoch_they_were_drawn_in_through_workers_and_resume() -> None:
+    def loader(**workers):
+        return build_dataloader(Items(6), batch_size=2, dp_rank=0, dp_size=1, seed=7, collate_fn=collate,
+                                with_epoch=True, **workers)
+
+    def pairs(batch: dict) -> list[tuple[int, int]]:
+        return list(zip(batch["epoch"].tolist(), batch["index"].tolist()))
+
+    straight = DataIterator(loader())
+    expected = [pairs(next(straight)) for _ in range(7)]
+    plain = DataIterator(build_dataloader(Range(6), batch_size=2, dp_rank=0, dp_size=1, seed=7))
+    assert expected == [[(epoch, i) for i in next(plain).tolist()] for epoch in (0, 0, 0, 1, 1, 1, 2)]
+    pooled = DataIterator(loader(num_workers=2, persistent_workers=True))
+    assert [pairs(next(pooled)) for _ in range(7)] == expected
+    resumed = DataIterator(loader())
+    resumed.load_state_dict({"epoch": 1, "position": 1})
+    assert [pairs(next(resumed)) for _ in range(3)] == expected[4:]

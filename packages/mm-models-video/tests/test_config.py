@@ -5,13 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from diffusers import WanTransformer3DModel
 from wan_testing import wan_config
 
 from mm_core.errors import ConfigError
 from mm_models_video.wan2_1.build import build_model
-from mm_models_video.wan2_1.data import data_config
+from mm_models_video.wan2_1.data import check_clip_fits, data_config
+from mm_models_video.wan2_1.flavors import get_flavor
 from mm_models_video.wan2_1.plugin import model_provider, parallel_plan
-from mm_models_video.wan2_1.schema import check_model, video_factors
+from mm_models_video.wan2_1.schema import check_model
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "wan2_1"
 
@@ -37,9 +39,26 @@ def test_clip_shape_must_fit_vae_and_patch(override: str, message: str) -> None:
         model_provider(config, None)
 
 
-def test_patch_size_changes_the_spatial_factor() -> None:
-    assert video_factors(wan_config().model) == (4, 16)
-    assert video_factors(wan_config("model.predictor.patch_size=[1, 4, 4]").model) == (4, 32)
+def _check_clip(*overrides: str) -> None:
+    config = wan_config(*overrides)
+    check_clip_fits(config, build_model(config.model))
+
+
+def test_the_built_models_patch_size_sets_the_spatial_factor(tmp_path) -> None:
+    width = "data.dataset_param.max_width=48"
+    _check_clip(width)
+    too_narrow = r"data.dataset_param: width 48 must be a multiple of 32 \(e.g. 32\) for Wan2.1 tiny"
+    with pytest.raises(ConfigError, match=too_narrow):
+        _check_clip("model.predictor.patch_size=[1, 4, 4]", width)
+    # A pretrained transformer's own patch size counts, with none in model.json.
+    WanTransformer3DModel(**{**get_flavor("tiny").predictor, "patch_size": (1, 4, 4)}).save_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match=too_narrow):
+        _check_clip(f"model.predictor.from_pretrained={tmp_path}", width)
+
+
+def test_the_data_section_is_parsed_once_per_content() -> None:
+    assert data_config(wan_config()) is data_config(wan_config())
+    assert data_config(wan_config("data.dataset_param.num_frames=13")).dataset_param.num_frames == 13
 
 
 @pytest.mark.parametrize(
@@ -81,6 +100,5 @@ def test_examples_load_and_validate() -> None:
     assert (data.dataset_param.num_frames, data.dataset_param.max_height, data.dataset_param.max_width) == (
         81, 480, 832,
     )
-    assert video_factors(config.model) == (4, 16)
     extract = wan_config("extract.output_dir=features", task="extract", sections=sections)
     assert extract.extract.output_dir == "features"

@@ -81,8 +81,8 @@ def test_example_weights_missing_is_one_clear_error() -> None:
 def test_wrong_sizes_are_named() -> None:
     with pytest.raises(ConfigError, match="model.predictor.text_dim is 32 but the text encoder's d_model gives 64"):
         build_model(_config("model.predictor.text_dim=32").model)
-    with pytest.raises(ConfigError, match=r"data.dataset_param: height 40 must be a multiple of 16"):
-        data_config(_config("data.dataset_param.max_height=40"))
+    with pytest.raises(ConfigError, match=r"data.dataset_param: height 40 must be a multiple of 16 \(e.g. 32\) \(Wan"):
+        model_provider(config=_config("data.dataset_param.max_height=40"), runtime=None)
     with pytest.raises(ConfigError, match="model.predictor.model_id must be 'custom_dit'"):
         build_model(_config("model.predictor.model_id=wandit").model)
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from wan_testing import QUIET, SMALL_CLIPS, wan_config
 
+from mm_core.data_iter import DataIterator
 from mm_core.errors import DataError
 from mm_core.runtime import create_runtime
 from mm_data.synthetic import make_moving_shapes
@@ -15,7 +16,7 @@ from mm_models_video.synthetic import cache_dir
 from mm_models_video.wan2_1.build import build_model
 from mm_models_video.wan2_1.data import build_train_loader
 from mm_models_video.wan2_1.extract import extract_features
-from mm_models_video.wan2_1.plugin import forward_step, loss_func
+from mm_models_video.wan2_1.plugin import forward_step, get_batch, loss_func
 
 SHORT_RUN = [
     *SMALL_CLIPS,
@@ -62,6 +63,17 @@ def test_loss_from_features_equals_online_loss(tmp_path) -> None:
     torch.testing.assert_close(from_features, online)
 
 
+def test_noise_seeds_come_from_the_epoch_and_index_of_each_item() -> None:
+    config = wan_config("training.device=cpu", "training.micro_batch_size=2", "training.global_batch_size=2")
+    runtime = create_runtime(config)
+    data = DataIterator(build_train_loader(config, runtime), seed=config.training.seed)
+    data.load_state_dict({"epoch": 3, "position": 7})
+    batch = get_batch(data, runtime)
+    assert batch["epoch"].tolist() == [3, 3]
+    stride = 1_000_003
+    assert batch["noise_seeds"] == [(1234 * stride + 3) * stride + index for index in batch["index"].tolist()]
+
+
 def test_training_reads_features(tmp_path, mm_train) -> None:
     _extract(tmp_path, "training.device=cpu")
     result = mm_train(
@@ -87,18 +99,18 @@ def _broken_dataset(tmp_path) -> str:
 def test_bad_samples_are_skipped_and_counted(tmp_path) -> None:
     config = wan_config("training.device=cpu", "training.micro_batch_size=1", *_broken_dataset(tmp_path))
     loader = build_train_loader(config, create_runtime(config))
-    item = loader.dataset[0]
-    assert isinstance(item["prompt"], str) and item["index"] == 3
-    assert loader.dataset.bad_samples == 3
+    item = loader.dataset[0, 0]
+    assert isinstance(item["prompt"], str) and item["index"] == 3 and item["epoch"] == 0
+    assert loader.dataset.dataset.bad_samples == 3
 
 
 def test_bad_samples_fail_on_request(tmp_path) -> None:
     config = wan_config("training.device=cpu", "data.on_bad_sample=error", *_broken_dataset(tmp_path))
     loader = build_train_loader(config, create_runtime(config))
     with pytest.raises(DataError, match="missing.mp4"):
-        loader.dataset[0]
+        loader.dataset[0, 0]
     with pytest.raises(DataError, match="caption 42 is not a string"):
-        loader.dataset[2]
+        loader.dataset[0, 2]
 
 
 def test_forward_step_passes_only_model_inputs(tiny_model) -> None:

@@ -95,7 +95,7 @@ def read_index(data_path: str | Path, data_folder: str | Path | None = None) -> 
     return [_record(entry, folder, where) for where, entry in entries]
 
 
-@dataclass
+@dataclass(frozen=True)
 class DatasetParam:
     """The ``dataset_param`` block of a data.json (``basic_parameters`` / ``preprocess_parameters`` flattened)."""
 
@@ -111,7 +111,7 @@ class DatasetParam:
     extra: dict = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataloaderParam:
     """The ``dataloader_param`` block of a data.json."""
 
@@ -130,7 +130,7 @@ class DataloaderParam:
     extra: dict = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     """A whole data.json: its two blocks and how to treat unreadable samples (``skip`` or ``error``)."""
 

@@ -1,4 +1,4 @@
-"""A data-parallel batch sampler that shuffles per epoch, buckets by shape and resumes mid-epoch."""
+"""A data-parallel batch sampler that shuffles per epoch, buckets by shape, resumes mid-epoch and tags the epoch."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ class ResumableBatchSampler(Sampler[list[int]]):
     bucket; rank ``dp_rank`` takes its slice of each, so ranks see disjoint indices and the same
     number of batches. A bucket's incomplete last global batch is dropped with ``drop_last``, else
     filled by repeating that bucket's indices. ``skip(n)`` makes the next iteration start after
-    its first ``n`` batches.
+    its first ``n`` batches. With ``with_epoch`` each index comes as an ``(epoch, index)`` pair, the keys of
+    an :class:`EpochTagged` dataset.
     """
 
     def __init__(
@@ -33,6 +34,7 @@ class ResumableBatchSampler(Sampler[list[int]]):
         shuffle: bool = True,
         drop_last: bool = True,
         buckets: Sequence[Hashable] | None = None,
+        with_epoch: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
@@ -47,6 +49,7 @@ class ResumableBatchSampler(Sampler[list[int]]):
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.buckets = list(buckets) if buckets is not None else [None] * num_samples
+        self.with_epoch = with_epoch
         self.epoch = 0
         self._skip = 0
 
@@ -75,13 +78,34 @@ class ResumableBatchSampler(Sampler[list[int]]):
             batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
         return batches
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[int] | list[tuple[int, int]]]:
         skip, self._skip = self._skip, 0
         rank_slice = slice(self.dp_rank * self.batch_size, (self.dp_rank + 1) * self.batch_size)
-        return iter([batch[rank_slice] for batch in self._global_batches()[skip:]])
+        batches = [batch[rank_slice] for batch in self._global_batches()[skip:]]
+        if self.with_epoch:
+            return iter([[(self.epoch, index) for index in batch] for batch in batches])
+        return iter(batches)
 
     def __len__(self) -> int:
         return max(len(self._global_batches()) - self._skip, 0)
+
+
+class EpochTagged(Dataset):
+    """A dataset of dict items read with ``(epoch, index)`` keys: item ``index`` with an ``"epoch"`` entry added.
+
+    The item keeps its own entries, ``"index"`` included (a dataset that replaces a bad sample names the one
+    it read), so a batch alone says which (epoch, sample) each of its rows is.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        epoch, index = key
+        return {**self.dataset[index], "epoch": epoch}
 
 
 def bucket_keys(
@@ -108,18 +132,26 @@ def build_dataloader(
     buckets: Sequence[Hashable] | None = None,
     prefetch_factor: int | None = None,
     persistent_workers: bool = False,
+    with_epoch: bool = False,
 ) -> DataLoader:
     """A DataLoader over ``dataset`` whose batch sampler is a ResumableBatchSampler for this rank.
 
     ``prefetch_factor`` and ``persistent_workers`` apply to worker processes; with ``num_workers=0`` there
-    are none, and they are ignored.
+    are none, and they are ignored. With ``with_epoch`` each (dict) item also carries the epoch it was drawn
+    in, as ``"epoch"`` (see :class:`EpochTagged`).
     """
     if prefetch_factor is not None and prefetch_factor < 1:
         raise ConfigError(f"dataloader_param.prefetch_factor must be at least 1, got {prefetch_factor}")
-    sampler = ResumableBatchSampler(len(dataset), batch_size, dp_rank, dp_size, seed, shuffle, drop_last, buckets)
+    sampler = ResumableBatchSampler(
+        len(dataset), batch_size, dp_rank, dp_size, seed, shuffle, drop_last, buckets, with_epoch
+    )
     workers = {"prefetch_factor": prefetch_factor, "persistent_workers": persistent_workers} if num_workers else {}
     return DataLoader(
-        dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory, collate_fn=collate_fn,
+        EpochTagged(dataset) if with_epoch else dataset,
+        batch_sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        collate_fn=collate_fn,
         **workers,
     )
 
@@ -132,6 +164,7 @@ def build_rank_loader(
     seed: int,
     collate_fn: Callable[[list[Any]], Any] | None = None,
     buckets: Sequence[Hashable] | None = None,
+    with_epoch: bool = False,
 ) -> DataLoader:
     """``build_dataloader`` for this rank of ``runtime`` with the options of a ``dataloader_param`` block ``loader``."""
     return build_dataloader(
@@ -148,4 +181,5 @@ def build_rank_loader(
         buckets=buckets,
         prefetch_factor=loader.prefetch_factor,
         persistent_workers=loader.persistent_workers,
+        with_epoch=with_epoch,
     )

@@ -13,13 +13,16 @@ from mm_core.config import Config
 SEED_STRIDE = 1_000_003
 
 
-def noise_seeds(seed: int, epoch: int, indices: torch.Tensor | Sequence[int]) -> list[int]:
-    """One generator seed per sample from (training seed, epoch, dataset index) alone, whatever the parallel layout.
+def noise_seeds(
+    seed: int, epochs: torch.Tensor | Sequence[int], indices: torch.Tensor | Sequence[int]
+) -> list[int]:
+    """One generator seed per sample from (training seed, its epoch, its dataset index) alone, whatever the layout.
 
-    The seeds are host integers, so drawing from them never waits on the device.
+    A batch's ``"epoch"`` and ``"index"`` give them. The seeds are host integers, so drawing from them never
+    waits on the device.
     """
-    indices = indices.tolist() if isinstance(indices, torch.Tensor) else indices
-    return [(seed * SEED_STRIDE + epoch) * SEED_STRIDE + int(index) for index in indices]
+    epochs, indices = (v.tolist() if isinstance(v, torch.Tensor) else v for v in (epochs, indices))
+    return [(seed * SEED_STRIDE + int(epoch)) * SEED_STRIDE + int(index) for epoch, index in zip(epochs, indices)]
 
 
 class FlowMatching:

@@ -46,6 +46,11 @@ class FrozenEncoders(nn.Module):
                 part.eval()
         return self
 
+    @property
+    def vae_strides(self) -> tuple[int, int]:
+        """The frames and pixels one latent spans: the VAE's (temporal, spatial) compression."""
+        return self.ae.config.scale_factor_temporal, self.ae.config.scale_factor_spatial
+
     def latent_stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The VAE's per-channel latent mean and std, shaped [1, z, 1, 1, 1] like ``like``."""
         shape = (1, self.ae.config.z_dim, 1, 1, 1)

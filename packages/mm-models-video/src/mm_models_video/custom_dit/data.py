@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import math
-from typing import Any
-
 import torch
 from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 from torch.utils.data import DataLoader
@@ -14,11 +11,12 @@ from mm_core.config import Config
 from mm_core.errors import ConfigError
 from mm_core.runtime import Runtime
 from mm_data.datasets import VideoTextDataset, collate
-from mm_data.formats import DataConfig, parse_data_config
+from mm_data.formats import DataConfig
 from mm_data.sampler import bucket_keys, build_rank_loader
-from mm_data.transforms import check_video_shape
+from mm_models_video.clip_shape import check_clip, clip_factors
+from mm_models_video.custom_dit.model import CustomModel
 from mm_models_video.custom_dit.schema import CLIP
-from mm_models_video.encoders import VAE_STRIDES
+from mm_models_video.data_section import parse_data_section
 from mm_models_video.pretrained import load_pretrained
 from mm_models_video.synthetic import with_synthetic_data
 from mm_models_video.tokenizer import build_char_tokenizer
@@ -72,17 +70,16 @@ class CustomT2VDataset(VideoTextDataset):
 
 
 def data_config(config: Config) -> DataConfig:
-    """The data section parsed as a data.json, its clip shape checked against the VAE strides × patch size."""
-    raw: dict[str, Any] = config.data.to_dict()
-    parsed = parse_data_config({**raw, "dataset_param": {**CLIP, **raw.get("dataset_param", {})}}, "data")
-    param, patch = parsed.dataset_param, config.model.predictor.patch_size
-    temporal = VAE_STRIDES["scale_factor_temporal"] * patch[0]
-    spatial = VAE_STRIDES["scale_factor_spatial"] * math.lcm(patch[1], patch[2])
-    try:
-        check_video_shape(param.num_frames, param.max_height, param.max_width, temporal, spatial)
-    except ConfigError as exc:
-        raise ConfigError(f"data.dataset_param: {exc} (Wan VAE stride × model.predictor.patch_size)") from None
-    return parsed
+    """The data section parsed as a data.json (once), CLIP giving the clip shape it leaves out."""
+    return parse_data_section(config.data, CLIP)
+
+
+def check_clip_fits(config: Config, model: CustomModel) -> None:
+    """A ConfigError unless the data section's clip shape fits the built model's VAE strides × patch size."""
+    param = data_config(config).dataset_param
+    factors = clip_factors(model.vae_strides, model.predictor.patch_size)
+    why = "(Wan VAE stride × model.predictor.patch_size)"
+    check_clip(param.num_frames, param.max_height, param.max_width, factors, "data.dataset_param", why)
 
 
 def build_train_loader(config: Config, runtime: Runtime) -> DataLoader:

@@ -9,7 +9,7 @@ from mm_core.config import Config
 from mm_core.runtime import Runtime
 from mm_models_video.custom_dit import schema
 from mm_models_video.custom_dit.build import build_model
-from mm_models_video.custom_dit.data import build_train_loader, data_config
+from mm_models_video.custom_dit.data import build_train_loader, check_clip_fits
 from mm_models_video.custom_dit.model import CustomModel
 
 # The embedded run: the tiny CustomDiT on generated clips, in seconds on the CPU.
@@ -34,9 +34,10 @@ def default_config(task: str) -> dict:
 
 @hookimpl
 def model_provider(config: Config, runtime: Runtime) -> CustomModel:
-    """Check the clip shape against the model, then build the CustomModel (on the CPU; the engines place it)."""
-    data_config(config)
-    return build_model(config.model)
+    """Build the CustomModel (on the CPU; the engines place it) and check the data's clip shape against it."""
+    model = build_model(config.model)
+    check_clip_fits(config, model)
+    return model
 
 
 @hookimpl

@@ -12,25 +12,30 @@ from mm_core.config import Config
 from mm_core.runtime import Runtime
 from mm_data.datasets import VideoTextDataset, collate
 from mm_data.features import FeatureDataset, read_feature_index
-from mm_data.formats import DataConfig, parse_data_config, read_index
+from mm_data.formats import DataConfig, read_index
 from mm_data.sampler import bucket_keys, build_rank_loader
+from mm_models_video.data_section import parse_data_section
 from mm_models_video.synthetic import with_synthetic_data
 from mm_models_video.wan2_1.flavors import get_flavor
+from mm_models_video.wan2_1.model import WanT2V
 from mm_models_video.wan2_1.schema import check_clip
 
 FEATURE_TYPE = "feature"
 
 
 def data_config(config: Config) -> DataConfig:
-    """The data section parsed as a data.json; clip shape defaults come from the model flavor."""
+    """The data section parsed as a data.json (once); clip shape defaults come from the model flavor."""
     flavor = get_flavor(config.model.flavor)
-    raw = config.data.to_dict()
     clip = {"num_frames": flavor.num_frames, "max_height": flavor.height, "max_width": flavor.width}
-    parsed = parse_data_config({**raw, "dataset_param": {**clip, **raw.get("dataset_param", {})}}, "data")
-    param = parsed.dataset_param
+    return parse_data_section(config.data, clip)
+
+
+def check_clip_fits(config: Config, model: WanT2V) -> None:
+    """A ConfigError unless the data section's clips fit the built model (features were encoded already)."""
+    param = data_config(config).dataset_param
     if param.dataset_type != FEATURE_TYPE:
-        check_clip(config.model, param.num_frames, param.max_height, param.max_width, "data.dataset_param")
-    return parsed
+        shape = param.num_frames, param.max_height, param.max_width
+        check_clip(model, config.model.flavor, *shape, "data.dataset_param")
 
 
 def video_dataset(config: Config, data: DataConfig) -> VideoTextDataset:
@@ -54,7 +59,7 @@ class FeatureCollate:
 
 
 def build_train_loader(config: Config, runtime: Runtime) -> DataLoader:
-    """This rank's resumable dataloader over videos or features, per the data section."""
+    """This rank's resumable dataloader over videos or features, per the data section; items carry their epoch."""
     data = data_config(config)
     loader = data.dataloader_param
     dataset: Dataset
@@ -67,7 +72,8 @@ def build_train_loader(config: Config, runtime: Runtime) -> DataLoader:
         collate_fn = collate
         buckets = bucket_keys(dataset.shapes(), loader.group_frame, loader.group_resolution)
     return build_rank_loader(
-        dataset, loader, config.training.micro_batch_size, runtime, config.training.seed, collate_fn, buckets
+        dataset, loader, config.training.micro_batch_size, runtime, config.training.seed, collate_fn, buckets,
+        with_epoch=True,
     )
 
 

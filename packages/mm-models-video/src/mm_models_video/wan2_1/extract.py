@@ -11,7 +11,7 @@ from mm_core.runtime import Runtime
 from mm_data.bad_samples import BadSamples
 from mm_data.features import INDEX, FeatureWriter, read_feature_index
 from mm_models_video.wan2_1.build import build_model
-from mm_models_video.wan2_1.data import FEATURE_TYPE, data_config, video_dataset
+from mm_models_video.wan2_1.data import FEATURE_TYPE, check_clip_fits, data_config, video_dataset
 
 
 def merge_indexes(out_dir: Path, rank_dirs: list[Path]) -> int:
@@ -34,8 +34,10 @@ def extract_features(config: Config, runtime: Runtime) -> str:
     out_dir = Path(config.extract.output_dir)
     if (out_dir / INDEX).exists():
         raise DataError(f"extract.output_dir {out_dir} already holds features ({INDEX}); choose a new folder")
+    model = build_model(config.model)
+    check_clip_fits(config, model)
+    model = model.to(runtime.device).eval()
     dataset = video_dataset(config, data)
-    model = build_model(config.model).to(runtime.device).eval()
     bad = BadSamples(data.on_bad_sample)
     with FeatureWriter(out_dir / f"rank_{runtime.rank:05d}", config.extract.shard_size) as writer:
         for index in range(runtime.rank, len(dataset), runtime.world_size):

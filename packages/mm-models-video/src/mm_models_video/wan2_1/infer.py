@@ -73,8 +73,8 @@ def generate(config: Config, runtime: Runtime) -> str:
     flavor = get_flavor(model_config.flavor)
     num_frames = inf.num_frames or flavor.num_frames
     height, width = inf.height or flavor.height, inf.width or flavor.width
-    check_clip(model_config, num_frames, height, width, "inference")
     model = load_model(model_config, checkpoint).to(runtime.device)
+    check_clip(model, model_config.flavor, num_frames, height, width, "inference")
     cast_keeping_fp32_modules(model.predictor, dtype_of(model_config.predictor.dtype, flavor, "model.predictor.dtype"))
     guided = inf.guidance_scale > 1.0
     pipe = model.pipeline()

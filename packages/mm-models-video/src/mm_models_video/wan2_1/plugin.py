@@ -17,7 +17,7 @@ from mm_models_video.wan2_1 import schema
 from mm_models_video.wan2_1.build import build_model
 from mm_models_video.wan2_1.convert import register_converters  # noqa: F401 (mm-convert hook)
 from mm_models_video.wan2_1.cp import broadcast_batch, use_context_parallel_attention
-from mm_models_video.wan2_1.data import build_train_loader, data_config, example_prompt
+from mm_models_video.wan2_1.data import build_train_loader, check_clip_fits, example_prompt
 from mm_models_video.wan2_1.extract import extract_features as run_extraction
 from mm_models_video.wan2_1.infer import generate
 from mm_models_video.wan2_1.model import Carry, WanT2V, run_block
@@ -54,12 +54,12 @@ def default_config(task: str) -> dict:
 
 @hookimpl
 def model_provider(config: Config, runtime: Runtime) -> WanT2V:
-    """Check the data shape against the model, then build the WanT2V (on the CPU; the engines place it).
+    """Build the WanT2V (on the CPU; the engines place it) and check the data's clip shape against it.
 
     With context parallelism its self-attention runs through ``mm_parallel.attention`` (see ``cp``).
     """
-    data_config(config)
     model = build_model(config.model)
+    check_clip_fits(config, model)
     if runtime.dims["cp"] > 1:
         use_context_parallel_attention(model.predictor)
     return model
@@ -100,7 +100,7 @@ def datasets_provider(config: Config, runtime: Runtime) -> tuple:
 
 @hookimpl
 def get_batch(data_iterator: DataIterator, runtime: Runtime) -> dict:
-    """The next batch on the device, with per-sample noise seeds from (training seed, epoch, sample index).
+    """The next batch on the device, with per-sample noise seeds from (training seed, epoch, index) of its items.
 
     With context parallelism only cp rank 0 reads it; the other ranks of its group receive it.
     """
@@ -108,7 +108,7 @@ def get_batch(data_iterator: DataIterator, runtime: Runtime) -> dict:
     batch = None
     if group is None or dist.get_rank(group) == 0:
         batch = next(data_iterator)
-        batch["noise_seeds"] = noise_seeds(runtime.config.training.seed, data_iterator.epoch, batch["index"])
+        batch["noise_seeds"] = noise_seeds(runtime.config.training.seed, batch["epoch"], batch["index"])
     if group is None:
         return to_device(batch, runtime.device)
     return broadcast_batch(batch, group, runtime.device)

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import copy
-import json
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from mm_core.config import Config
 from mm_core.dtypes import parse_dtype
-from mm_core.errors import ConfigError
-from mm_data.transforms import check_video_shape
-from mm_models_video import sections
-from mm_models_video.pretrained import source
+from mm_models_video import clip_shape, sections
 from mm_models_video.wan2_1.flavors import Flavor, get_flavor
+from mm_models_video.wan2_1.model import WanT2V
 
 MODEL: dict[str, Any] = {
     "flavor": "tiny",
@@ -94,25 +90,8 @@ def check_model(model: Config) -> Flavor:
     return flavor
 
 
-def _pretrained_config(path: str | None) -> dict:
-    """The config.json of a local diffusers component folder, or {} (hub ids are read when loading)."""
-    file = Path(path) / "config.json" if path else None
-    return json.loads(file.read_text(encoding="utf-8")) if file is not None and file.is_file() else {}
-
-
-def video_factors(model: Config) -> tuple[int, int]:
-    """(frames, pixels) a clip's num_frames - 1 and height / width must be multiples of: VAE stride × patch."""
-    flavor = get_flavor(model.flavor)
-    vae = {**flavor.ae, **_pretrained_config(source(model, "ae", "vae"))}
-    predictor = {**flavor.predictor, **_pretrained_config(source(model, "predictor", "transformer"))}
-    patch = model.predictor.patch_size or predictor["patch_size"]
-    return vae["scale_factor_temporal"] * patch[0], vae["scale_factor_spatial"] * patch[1]
-
-
-def check_clip(model: Config, num_frames: int, height: int, width: int, where: str) -> None:
-    """Raise a ConfigError naming ``where`` unless the clip shape fits the VAE and the patch size."""
-    temporal, spatial = video_factors(model)
-    try:
-        check_video_shape(num_frames, height, width, temporal, spatial)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc} for Wan2.1 {model.flavor} (VAE stride × patch size)") from None
+def check_clip(model: WanT2V, flavor: str, num_frames: int, height: int, width: int, where: str) -> None:
+    """A ConfigError naming ``where`` unless the clip shape fits the built model's VAE strides × patch size."""
+    factors = clip_shape.clip_factors(model.vae_strides, model.predictor.config.patch_size)
+    why = f"for Wan2.1 {flavor} (VAE stride × patch size)"
+    clip_shape.check_clip(num_frames, height, width, factors, where, why)
