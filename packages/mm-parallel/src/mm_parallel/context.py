@@ -16,7 +16,7 @@ from torch.distributed import ProcessGroup
 from torch.distributed.device_mesh import DeviceMesh
 from torch.utils._pytree import tree_map_only
 
-from mm_core.errors import ConfigError
+from mm_core.errors import ConfigError, PluginError
 
 MODES = ("ulysses", "ring", "usp")
 
@@ -154,8 +154,6 @@ def build_context(
     )
 
 
-
-
 @dataclass(frozen=True)
 class Scope:
     """What the split, attention calls and gather of one forward share: the groups, and the length of the sequence
@@ -198,9 +196,9 @@ def record_split(cp: ContextParallel, length: int) -> None:
     if _active is None or _active.cp != cp:
         return
     if _active.length not in (None, length):
-        raise ValueError(
-            f"context parallelism splits one sequence per forward: {_active.length} tokens were split already, "
-            f"now {length}"
+        raise PluginError(
+            f"context parallelism splits one sequence length per forward: {_active.length} tokens were split "
+            f"already, now {length}"
         )
     _active = Scope(cp, length)
 
