@@ -1,5 +1,6 @@
 """mm-data: video datasets in MindSpeed-MM formats, decoding, transforms, resumable samplers, feature store."""
 
+from mm_data.bad_samples import BadSamples
 from mm_data.datasets import VideoTextDataset, collate
 from mm_data.features import FeatureDataset, FeatureWriter, read_feature_index
 from mm_data.formats import (
@@ -11,7 +12,7 @@ from mm_data.formats import (
     parse_data_config,
     read_index,
 )
-from mm_data.sampler import ResumableBatchSampler, bucket_keys, build_dataloader, build_rank_loader
+from mm_data.sampler import EpochTagged, ResumableBatchSampler, bucket_keys, build_dataloader, build_rank_loader
 from mm_data.synthetic import make_moving_shapes, write_video
 from mm_data.transforms import check_video_shape, normalize_pixels, resize_center_crop
 from mm_data.video import frame_indices, read_video
@@ -19,9 +20,11 @@ from mm_data.video import frame_indices, read_video
 __version__ = "0.1.0"
 
 __all__ = [
+    "BadSamples",
     "DataConfig",
     "DataloaderParam",
     "DatasetParam",
+    "EpochTagged",
     "FeatureDataset",
     "FeatureWriter",
     "ResumableBatchSampler",
