@@ -61,7 +61,7 @@ def apply_pipeline(
     pp_size, virtual = int(pp.size), int(pp.virtual_stages)
     check_schedule(pp.schedule, virtual)
     stage_plan = StagePlan.from_plan(plan.pipeline)
-    tied = check_coverage(model, stage_plan)  # checked on the whole model, before it is cut
+    tied_pairs = check_coverage(model, stage_plan)  # checked on the whole model, before it is cut
     ranges = layer_ranges(model, stage_plan, pp_size, virtual, pp.pipeline_num_layers)
     wrapped = [n for n, _ in resolve(model, fsdp, plan.fsdp_modules)[0]] if fsdp.enable else []
     ignored = [n for n, _ in expand(fsdp.ignored_modules, model, "parallel.fsdp2.ignored_modules")]
@@ -78,7 +78,7 @@ def apply_pipeline(
             chunk.to(runtime.device)
     last_rank = (len(ranges) - 1) % pp_size
     pipe = PipelineModel(
-        chunks, TiedWeights.find(tied, chunks, last_rank, mesh.get_group()), pp.schedule, pp_size, runtime
+        chunks, TiedWeights.find(tied_pairs, chunks, last_rank, mesh.get_group()), pp.schedule, pp_size, runtime
     )
     if on_meta and plan.pretrained is not None:
         _load_pretrained(pipe, plan.pretrained)
