@@ -109,3 +109,18 @@ def test_reported_flops_give_tflops_and_mfu(mm_train):
     record = json.loads((result.output_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["tflops"] == pytest.approx(4e12 / record["step_s"] / 1e12)  # 4 micro-batches
     assert record["mfu"] == pytest.approx(record["tflops"] / 1000.0)
+
+
+def test_a_loss_per_sample_is_one_error_naming_its_shape(mm_train):
+    import types
+
+    from mm_core import hookimpl
+    from mm_core.errors import PluginError
+
+    def loss_func(output, batch, runtime):
+        return (output.float() - batch["y"]) ** 2, {}
+
+    per_sample = types.ModuleType("per_sample_loss")
+    per_sample.loss_func = hookimpl(loss_func)
+    with pytest.raises(PluginError, match=r"got a tensor of shape \[2, 1\]: reduce it, e\.g\. \.mean\(\)"):
+        mm_train([toy_plugin, per_sample], "training.train_iters=1", *QUIET)

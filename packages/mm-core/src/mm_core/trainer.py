@@ -129,7 +129,8 @@ class Trainer:
             raise PluginError("loss_func must return (loss, metrics dict)")
         loss, metrics = result
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-            raise PluginError(f"loss_func must return a scalar tensor as loss, got {type(loss).__name__}")
+            got = f"a tensor of shape {list(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
+            raise PluginError(f"loss_func must return a scalar tensor as loss, got {got}: reduce it, e.g. .mean()")
         return loss, dict(metrics or {})
 
     def _loss(self, data_iter: DataIterator, model: torch.nn.Module) -> tuple[torch.Tensor, dict, float]:
