@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import toy_plugin
-
 from mm_core import pytest_plugin
 from mm_core.plugins import load_plugins
+from mm_core.testing import toy
 
 
 def test_a_training_run_records_the_hooks_it_calls(mm_train):
     before = set(pytest_plugin.called_hooks)
     pytest_plugin.called_hooks.clear()
     try:
-        mm_train([toy_plugin], "training.train_iters=1", "training.save_interval=0")
+        mm_train([toy], "training.train_iters=1", "training.save_interval=0")
         called = set(pytest_plugin.called_hooks)
     finally:
         pytest_plugin.called_hooks.update(before)
@@ -25,7 +24,7 @@ def test_a_hook_only_named_is_not_recorded():
     before = set(pytest_plugin.called_hooks)
     pytest_plugin.called_hooks.clear()
     try:
-        pm = load_plugins([toy_plugin])
+        pm = load_plugins([toy])
         assert pm.hook.inference is not None  # looked up, never called
         called = set(pytest_plugin.called_hooks)
     finally:

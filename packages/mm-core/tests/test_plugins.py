@@ -5,11 +5,13 @@ from __future__ import annotations
 import types
 
 import pytest
-import toy_plugin
+import torch
 
 from mm_core import hookimpl
+from mm_core.checkpoint import load_model_state
 from mm_core.errors import PluginError
-from mm_core.plugins import load_plugins
+from mm_core.plugins import load_plugins, make_config
+from mm_core.testing import toy
 
 
 def _module(name: str, **hooks) -> types.ModuleType:
@@ -20,9 +22,9 @@ def _module(name: str, **hooks) -> types.ModuleType:
 
 
 def test_module_path_plugin_loads_and_implements_hooks(mm_pm):
-    pm = load_plugins(["toy_plugin"], pm=mm_pm)
-    assert pm.get_plugin("toy_plugin") is toy_plugin
-    assert pm.hook.model_provider.get_hookimpls()[-1].plugin is toy_plugin
+    pm = load_plugins(["mm_core.testing.toy"], pm=mm_pm)
+    assert pm.get_plugin("mm_core.testing.toy") is toy
+    assert pm.hook.model_provider.get_hookimpls()[-1].plugin is toy
 
 
 def test_unknown_plugin_is_one_clear_error():
@@ -40,7 +42,7 @@ def test_plugin_with_broken_import_names_the_cause(tmp_path, monkeypatch):
 def test_typo_in_hook_name_is_rejected():
     bad = _module("typo_plugin", model_provder=lambda config, runtime: None)
     with pytest.raises(PluginError, match=r"model_provder.*known hooks: .*model_provider"):
-        load_plugins([toy_plugin, bad])
+        load_plugins([toy, bad])
 
 
 def test_missing_required_hook_is_rejected():
@@ -50,14 +52,12 @@ def test_missing_required_hook_is_rejected():
 
 
 def test_stacked_plugin_overrides_one_hook(mm_train):
-    import torch
-
     def loss_func(output, batch, runtime):
         return torch.nn.functional.l1_loss(output, batch["y"]), {"l1": 1.0}
 
     l1 = _module("l1_override", loss_func=loss_func)
-    result = mm_train([toy_plugin, l1], "training.train_iters=2", "training.save_interval=0")
-    base = mm_train([toy_plugin], "training.train_iters=2", "training.save_interval=0",
+    result = mm_train([toy, l1], "training.train_iters=2", "training.save_interval=0")
+    base = mm_train([toy], "training.train_iters=2", "training.save_interval=0",
                     output_dir=result.output_dir.parent / "base")
     assert result.losses[1] != base.losses[1]
     lines = (result.output_dir / "metrics.jsonl").read_text().splitlines()
@@ -69,48 +69,41 @@ def test_empty_training_data_is_one_clear_error(mm_train):
 
     empty = _module("empty_data", datasets_provider=lambda config, runtime: ([], None, None))
     with pytest.raises(DataError, match="train dataset yields no batches"):
-        mm_train([toy_plugin, empty])
+        mm_train([toy, empty])
 
 
 def test_wrong_loss_func_return_is_named(mm_train):
     bad = _module("bad_loss", loss_func=lambda output, batch, runtime: output.mean())
     with pytest.raises(PluginError, match=r"loss_func must return \(loss, metrics dict\)"):
-        mm_train([toy_plugin, bad])
+        mm_train([toy, bad])
 
 
 def test_after_training_gets_the_last_checkpoint(mm_train):
     seen = []
     hook = _module("after", after_training=lambda config, runtime, checkpoint: seen.append(checkpoint))
-    result = mm_train([toy_plugin, hook], "training.train_iters=3", "training.save_interval=2")
+    result = mm_train([toy, hook], "training.train_iters=3", "training.save_interval=2")
     assert seen == [result.checkpoint]
     assert result.checkpoint.name == "step_00000003"
 
 
 def test_parallelize_model_result_is_what_trains(mm_train):
     def parallelize_model(model, plan, config, runtime):
-        model.layers[0].requires_grad_(False)
+        model.embed.requires_grad_(False)
         return model
 
-    frozen = _module("freeze_first", parallelize_model=parallelize_model)
-    result = mm_train([toy_plugin, frozen], "training.train_iters=1", "training.save_interval=1")
-    from mm_core.checkpoint import load_model_state
-
-    fresh = toy_plugin.ToyModel(8, 32, 0.1)
-    import torch
-
-    torch.manual_seed(1234)
-    initial = toy_plugin.ToyModel(8, 32, 0.1)
-    load_model_state(result.checkpoint, fresh)
-    assert torch.equal(fresh.layers[0].weight, initial.layers[0].weight)
-    assert not torch.equal(fresh.layers[1].weight, initial.layers[1].weight)
+    frozen = _module("freeze_embed", parallelize_model=parallelize_model)
+    result = mm_train([toy, frozen], "training.train_iters=1", "training.save_interval=1")
+    initial = toy.build(make_config(load_plugins([toy])).model)
+    trained = toy.build(make_config(load_plugins([toy])).model)
+    load_model_state(result.checkpoint, trained)
+    assert torch.equal(trained.embed.weight, initial.embed.weight)
+    assert not torch.equal(trained.cond.weight, initial.cond.weight)
 
 
 def test_default_config_of_a_stacked_plugin_wins(mm_pm):
-    from mm_core.plugins import make_config
-
-    later = _module("later", default_config=lambda task: {"model": {"hidden": 7}})
-    pm = load_plugins([toy_plugin, later], pm=mm_pm)
+    later = _module("later", default_config=lambda task: {"model": {"depth": 7}})
+    pm = load_plugins([toy, later], pm=mm_pm)
     config = make_config(pm, "run", plugin_name="later")
-    assert config.model.hidden == 7
+    assert config.model.depth == 7
     assert config.model.dim == 8
     assert config.training.output_dir == "runs/later"

@@ -6,26 +6,26 @@ import json
 import math
 
 import pytest
-import toy_plugin
 
 from mm_core.config import wrap
 from mm_core.errors import ConfigError
 from mm_core.optim import lr_factor
+from mm_core.testing import toy
 from mm_core.trainer import accumulation_steps
 
-QUIET = ("training.save_interval=0", "model.dropout=0.0")
+QUIET = ("training.save_interval=0",)
 
 
 def test_loss_goes_down(mm_train):
-    result = mm_train([toy_plugin], "training.train_iters=40", "training.lr_decay_style=constant", *QUIET)
+    result = mm_train([toy], "training.train_iters=40", "training.lr_decay_style=constant", *QUIET)
     first = sum(result.losses[s] for s in range(1, 6)) / 5
     last = sum(result.losses[s] for s in range(36, 41)) / 5
     assert last < 0.5 * first
 
 
 def test_gradient_accumulation_matches_one_big_micro_batch(mm_train, tmp_path):
-    accumulated = mm_train([toy_plugin], "training.micro_batch_size=2", *QUIET, output_dir=tmp_path / "a")
-    whole = mm_train([toy_plugin], "training.micro_batch_size=8", *QUIET, output_dir=tmp_path / "b")
+    accumulated = mm_train([toy], "training.micro_batch_size=2", *QUIET, output_dir=tmp_path / "a")
+    whole = mm_train([toy], "training.micro_batch_size=8", *QUIET, output_dir=tmp_path / "b")
     for step in accumulated.losses:
         assert accumulated.losses[step] == pytest.approx(whole.losses[step], rel=1e-5, abs=1e-6)
 
@@ -57,7 +57,7 @@ def test_cosine_decays_to_min_lr():
 
 
 def test_metrics_jsonl_has_one_record_per_logged_step(mm_train):
-    result = mm_train([toy_plugin], "training.train_iters=6", "logging.log_interval=2", *QUIET)
+    result = mm_train([toy], "training.train_iters=6", "logging.log_interval=2", *QUIET)
     records = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [2, 4, 6]
     for r in records:
@@ -66,14 +66,14 @@ def test_metrics_jsonl_has_one_record_per_logged_step(mm_train):
 
 
 def test_log_line_shows_progress(mm_train, capsys):
-    mm_train([toy_plugin], "training.train_iters=2", *QUIET)
+    mm_train([toy], "training.train_iters=2", *QUIET)
     out = capsys.readouterr().out
     assert "step 2/2 | loss " in out
     assert "samples/s" in out and "tokens/s" in out and "mem " in out
 
 
 def test_evaluation_runs_every_interval(mm_train):
-    result = mm_train([toy_plugin], "training.train_iters=4", "training.eval_interval=2",
+    result = mm_train([toy], "training.train_iters=4", "training.eval_interval=2",
                       "training.eval_iters=3", *QUIET)
     records = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
     valid = [r for r in records if "valid_loss" in r]
@@ -83,7 +83,7 @@ def test_evaluation_runs_every_interval(mm_train):
 
 def test_tensorboard_scalars_are_written(mm_train):
     pytest.importorskip("tensorboard")
-    result = mm_train([toy_plugin], "training.train_iters=2", "logging.tensorboard=true", *QUIET)
+    result = mm_train([toy], "training.train_iters=2", "logging.tensorboard=true", *QUIET)
     assert list((result.output_dir / "tensorboard").glob("events.out.tfevents.*"))
 
 
@@ -91,7 +91,7 @@ def test_diverging_loss_stops_with_a_clear_error(mm_train):
     from mm_core.errors import MMError
 
     with pytest.raises(MMError, match="training diverged"):
-        mm_train([toy_plugin], "training.lr=1e30", "training.clip_grad=0", "training.train_iters=30", *QUIET)
+        mm_train([toy], "training.lr=1e30", "training.clip_grad=0", "training.train_iters=30", *QUIET)
 
 
 def test_reported_flops_give_tflops_and_mfu(mm_train):
@@ -105,7 +105,7 @@ def test_reported_flops_give_tflops_and_mfu(mm_train):
 
     flops = types.ModuleType("flops_plugin")
     flops.loss_func = hookimpl(loss_func)
-    result = mm_train([toy_plugin, flops], "training.train_iters=2", "logging.peak_tflops=1000.0", *QUIET)
+    result = mm_train([toy, flops], "training.train_iters=2", "logging.peak_tflops=1000.0", *QUIET)
     record = json.loads((result.output_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["tflops"] == pytest.approx(4e12 / record["step_s"] / 1e12)  # 4 micro-batches
     assert record["mfu"] == pytest.approx(record["tflops"] / 1000.0)
@@ -122,5 +122,5 @@ def test_a_loss_per_sample_is_one_error_naming_its_shape(mm_train):
 
     per_sample = types.ModuleType("per_sample_loss")
     per_sample.loss_func = hookimpl(loss_func)
-    with pytest.raises(PluginError, match=r"got a tensor of shape \[2, 1\]: reduce it, e\.g\. \.mean\(\)"):
-        mm_train([toy_plugin, per_sample], "training.train_iters=1", *QUIET)
+    with pytest.raises(PluginError, match=r"got a tensor of shape \[2, 1, 2\]: reduce it, e\.g\. \.mean\(\)"):
+        mm_train([toy, per_sample], "training.train_iters=1", *QUIET)
