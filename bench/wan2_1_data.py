@@ -296,7 +296,7 @@ def measure(args: argparse.Namespace, folder: Path, cpu: dict) -> dict:
     runtime = create_runtime(config, "wan2_1")
     loader = pm.hook.datasets_provider(config=config, runtime=runtime)[0]
     workers = loader.num_workers
-    dataset = loader.dataset
+    dataset = loader.dataset.dataset  # the VideoTextDataset inside mm_data.EpochTagged
     samples = {backend: time_sample(dataset, backend) for backend in BACKENDS if backend != "decord" or decord}
     seed = int(config.training.seed)
     timed = time_loader(pm, loader, runtime, seed, args.warmup, args.batches)
