@@ -135,7 +135,7 @@ def _version(package: str) -> str | None:
 
 def result_line(workload: str, m: Measurement, device: torch.device, peak: float | None, shape: dict,
                 args: argparse.Namespace) -> dict:
-    """The JSON object of one measured configuration (DESIGN.md's keys)."""
+    """The JSON object of one measured configuration (the keys docs/performance.md lists)."""
     tflops = m.model_flops / m.step_s / 1e12
     return {
         "workload": workload,

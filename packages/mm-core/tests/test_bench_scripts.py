@@ -1,4 +1,4 @@
-"""The bench scripts run (tiny models on the CPU) and write the result lines DESIGN.md promises."""
+"""The bench scripts run (tiny models on the CPU) and write the result lines docs/performance.md describes."""
 
 from __future__ import annotations
 
