@@ -80,6 +80,17 @@ def test_mm_config_prints_the_effective_config(capsys, tmp_path):
     assert set(printed) >= {"model", "data", "parallel", "training", "logging"}
 
 
+def test_overrides_may_follow_a_flag(capsys, tmp_path):
+    model = tmp_path / "model.json"
+    model.write_text(json.dumps({"dim": 12}))
+    assert main(["config", "--plugin", TOY, "training.lr=3e-4", "--model", str(model), "training.seed=7"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert (printed["model"]["dim"], printed["training"]["lr"], printed["training"]["seed"]) == (12, 3e-4, 7)
+    with pytest.raises(SystemExit):
+        main(["config", "--plugin", TOY, "training.lr=3e-4", "--bogus"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv", [["--help"], ["plugins"]])
 def test_help_and_plugins_import_neither_torch_nor_any_plugin(argv, toy_installed, tmp_path):
     script = ("import sys\nfrom mm_core.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"

@@ -213,7 +213,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             rest, free = split_free_flags(argv[1:], KNOWN_FLAGS)
             args = parser.parse_args([argv[0], *rest])
             return WITH_EXTRA[args.command](args, free)
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        # Overrides may follow a flag (`mm run ... --resume training.lr=1e-5`): argparse leaves those over.
+        stray = [token for token in extra if token.startswith("-") or "=" not in token]
+        if stray or (extra and not hasattr(args, "overrides")):
+            parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+        if extra:
+            args.overrides = [*args.overrides, *extra]
         return COMMANDS[args.command](args)
     except MMError as exc:
         print(f"error: {exc}", file=sys.stderr)
