@@ -109,9 +109,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         result = Trainer(pm, runtime).train()
         if runtime.is_main:
-            losses = [result.losses[s] for s in sorted(result.losses)] or [float("nan")]
+            losses = [result.losses[s] for s in sorted(result.losses)]
             metrics_file = result.output_dir / "metrics.jsonl"
-            print(f"done: {result.step} steps, loss {losses[0]:.4f} → {losses[-1]:.4f}; metrics in {metrics_file}")
+            if losses:
+                print(f"done: {result.step} steps, loss {losses[0]:.4f} → {losses[-1]:.4f}; metrics in {metrics_file}")
+            else:
+                print(f"done: already at step {result.step} of training.train_iters; raise it to train on")
             if result.checkpoint:
                 print(f"checkpoint: {result.checkpoint}")
     finally:
