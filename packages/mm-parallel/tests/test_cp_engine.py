@@ -1,25 +1,28 @@
-"""The CP engine from config: training with parallel.cp equals one process, alone and with FSDP2, whether the engine
-splits where the plan says or the forward splits itself; a plan that does not fit the model is one clear error."""
+"""The CP engine from config: training with parallel.cp equals the toy's plain SDPA in one process, alone and with
+FSDP2, whether the engine splits where the plan says or the forward splits itself; a plan that does not fit the
+model is one clear error."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from cp_toy_plugin import SeqModel
 
 from mm_core import ContextParallelPlan
 from mm_core.config import Config
 from mm_core.errors import ConfigError, PluginError
-from mm_core.testing import run_training, spawn_training
+from mm_core.testing import run_training, spawn_training, toy
 from mm_parallel.context_plan import check_plan, plan_modules
 
 TESTS = Path(__file__).parent
+# Two blocks attending causally with 4 heads over 13 tokens (not a multiple of the cp sizes: the split pads).
+SEQUENCES = ["model.heads=4", "model.seq_len=13", "model.depth=2", "training.train_iters=4",
+             "training.save_interval=0"]
 
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory) -> dict[int, float]:
-    return run_training(["cp_toy_plugin"], tmp_path_factory.mktemp("one"), ["training.device=cpu"]).losses
+    return run_training(["mm_core.testing.toy"], tmp_path_factory.mktemp("one"), SEQUENCES).losses
 
 
 @pytest.mark.parametrize(
@@ -34,14 +37,15 @@ def single(tmp_path_factory) -> dict[int, float]:
     ids=["ring-ddp", "ulysses-fsdp2", "usp-split-in-forward", "double-ring"],
 )
 def test_context_parallel_training_equals_one_process(single, tmp_path, world, overrides):
-    losses = spawn_training(world, ["cp_toy_plugin"], tmp_path, overrides, sys_path=[TESTS])
+    losses = spawn_training(world, ["mm_core.testing.toy", "cp_toy"], tmp_path, [*SEQUENCES, *overrides],
+                            sys_path=[TESTS])
     assert losses == pytest.approx(single, rel=1e-5)
 
 
 def test_a_plan_path_that_names_no_module_is_a_plugin_error():
-    plan = ContextParallelPlan(split_inputs={"inp": 1}, gather_outputs={"head": 1})
-    with pytest.raises(PluginError, match="^ContextParallelPlan.gather_outputs names 'head', which is no module"):
-        plan_modules(SeqModel(split_in_forward=False), plan)
+    plan = ContextParallelPlan(split_inputs={"encoder": 1}, gather_outputs={"decoder": 1})
+    with pytest.raises(PluginError, match="^ContextParallelPlan.gather_outputs names 'decoder', which is no module"):
+        plan_modules(toy.ToyModel(dim=8, depth=1), plan)
 
 
 @pytest.mark.parametrize(
@@ -52,7 +56,7 @@ def test_a_plan_path_that_names_no_module_is_a_plugin_error():
     ],
 )
 def test_the_plan_heads_must_divide_by_the_ranks_that_exchange_them(cp, message):
-    plan = ContextParallelPlan(split_outputs={"inp": 1}, heads=4)
+    plan = ContextParallelPlan(split_outputs={"encoder": 1}, heads=4)
     with pytest.raises(ConfigError, match=message):
         check_plan(plan, Config({"ulysses_degree": None, **cp}))
     check_plan(plan, Config({"size": 8, "mode": "ring", "ulysses_degree": None}))

@@ -6,11 +6,10 @@ import json
 import shutil
 
 import pytest
-import toy_net
 import workers
 from distributed import launch
 
-from mm_core.testing import run_training
+from mm_core.testing import run_training, toy
 
 OPTIONS = [
     "parallel.fsdp2.ignored_modules=[encoder]",
@@ -28,7 +27,7 @@ def _close(a: dict, b: dict) -> bool:
 def runs(tmp_path_factory):
     """One single-process run and the same run on 2 ranks, both saving at steps 3 and 6."""
     root = tmp_path_factory.mktemp("runs")
-    single = run_training([toy_net], root / "one", OPTIONS)
+    single = run_training([toy], root / "one", OPTIONS)
     launch(2, workers.train, str(root / "two.json"), str(root / "two"), OPTIONS)
     two = {int(k): v for k, v in json.loads((root / "two.json").read_text()).items()}
     return root, single.losses, two
@@ -53,7 +52,7 @@ def test_resume_a_two_rank_checkpoint_on_other_world_sizes(runs, world, extra):
     shutil.rmtree(run_dir / "checkpoints" / "step_00000006")
     overrides = [*OPTIONS, *extra, "training.resume=true"]
     if world == 1:
-        resumed = run_training([toy_net], run_dir, overrides).losses
+        resumed = run_training([toy], run_dir, overrides).losses
     else:
         launch(world, workers.train, str(root / f"resume{world}.json"), str(run_dir), overrides)
         resumed = {int(k): v for k, v in json.loads((root / f"resume{world}.json").read_text()).items()}

@@ -6,7 +6,6 @@ import re
 
 import pytest
 import torch
-import toy_net
 import workers
 
 from mm_core.checkpoint import load_model_state
@@ -14,7 +13,7 @@ from mm_core.cli import main
 from mm_core.errors import ConfigError
 from mm_core.plan import ParallelPlan
 from mm_core.plugins import load_plugins, make_config
-from mm_core.testing import run_training
+from mm_core.testing import run_training, toy
 from mm_parallel import plugin
 from mm_parallel.fsdp2 import FSDP2_DEFAULTS
 
@@ -67,7 +66,7 @@ def test_the_section_has_every_option_of_the_seeds_and_is_off():
 def test_the_seeds_fsdp2_config_yaml_loads_unchanged(tmp_path):
     path = tmp_path / "fsdp2_config.yaml"
     path.write_text(SEEDS_FSDP2_YAML)
-    config = make_config(load_plugins([toy_net]), sections={"parallel.fsdp2": path})
+    config = make_config(load_plugins([toy]), sections={"parallel.fsdp2": path})
     fsdp = config.parallel.fsdp2
     assert fsdp.enable is True
     assert fsdp.sharding_size == "auto"
@@ -78,7 +77,8 @@ def test_the_seeds_fsdp2_config_yaml_loads_unchanged(tmp_path):
 def test_mm_run_with_an_fsdp2_config_file(tmp_path, capsys):
     path = tmp_path / "fsdp2.yaml"
     path.write_text('sub_modules_to_wrap: ["blocks.{*}"]\nrecompute_modules: ["blocks.{0-1}"]\nuse_reentrant: false\n')
-    code = main(["run", "--plugin", "toy_net", "--fsdp2-config", str(path), f"training.output_dir={tmp_path}"])
+    code = main(["run", "--plugin", "mm_core.testing.toy", "--fsdp2-config", str(path),
+                 f"training.output_dir={tmp_path}"])
     assert code == 0, capsys.readouterr().err
     assert "done: 6 steps" in capsys.readouterr().out
 
@@ -88,7 +88,7 @@ def test_mm_run_with_an_fsdp2_config_file(tmp_path, capsys):
     [
         (
             "parallel.fsdp2.sub_modules_to_wrap=['block.{*}']",
-            "parallel.fsdp2.sub_modules_to_wrap: pattern 'block.{*}' matches no module of ToyNet; "
+            "parallel.fsdp2.sub_modules_to_wrap: pattern 'block.{*}' matches no module of ToyModel; "
             "modules with similar paths: blocks, blocks.0, ",
         ),
         ("parallel.fsdp2.recompute_modules=['blocks.{0-2}.mlp']", "pattern 'blocks.{0-2}.mlp' matches no module"),
@@ -101,11 +101,11 @@ def test_mm_run_with_an_fsdp2_config_file(tmp_path, capsys):
 )
 def test_a_wrong_option_is_one_config_error(tmp_path, override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
-        run_training([toy_net], tmp_path, [override])
+        run_training([toy], tmp_path, [override])
 
 
 def test_nothing_asked_leaves_the_model_to_mm_core(tmp_path):
-    config = make_config(load_plugins([toy_net]))
+    config = make_config(load_plugins([toy]))
     model = torch.nn.Linear(2, 2)
     assert plugin.parallelize_model(model=model, plan=ParallelPlan(), config=config, runtime=None) is None
 
@@ -119,15 +119,15 @@ def test_recompute_without_fsdp2_trains_the_same(tmp_path):
     model, _ = workers.build(recompute)
     assert workers.tree(model)["recompute"] == ["blocks.0", "blocks.1", "blocks.2", "blocks.3"]
     assert workers.tree(model)["fsdp"] == []
-    plain = run_training([toy_net], tmp_path / "plain").losses
-    assert run_training([toy_net], tmp_path / "recompute", recompute).losses == pytest.approx(plain, rel=1e-6)
+    plain = run_training([toy], tmp_path / "plain").losses
+    assert run_training([toy], tmp_path / "recompute", recompute).losses == pytest.approx(plain, rel=1e-6)
 
 
 def test_a_meta_model_loads_a_dcp_checkpoint(tmp_path):
-    run_training([toy_net], tmp_path)
+    run_training([toy], tmp_path)
     checkpoint = tmp_path / "checkpoints" / "step_00000006"
     model, _ = workers.build(["model.meta=true", f"model.pretrained={checkpoint}"])
-    expected = toy_net.build_cpu(make_config(load_plugins([toy_net])).model)
+    expected = toy.build(make_config(load_plugins([toy])).model)
     fresh = {n: p.clone() for n, p in expected.state_dict().items()}
     load_model_state(checkpoint, expected)
     for name, value in expected.state_dict().items():

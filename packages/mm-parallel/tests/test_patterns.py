@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-import toy_net
 
 from mm_core.errors import ConfigError
+from mm_core.testing import toy
 from mm_parallel.patterns import expand, outermost
 from mm_parallel.recompute import apply_recompute
 
@@ -16,7 +16,7 @@ def names(patterns, model) -> list[str]:
 
 @pytest.fixture
 def model():
-    return toy_net.ToyNet(dim=4, depth=6)
+    return toy.ToyModel(dim=4, depth=6)
 
 
 @pytest.mark.parametrize(
@@ -55,14 +55,14 @@ def test_paths_ignore_checkpoint_wrappers(model):
     [
         ("block.{*}", "modules with similar paths: blocks.0"),
         ("blocks.{7-9}", "modules with similar paths: blocks.0"),
-        ("decoder.layers.{*}", "modules with similar paths: encoder, blocks, head"),
+        ("decoder.layers.{*}", "modules with similar paths: encoder, embed, cond, blocks, norm_out, head"),
     ],
 )
 def test_a_pattern_matching_nothing_names_it_and_close_modules(model, pattern, hint):
     with pytest.raises(ConfigError) as info:
         expand([pattern], model, "parallel.fsdp2.sub_modules_to_wrap")
     message = str(info.value)
-    assert message.startswith(f"parallel.fsdp2.sub_modules_to_wrap: pattern {pattern!r} matches no module of ToyNet")
+    assert message.startswith(f"parallel.fsdp2.sub_modules_to_wrap: pattern {pattern!r} matches no module of ToyModel")
     assert hint in message
 
 

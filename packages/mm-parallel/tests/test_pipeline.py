@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from pp_toy_plugin import StackNet, parallel_plan
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-from mm_core.config import wrap
 from mm_core.errors import ConfigError, PluginError
 from mm_core.plan import PipelinePlan
-from mm_core.testing import run_training, spawn_training
+from mm_core.plugins import load_plugins, make_config
+from mm_core.testing import run_training, spawn_training, toy
 from mm_parallel.pipeline import (
     StagePlan,
     bubble_fraction,
@@ -29,9 +28,10 @@ from mm_parallel.pipeline import (
     stage_layer_counts,
 )
 
-TESTS = Path(__file__).parent
-PLUGIN = ["pp_toy_plugin"]
-SAVE = ["training.save_interval=2", "training.keep_last=0"]
+PLUGIN = ["mm_core.testing.toy"]
+# 8 blocks, 4 steps saving at 2 and 4, validation at 2 and 4, gradients clipped (the norm spans the stages).
+RUN = ["model.depth=8", "training.train_iters=4", "training.save_interval=2", "training.keep_last=0",
+       "training.eval_interval=2", "training.eval_iters=2", "training.clip_grad=0.5"]
 PP2 = ["parallel.pp.size=2", "parallel.pp.pipeline_num_layers=[3,5]"]
 
 
@@ -70,7 +70,7 @@ def _assert_same_run(run_dir: Path, reference: Path, tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def single(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("single")
-    run_training(PLUGIN, run_dir, ["training.device=cpu", *SAVE])
+    run_training(PLUGIN, run_dir, RUN)
     return run_dir
 
 
@@ -78,7 +78,7 @@ def single(tmp_path_factory) -> Path:
 def pp2(tmp_path_factory) -> Path:
     """Two ranks, 1F1B, an uneven cut of the 8 blocks."""
     run_dir = tmp_path_factory.mktemp("pp2")
-    spawn_training(2, PLUGIN, run_dir, [*PP2, *SAVE], sys_path=[TESTS])
+    spawn_training(2, PLUGIN, run_dir, [*PP2, *RUN])
     return run_dir
 
 
@@ -95,7 +95,8 @@ def test_1f1b_on_two_ranks_equals_one_process(single, pp2, tmp_path):
              "parallel.pp.pipeline_num_layers=[[1,3],[2,2]]"],
             id="interleaved-pp2-v2",
         ),
-        pytest.param(4, ["parallel.pp.size=4", "model.meta=true"], id="1f1b-pp4-meta", marks=pytest.mark.slow),
+        pytest.param(4, ["parallel.pp.size=4", "model.meta=true", "model.pretrained=true"], id="1f1b-pp4-meta",
+                     marks=pytest.mark.slow),
         pytest.param(
             4,
             ["parallel.pp.size=2", "parallel.fsdp2.enable=true", "parallel.fsdp2.recompute_modules=['blocks.{1,6}']"],
@@ -106,7 +107,7 @@ def test_1f1b_on_two_ranks_equals_one_process(single, pp2, tmp_path):
     ],
 )
 def test_pipeline_training_equals_one_process(single, tmp_path, world, overrides):
-    spawn_training(world, PLUGIN, tmp_path / "run", [*overrides, *SAVE], sys_path=[TESTS])
+    spawn_training(world, PLUGIN, tmp_path / "run", [*overrides, *RUN])
     _assert_same_run(tmp_path / "run", single, tmp_path)
 
 
@@ -115,17 +116,17 @@ def test_pipeline_training_equals_one_process(single, tmp_path, world, overrides
     [
         pytest.param(PP2, id="1f1b-pp2"),
         pytest.param(["parallel.pp.size=2", "parallel.pp.schedule=interleaved_1f1b", "parallel.pp.virtual_stages=2",
-                      "model.meta=true"], id="interleaved-pp2-v2-meta"),
+                      "model.meta=true", "model.pretrained=true"], id="interleaved-pp2-v2-meta"),
         pytest.param(["parallel.pp.size=2", "parallel.fsdp2.enable=true"], id="pp2-fsdp2", marks=pytest.mark.slow),
     ],
 )
 def test_weights_tied_across_stages_train_as_one_process(tmp_path, overrides):
     """The last stage's copy of a tied weight starts, and stays, equal to the first stage's: losses and grad norms
     (the tied weight counted once) equal one process, and the checkpoint holds both names with one value."""
-    tie = ["model.tie=true", *SAVE]
-    run_training(PLUGIN, tmp_path / "one", ["training.device=cpu", *tie])
+    tie = ["model.tie=true", *RUN]
+    run_training(PLUGIN, tmp_path / "one", tie)
     world = 4 if "parallel.fsdp2.enable=true" in overrides else 2
-    spawn_training(world, PLUGIN, tmp_path / "pp", [*overrides, *tie], sys_path=[TESTS])
+    spawn_training(world, PLUGIN, tmp_path / "pp", [*overrides, *tie])
     _assert_same_run(tmp_path / "pp", tmp_path / "one", tmp_path)
     weights = _weights(tmp_path / "pp/checkpoints/step_00000004", tmp_path)
     torch.testing.assert_close(weights["skip.weight"], weights["cond.weight"], rtol=0, atol=0)
@@ -134,10 +135,10 @@ def test_weights_tied_across_stages_train_as_one_process(tmp_path, overrides):
 @pytest.mark.slow
 def test_tied_checkpoint_without_pipeline_resumes_with_it(tmp_path):
     """The last stage names its copy as the first does: a checkpoint's optimizer state fits both ends."""
-    tie = ["model.tie=true", *SAVE]
-    one = run_training(PLUGIN, tmp_path / "one", ["training.device=cpu", *tie]).losses
+    tie = ["model.tie=true", *RUN]
+    one = run_training(PLUGIN, tmp_path / "one", tie).losses
     _resume_from_step_2(tmp_path / "one", tmp_path / "run")
-    losses = spawn_training(2, PLUGIN, tmp_path / "run", [*PP2, "training.resume=true", *tie], sys_path=[TESTS])
+    losses = spawn_training(2, PLUGIN, tmp_path / "run", [*PP2, "training.resume=true", *tie])
     assert losses == pytest.approx({step: loss for step, loss in one.items() if step > 2}, rel=1e-5)
 
 
@@ -163,14 +164,14 @@ def _resume_from_step_2(source: Path, run_dir: Path) -> None:
 
 def test_pipeline_checkpoint_resumes_without_pipeline(single, pp2, tmp_path):
     _resume_from_step_2(pp2, tmp_path / "run")
-    losses = run_training(PLUGIN, tmp_path / "run", ["training.device=cpu", "training.resume=true", *SAVE]).losses
+    losses = run_training(PLUGIN, tmp_path / "run", ["training.resume=true", *RUN]).losses
     assert losses == pytest.approx(_later_losses(single), rel=1e-5)
 
 
 @pytest.mark.slow
 def test_checkpoint_without_pipeline_resumes_with_it(single, tmp_path):
     _resume_from_step_2(single, tmp_path / "run")
-    losses = spawn_training(2, PLUGIN, tmp_path / "run", [*PP2, "training.resume=true", *SAVE], sys_path=[TESTS])
+    losses = spawn_training(2, PLUGIN, tmp_path / "run", [*PP2, "training.resume=true", *RUN])
     assert losses == pytest.approx(_later_losses(single), rel=1e-5)
 
 
@@ -219,10 +220,11 @@ def test_two_stacks_vision_whole_on_the_first_stage():
 
 def _toy_stages(stages: list[int], tie: bool = True) -> tuple[list[torch.nn.Module], dict[str, torch.Tensor]]:
     """The toy's 8 blocks cut into 2 × 2 virtual stages; the stage modules of ``stages``, and the weights before."""
-    torch.manual_seed(0)
-    model = StackNet(dim=4, depth=8, tie=tie)
+    overrides = ["model.dim=4", "model.depth=8", f"model.tie={str(tie).lower()}"]
+    config = make_config(load_plugins([toy]), overrides=overrides)
+    model = toy.build(config.model)
     weights = dict(model.named_parameters(remove_duplicate=False))
-    plan = StagePlan.from_plan(parallel_plan(model=model, config=wrap({"model": {"tie": tie}})).pipeline)
+    plan = StagePlan.from_plan(toy.parallel_plan(model=model, config=config).pipeline)
     modules = split_stages(model, plan, layer_ranges(model, plan, 2, 2, None), stages)
     assert modules[-1] is model  # the model itself, pruned, is the last stage module
     return modules, weights
@@ -235,11 +237,11 @@ def _blocks(*indices: int) -> set[str]:
 
 def test_stage_modules_hold_their_parts_under_their_names_and_copy_no_weight():
     first, third = _toy_stages([0, 2])[0]
-    assert {n for n, _ in first.named_parameters()} == {"embed.weight", "embed.bias", "cond.weight", "cond.bias",
-                                                         *_blocks(0, 1)}
+    assert {n for n, _ in first.named_parameters()} == {"encoder.weight", "encoder.bias", "embed.weight", "embed.bias",
+                                                         "cond.weight", "cond.bias", *_blocks(0, 1)}
     assert [n for n, _ in first.named_buffers()] == ["shift"]
     assert {n for n, _ in third.named_parameters()} == _blocks(4, 5)
-    assert (third.embed, third.shift, third.head, third.scale) == (None, None, None, None)
+    assert (third.encoder, third.embed, third.shift, third.head, third.scale) == (None, None, None, None, None)
     assert [i for i, _ in enumerate(first.blocks)] == [0, 1] and first.blocks[1] is not third.blocks[4]
     (second, last), weights = _toy_stages([1, 3])
     assert {n for n, _ in second.named_parameters()} == _blocks(2, 3)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-import toy_net
 from torch.nn.attention.varlen import varlen_attn
 
 from mm_core.errors import ConfigError
-from mm_core.testing import needs_cuda, run_training
+from mm_core.testing import needs_cuda, run_training, toy
 from mm_parallel.fsdp2 import FSDP2_DEFAULTS
 from mm_parallel.recompute import CountAttention, apply_recompute
 
@@ -81,15 +80,15 @@ def test_unknown_mode_is_one_clear_error():
 
 def test_selective_is_the_default_mode_and_trains_like_no_recompute(tmp_path):
     assert FSDP2_DEFAULTS["recompute_mode"] == "selective"
-    plain = run_training([toy_net], tmp_path / "plain").losses
-    selective = run_training([toy_net], tmp_path / "selective", ["parallel.fsdp2.recompute_modules=['blocks.{*}']"])
+    plain = run_training([toy], tmp_path / "plain").losses
+    selective = run_training([toy], tmp_path / "selective", ["parallel.fsdp2.recompute_modules=['blocks.{*}']"])
     assert selective.losses == pytest.approx(plain, rel=1e-6)
 
 
 def test_a_wrong_mode_in_the_config_names_the_key(tmp_path):
     overrides = ["parallel.fsdp2.recompute_modules=['blocks.{*}']", "parallel.fsdp2.recompute_mode=partial"]
     with pytest.raises(ConfigError, match="parallel.fsdp2.recompute_mode must be one of full, selective"):
-        run_training([toy_net], tmp_path, overrides)
+        run_training([toy], tmp_path, overrides)
 
 
 class VarlenBlock(torch.nn.Module):

@@ -6,14 +6,13 @@ import json
 from pathlib import Path
 
 import torch
-import toy_net
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
 from mm_core.plugins import load_plugins, make_config
 from mm_core.runtime import create_runtime
-from mm_core.testing import run_training
+from mm_core.testing import run_training, toy
 from mm_core.trainer import model_plan
 from mm_parallel.parallelize import parallelize
 from mm_parallel.patterns import named_modules
@@ -21,7 +20,7 @@ from mm_parallel.patterns import named_modules
 
 def build(overrides: list[str]):
     """The toy model as the trainer builds it (model_provider, then the engines), and its runtime."""
-    pm = load_plugins([toy_net])
+    pm = load_plugins([toy])
     runtime = create_runtime(make_config(pm, "run", overrides=overrides))
     model = pm.hook.model_provider(config=runtime.config, runtime=runtime)
     return parallelize(model, model_plan(pm.hook, model, runtime.config), runtime.config, runtime), runtime
@@ -48,11 +47,11 @@ def tree(model: torch.nn.Module) -> dict[str, list[str]]:
 
 def gradients_match(model: torch.nn.Module, runtime, model_config) -> bool:
     """One backward on this rank's share of a batch gives the gradients of one CPU model on the whole batch."""
-    x = torch.randn(8, model_config.dim, generator=torch.Generator().manual_seed(3))
-    y = x.sum(dim=1, keepdim=True).cos()
+    batch = toy.Samples(8, model_config.seq_len, seed=3)
+    x, y = batch.x, batch.y
     share = slice(runtime.dp_rank, None, runtime.dp_size)
     torch.nn.functional.mse_loss(model(x[share]), y[share]).backward()
-    reference = toy_net.build_cpu(model_config)
+    reference = toy.build(model_config)
     torch.nn.functional.mse_loss(reference(x), y).backward()
     grads = {
         n.replace("_checkpoint_wrapped_module.", ""): full(p.grad)
@@ -68,7 +67,7 @@ def gradients_match(model: torch.nn.Module, runtime, model_config) -> bool:
 def inspect(out: str, overrides: list[str]) -> None:
     """Write the module tree, gradient check and parameter equality with the CPU-built model to ``out``."""
     model, runtime = build(overrides)
-    reference = toy_net.build_cpu(runtime.config.model).state_dict()
+    reference = toy.build(runtime.config.model).state_dict()
     state = {n.replace("_checkpoint_wrapped_module.", ""): full(p) for n, p in model.state_dict().items()}
     report = {
         **tree(model),
@@ -78,7 +77,7 @@ def inspect(out: str, overrides: list[str]) -> None:
         "self_sharded": hasattr(model, "shard_config"),
         "placements": sorted({str(p.placements) for p in model.parameters() if isinstance(p, DTensor)}),
         "sharded_dtypes": sorted({str(p.dtype) for p in model.parameters() if isinstance(p, DTensor)}),
-        "output_dtype": str(model(torch.zeros(2, runtime.config.model.dim)).dtype),
+        "output_dtype": str(model(torch.zeros(2, 1, toy.IN)).dtype),
     }
     if runtime.rank == 0:
         Path(out).write_text(json.dumps(report))
@@ -86,6 +85,6 @@ def inspect(out: str, overrides: list[str]) -> None:
 
 def train(out: str, output_dir: str, overrides: list[str]) -> None:
     """Run mm's trainer and write its per-step losses to ``out``."""
-    result = run_training([toy_net], output_dir, overrides)
+    result = run_training([toy], output_dir, overrides)
     if torch.distributed.get_rank() == 0:
         Path(out).write_text(json.dumps(result.losses))

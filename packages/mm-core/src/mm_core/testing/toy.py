@@ -87,8 +87,9 @@ class ToyModel(torch.nn.Module):
         for module in self.modules():
             if module is not self and callable(getattr(module, "reset_parameters", None)):
                 module.reset_parameters()
-        self.scale.fill_(0.5)
-        self.shift.fill_(0.1)
+        for tensor, value in ((self.scale, 0.5), (self.shift, 0.1)):
+            if tensor is not None:  # a pipeline stage holds only its own end's
+                tensor.fill_(value)
 
     def pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Everything before the blocks: ``(hidden, cond)`` of the input tokens."""
