@@ -90,3 +90,19 @@ def test_checkpoint_holds_the_effective_config(mm_train):
     saved = load_file(result.checkpoint / "config.yaml")
     assert saved["model"]["dim"] == 16
     assert saved["training"]["train_iters"] == 1
+
+
+def test_a_checkpoint_with_optimizer_groups_keyed_by_index_still_resumes(mm_train, tmp_path, monkeypatch):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    from mm_core import checkpoint
+
+    straight = mm_train([toy], DROPOUT, "training.train_iters=6", output_dir=tmp_path / "straight")
+    run = tmp_path / "resumed"
+    with monkeypatch.context() as patch:  # how mm wrote optimizer state before it keyed it by parameter name
+        patch.setattr(checkpoint, "FLAT_OPTIMIZER", StateDictOptions(flatten_optimizer_state_dict=False))
+        first = mm_train([toy], DROPOUT, "training.train_iters=3", "training.lr_decay_iters=6", output_dir=run)
+    assert not checkpoint._flat_optimizer_state(first.checkpoint)
+    second = mm_train([toy], DROPOUT, "training.train_iters=6", "training.resume=true", output_dir=run)
+    assert {**first.losses, **second.losses} == straight.losses
+    assert checkpoint._flat_optimizer_state(second.checkpoint)

@@ -168,6 +168,13 @@ def test_pipeline_checkpoint_resumes_without_pipeline(single, pp2, tmp_path):
     assert losses == pytest.approx(_later_losses(single), rel=1e-5)
 
 
+def test_pipeline_checkpoint_resumes_with_pipeline(single, pp2, tmp_path):
+    # Optimizer state is keyed by parameter name: each stage's param groups survive the other stage's.
+    _resume_from_step_2(pp2, tmp_path / "run")
+    losses = spawn_training(2, PLUGIN, tmp_path / "run", [*PP2, "training.resume=true", *RUN])
+    assert losses == pytest.approx(_later_losses(single), rel=1e-5)
+
+
 @pytest.mark.slow
 def test_checkpoint_without_pipeline_resumes_with_it(single, tmp_path):
     _resume_from_step_2(single, tmp_path / "run")

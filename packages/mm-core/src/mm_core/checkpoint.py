@@ -23,6 +23,8 @@ from mm_core.errors import CheckpointError
 
 log = logging.getLogger("mm")
 
+# Optimizer state keyed by parameter name: the same on every layout, pipeline stages included.
+FLAT_OPTIMIZER = StateDictOptions(flatten_optimizer_state_dict=True)
 STEP_DIR = re.compile(r"^step_(\d+)$")
 TRAINER_STATE = "trainer_state.pt"
 CONFIG_FILE = "config.yaml"
@@ -84,7 +86,7 @@ class CheckpointManager:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         rt.barrier()
-        model_sd, optim_sd = get_state_dict(model, optimizer)
+        model_sd, optim_sd = get_state_dict(model, optimizer, options=FLAT_OPTIMIZER)
         with _single_process_ok():
             state = {"model": model_sd, "optim": optim_sd}
             dcp.save(state, checkpoint_id=str(tmp), no_dist=not dist.is_initialized())
@@ -151,7 +153,10 @@ def load_model_state(path: Path, model, optimizer=None) -> None:
     """Load model (and optimizer) weights from a DCP checkpoint dir into possibly sharded modules."""
     if not (Path(path) / ".metadata").is_file():
         raise CheckpointError(f"{path} holds no torch.distributed.checkpoint (.metadata is missing)")
-    model_sd, optim_sd = get_state_dict(model, optimizer or [])
+    flatten = optimizer is not None and _flat_optimizer_state(path)
+    model_sd, optim_sd = get_state_dict(
+        model, optimizer or [], options=StateDictOptions(flatten_optimizer_state_dict=flatten)
+    )
     state: dict[str, Any] = {"model": model_sd}
     if optimizer is not None:
         state["optim"] = optim_sd
@@ -165,8 +170,18 @@ def load_model_state(path: Path, model, optimizer=None) -> None:
         optimizer or [],
         model_state_dict=state["model"],
         optim_state_dict=state.get("optim", {}),
-        options=StateDictOptions(strict=True),
+        options=StateDictOptions(strict=True, flatten_optimizer_state_dict=flatten),
     )
+
+
+def _flat_optimizer_state(path: Path) -> bool:
+    """Whether the checkpoint keys its optimizer's param groups by parameter name (mm writes them so).
+
+    Keyed by group index, as mm's earlier checkpoints are, the groups of ranks that hold different parameters
+    (pipeline stages) overwrite each other; those checkpoints are still read as they were written.
+    """
+    keys = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    return not any(re.fullmatch(r"optim\.param_groups\.\d+\.lr", key) for key in keys)
 
 
 def _cause(exc: BaseException) -> str:
