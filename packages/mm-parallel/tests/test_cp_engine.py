@@ -17,7 +17,7 @@ from mm_parallel.context_plan import check_plan, plan_modules
 TESTS = Path(__file__).parent
 # Two blocks attending causally with 4 heads over 13 tokens (not a multiple of the cp sizes: the split pads).
 SEQUENCES = ["model.heads=4", "model.seq_len=13", "model.depth=2", "training.train_iters=4",
-             "training.save_interval=0"]
+             "training.global_batch_size=4", "training.micro_batch_size=1", "training.save_interval=0"]
 
 
 @pytest.fixture(scope="module")
