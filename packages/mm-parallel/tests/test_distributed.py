@@ -88,7 +88,7 @@ def test_hsdp_with_patterns_mixed_precision_offload_and_fresh_meta_init(tmp_path
     assert report["fsdp"] == ["", "blocks.0", "blocks.1", "head"]
     assert report["placements"] == ["(Replicate(), Shard(dim=0))"]
     assert report["sharded_dtypes"] == ["torch.float32"] and report["output_dtype"] == "torch.bfloat16"
-    assert report["norm_weights"] == [1.0]  # reset_parameters ran on the allocated shards
+    assert report["norm_weights"] == [1.0] and report["scale"] == [0.5, 0.5]  # the toy's init_weights ran
     assert not report["matches_cpu_model"]
 
 

@@ -73,6 +73,7 @@ def inspect(out: str, overrides: list[str]) -> None:
         **tree(model),
         "matches_cpu_model": all(torch.equal(state[n], reference[n]) for n in reference),
         "norm_weights": sorted({float(v) for n, p in state.items() if n.endswith("norm.weight") for v in p}),
+        "scale": state["scale"].tolist(),
         "gradients_match": gradients_match(model, runtime, runtime.config.model),
         "self_sharded": hasattr(model, "shard_config"),
         "placements": sorted({str(p.placements) for p in model.parameters() if isinstance(p, DTensor)}),
