@@ -70,6 +70,8 @@ def test_missing_file_and_bad_yaml_are_clear(tmp_path):
     top_list.write_text("[1, 2]")
     with pytest.raises(ConfigError, match="must hold a mapping"):
         load_file(top_list)
+    with pytest.raises(ConfigError, match=f"config file {tmp_path} is not a regular file"):
+        load_file(tmp_path)
 
 
 def test_malformed_override():

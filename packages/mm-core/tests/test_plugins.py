@@ -107,3 +107,10 @@ def test_default_config_of_a_stacked_plugin_wins(mm_pm):
     assert config.model.depth == 7
     assert config.model.dim == 8
     assert config.training.output_dir == "runs/later"
+
+
+def test_a_module_without_hook_implementations_is_one_error(mm_pm):
+    plain = types.ModuleType("no_hooks")
+    plain.model_provider = lambda config, runtime: None  # not marked with @hookimpl
+    with pytest.raises(PluginError, match="plugin 'no_hooks' implements no mm hook: mark its hook functions"):
+        load_plugins(["mm_core.testing.toy", plain], pm=mm_pm)

@@ -124,3 +124,9 @@ def test_a_loss_per_sample_is_one_error_naming_its_shape(mm_train):
     per_sample.loss_func = hookimpl(loss_func)
     with pytest.raises(PluginError, match=r"got a tensor of shape \[2, 1, 2\]: reduce it, e\.g\. \.mean\(\)"):
         mm_train([toy, per_sample], "training.train_iters=1", *QUIET)
+
+
+@pytest.mark.parametrize("key", ["micro_batch_size", "global_batch_size"])
+def test_a_batch_size_below_one_is_one_error(mm_train, key):
+    with pytest.raises(ConfigError, match=f"training.{key} must be at least 1, got 0"):
+        mm_train([toy], f"training.{key}=0", *QUIET)

@@ -85,8 +85,10 @@ def wrap(value: Any) -> Any:
 def load_file(path: str | Path) -> dict:
     """Read a YAML or JSON mapping from ``path``, with one clear error if it is missing or malformed."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
+    if not path.is_file():
+        raise ConfigError(f"config file {path} is not a regular file: give a YAML or JSON file")
     text = path.read_text(encoding="utf-8")
     try:
         data = json.loads(text) if path.suffix == ".json" else _yaml(text)

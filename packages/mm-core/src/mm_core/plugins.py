@@ -94,6 +94,8 @@ def load_plugins(names: list[str | ModuleType], pm: pluggy.PluginManager | None 
             pm.register(plugin, name=label)
         except pluggy.PluginValidationError as exc:
             raise PluginError(f"plugin {label!r} is invalid: {exc}") from exc
+        if not pm.get_hookcallers(plugin):
+            raise PluginError(f"plugin {label!r} implements no mm hook: mark its hook functions with @mm_core.hookimpl")
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:

@@ -36,6 +36,9 @@ class TrainResult:
 
 def accumulation_steps(training, dp_size: int) -> int:
     """Micro-batches per optimizer step: global / (micro × data-parallel size), which must divide."""
+    for key in ("micro_batch_size", "global_batch_size"):
+        if training[key] < 1:
+            raise ConfigError(f"training.{key} must be at least 1, got {training[key]}")
     per_step = training.micro_batch_size * dp_size
     if training.global_batch_size % per_step:
         raise ConfigError(
