@@ -41,10 +41,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _whole_monorepo(session: pytest.Session) -> bool:
-    """True when the session ran every package's tests (no paths given, no -k)."""
+    """True when the session ran every package's tests: paths from ``testpaths`` (none given), no -k, not --co."""
     config = session.config
-    return not config.option.keyword and config.args == [str(Path(config.rootpath, p)) for p in
-                                                         config.getini("testpaths")]
+    return (config.args_source is pytest.Config.ArgsSource.TESTPATHS and not config.option.keyword
+            and not config.option.collectonly)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
