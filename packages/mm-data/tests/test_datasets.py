@@ -89,7 +89,13 @@ def test_error_mode_raises_one_line(mixed_records, index: int, message: str) -> 
 
 def test_all_bad_is_an_error(tmp_path: Path) -> None:
     dataset = VideoTextDataset([VideoRecord(tmp_path / "x.mp4", "x")], 5, 16, 16)
-    with pytest.raises(DataError, match="no sample of the 1 in the dataset can be read"):
+    with pytest.raises(DataError, match="no sample of the 1 in the dataset can be read; the first: "):
+        dataset[0]
+
+
+def test_an_entry_without_caption_names_the_key(tmp_path: Path) -> None:
+    dataset = VideoTextDataset([VideoRecord(tmp_path / "x.mp4", None)], 5, 16, 16, on_bad_sample="error")
+    with pytest.raises(DataError, match=r"sample 0 \(.*x\.mp4\): its index entry has no caption \(key 'cap' or "):
         dataset[0]
 
 

@@ -10,7 +10,7 @@ from torch.utils.data import Dataset, default_collate
 
 from mm_core.errors import DataError
 from mm_data.bad_samples import BadSamples
-from mm_data.formats import DatasetParam, VideoRecord, read_index
+from mm_data.formats import CAPTION_KEYS, DatasetParam, VideoRecord, read_index
 from mm_data.transforms import resize_center_crop
 from mm_data.video import read_video
 
@@ -79,6 +79,9 @@ class VideoTextDataset(Dataset):
     def load(self, index: int) -> dict[str, Any]:
         """Sample ``index`` or DataError when it is bad, whatever ``on_bad_sample`` says."""
         record = self.records[index]
+        if record.caption is None:
+            raise DataError(f"sample {index} ({record.path}): its index entry has no caption "
+                            f"(key {' or '.join(repr(k) for k in CAPTION_KEYS)})")
         if not isinstance(record.caption, str):
             raise DataError(f"sample {index} ({record.path}): caption {record.caption!r} is not a string")
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
@@ -99,7 +102,8 @@ class VideoTextDataset(Dataset):
                 return self.load(candidate)
             except DataError as exc:
                 self.bad.skip(exc)
-        raise DataError(f"no sample of the {len(self)} in the dataset can be read")
+        first = f"; the first: {self.bad.reasons[0]}" if self.bad.reasons else ""
+        raise DataError(f"no sample of the {len(self)} in the dataset can be read{first}")
 
 
 def collate(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
