@@ -99,7 +99,7 @@ def load_plugins(names: list[str | ModuleType], pm: pluggy.PluginManager | None 
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        known = ", ".join(sorted(n for n in dir(hookspecs) if _is_spec(n)))
+        known = ", ".join(sorted(hook_names()))
         raise PluginError(f"{exc} (known hooks: {known})") from exc
     missing = [h for h in REQUIRED_HOOKS if not _implemented_outside_defaults(pm, h)]
     if missing:
@@ -127,15 +127,16 @@ def call_order(pm: pluggy.PluginManager) -> list[HookCallers]:
     first of them that returns something other than None.
     """
     hooks = []
-    for name in (n for n in vars(hookspecs) if _is_spec(n)):
+    for name in hook_names():
         caller = getattr(pm.hook, name)
         plugins = [impl.plugin_name for impl in reversed(caller.get_hookimpls())]
         hooks.append(HookCallers(name, bool(caller.spec and caller.spec.opts.get("firstresult")), plugins))
     return hooks
 
 
-def _is_spec(name: str) -> bool:
-    return not name.startswith("_") and hasattr(getattr(hookspecs, name), "mm_spec")
+def hook_names() -> list[str]:
+    """The names of mm's hookspecs, in the order hookspecs.py defines them."""
+    return [name for name, value in vars(hookspecs).items() if not name.startswith("_") and hasattr(value, "mm_spec")]
 
 
 def _implemented_outside_defaults(pm: pluggy.PluginManager, hook: str) -> bool:

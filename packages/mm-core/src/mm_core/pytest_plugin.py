@@ -13,11 +13,11 @@ from types import ModuleType
 import pluggy
 import pytest
 
-from mm_core import hookspecs, plugins
+from mm_core import plugins
 from mm_core.testing import run_training
 from mm_core.trainer import TrainResult
 
-SPECS = frozenset(name for name in dir(hookspecs) if hasattr(getattr(hookspecs, name), "mm_spec"))
+SPECS = frozenset(plugins.hook_names())
 called_hooks: set[str] = set()
 """Names of the hooks that any plugin manager of this test session has called."""
 
