@@ -5,7 +5,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mm_core.data_iter import DataIterator
-from mm_core.errors import ConfigError
+from mm_core.errors import ConfigError, DataError
 from mm_data.datasets import collate
 from mm_data.sampler import ResumableBatchSampler, bucket_keys, build_dataloader
 
@@ -83,6 +83,59 @@ def test_data_iterator_resumes_the_same_sequence_through_epochs() -> None:
         resumed = DataIterator(loader())
         resumed.load_state_dict(first.state_dict())
         assert [next(resumed).tolist() for _ in range(12 - stop)] == batches[stop:]
+
+
+def _stream(batch_size: int, dp_size: int, n: int = 24, rank: int = 0, **kwargs) -> DataIterator:
+    """A data iterator of ``rank`` whose every draw consumes ``batch_size × dp_size`` samples of the global stream."""
+    loader = build_dataloader(Range(n), batch_size, dp_rank=rank, dp_size=dp_size, seed=3, **kwargs)
+    return DataIterator(loader, samples_per_batch=batch_size * dp_size)
+
+
+def test_a_position_resumes_at_the_same_sample_with_another_batch_or_data_parallel_size() -> None:
+    # Two draws of 4 consumed samples 0..7 of the stream; one process reading 2 or 8 at a time, or 4 ranks
+    # reading 1 each, continue with samples 8, 9, ... in the same order.
+    saved = _stream(4, 1)
+    stream = [i for _ in range(6) for i in next(saved).tolist()]  # one epoch of 24
+    first = _stream(4, 1)
+    next(first), next(first)
+    for batch_size, dp_size in [(2, 1), (1, 4), (8, 1)]:
+        ranks = [_stream(batch_size, dp_size, rank=rank) for rank in range(dp_size)]
+        for it in ranks:
+            it.load_state_dict(first.state_dict())
+        draws = [[i for it in ranks for i in next(it).tolist()] for _ in range(16 // (batch_size * dp_size))]
+        assert [i for draw in draws for i in draw] == stream[8:24]
+
+
+@pytest.mark.parametrize(
+    ("sizes", "n", "reason"),
+    [
+        ((4, 3), 24, "it stopped after 8 samples of epoch 0; resume with micro_batch_size × data-parallel size = "
+                     "1 or 2 or 4 or 8"),
+        ((4, 8), 28, "an epoch holds 28 samples in batches of 4 but 24 in batches of 8; resume with micro_batch_size "
+                     "× data-parallel size = 1 or 2 or 4"),
+    ],
+)
+def test_a_position_that_another_size_cannot_continue_exactly_is_one_error(sizes, n, reason) -> None:
+    saved, new = sizes
+    first = _stream(saved, 1, n)
+    next(first), next(first)
+    resumed = _stream(new, 1, n)
+    with pytest.raises(DataError) as info:
+        resumed.load_state_dict(first.state_dict())
+    assert str(info.value) == (
+        f"the train data cannot continue exactly: the checkpoint read {saved} samples per micro-step "
+        f"(micro_batch_size × data-parallel size), this run reads {new}, and {reason}"
+    )
+
+
+def test_batches_grouped_by_shape_resume_only_with_the_same_size() -> None:
+    keys = [i % 2 for i in range(16)]
+    first = _stream(2, 1, 16, buckets=keys)
+    next(first)
+    resumed = _stream(4, 1, 16, buckets=keys)
+    with pytest.raises(DataError, match="grouped by shape, and how the groups are cut depends on the batch size; "
+                                        "resume with micro_batch_size × data-parallel size = 2$"):
+        resumed.load_state_dict(first.state_dict())
 
 
 def test_bucketing_puts_one_shape_in_each_batch() -> None:

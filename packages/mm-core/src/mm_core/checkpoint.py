@@ -90,13 +90,12 @@ class CheckpointManager:
         with _single_process_ok():
             state = {"model": model_sd, "optim": optim_sd}
             dcp.save(state, checkpoint_id=str(tmp), no_dist=not dist.is_initialized())
-        torch.save(
-            {"rng": rng_state(rt.device), "data": data_iter.state_dict()},
-            tmp / f"rank_{rt.rank:05d}.pt",
-        )
+        torch.save({"rng": rng_state(rt.device)}, tmp / f"rank_{rt.rank:05d}.pt")
         if rt.is_main:
+            # Rank 0 reads data on every layout; its position in the global stream is the run's.
             torch.save(
-                {"step": step, "scheduler": scheduler.state_dict(), "world_size": rt.world_size, "dp_size": rt.dp_size},
+                {"step": step, "scheduler": scheduler.state_dict(), "world_size": rt.world_size,
+                 "dp_size": rt.dp_size, "dims": dict(rt.dims), "data": data_iter.state_dict()},
                 tmp / TRAINER_STATE,
             )
             (tmp / CONFIG_FILE).write_text(dump(rt.config), encoding="utf-8")
@@ -124,29 +123,28 @@ class CheckpointManager:
         trainer_state = torch.load(state_file, weights_only=False)
         load_model_state(path, model, optimizer)
         scheduler.load_state_dict(trainer_state["scheduler"])
-        rank_file = path / f"rank_{rt.rank:05d}.pt"
-        if trainer_state["world_size"] == rt.world_size and rank_file.is_file():
-            rank_state = torch.load(rank_file, weights_only=False)
-            set_rng_state(rank_state["rng"], rt.device)
-            data_iter.load_state_dict(rank_state["data"])
+        data_iter.load_state_dict(_data_state(path, trainer_state, rt))
+        saved = trainer_state.get("dims")
+        if (saved == dict(rt.dims)) if saved is not None else trainer_state["world_size"] == rt.world_size:
+            set_rng_state(torch.load(path / f"rank_{rt.rank:05d}.pt", weights_only=False)["rng"], rt.device)
         else:
-            data = torch.load(path / "rank_00000.pt", weights_only=False)["data"]
-            # Positions count this rank's micro-batches; rescale them to the new data-parallel size.
-            old_dp = trainer_state["dp_size"]
-            if (data["position"] * old_dp) % rt.dp_size:
-                raise CheckpointError(
-                    f"{path} stopped mid-way through a data-parallel round of {old_dp} ranks that "
-                    f"{rt.dp_size} ranks cannot continue exactly; resume with a data-parallel size dividing "
-                    f"{data['position'] * old_dp}"
-                )
-            data_iter.load_state_dict({**data, "position": data["position"] * old_dp // rt.dp_size})
-            log.warning(
-                "checkpoint %s was saved by %d ranks, resuming on %d: RNG streams restart from the seed",
-                path,
-                trainer_state["world_size"],
-                rt.world_size,
-            )
+            log.warning("checkpoint %s was saved on another layout (%s), resuming on %s: RNG streams restart "
+                        "from the seed", path, _layout(trainer_state), _layout({"dims": rt.dims}))
         return int(trainer_state["step"])
+
+
+def _data_state(path: Path, trainer_state: dict, rt) -> dict:
+    """The data position of the run; checkpoints before it was kept by rank 0 count rank 0's micro-batches."""
+    if "data" in trainer_state:
+        return trainer_state["data"]
+    data = torch.load(path / "rank_00000.pt", weights_only=False)["data"]
+    return {**data, "samples_per_batch": rt.config.training.micro_batch_size * trainer_state["dp_size"]}
+
+
+def _layout(trainer_state: dict) -> str:
+    """``pp=2 dp=1 cp=1 ...`` of a saved (or current) layout."""
+    dims = trainer_state.get("dims") or {"world": trainer_state["world_size"]}
+    return " ".join(f"{name}={size}" for name, size in dims.items())
 
 
 def load_model_state(path: Path, model, optimizer=None) -> None:

@@ -181,7 +181,8 @@ class Trainer:
         datasets = _call(hook.datasets_provider, "datasets_provider", config=self.cfg, runtime=rt)
         if not (isinstance(datasets, (tuple, list)) and len(datasets) == 3):
             raise PluginError("datasets_provider must return (train, valid, test)")
-        train_iter = DataIterator(datasets[0], "train", seed=training.seed)
+        train_iter = DataIterator(datasets[0], "train", seed=training.seed,
+                                  samples_per_batch=training.micro_batch_size * rt.dp_size)
         valid_iter = DataIterator(datasets[1], "valid", seed=training.seed) if datasets[1] is not None else None
         optimizer = build_optimizer(model, training, rt.device)
         scheduler = build_scheduler(optimizer, training)

@@ -20,8 +20,9 @@ class ResumableBatchSampler(Sampler[list[int]]):
     bucket; rank ``dp_rank`` takes its slice of each, so ranks see disjoint indices and the same
     number of batches. A bucket's incomplete last global batch is dropped with ``drop_last``, else
     filled by repeating that bucket's indices. ``skip(n)`` makes the next iteration start after
-    its first ``n`` batches. With ``with_epoch`` each index comes as an ``(epoch, index)`` pair, the keys of
-    an :class:`EpochTagged` dataset.
+    its first ``n`` batches. Without buckets the order of the samples does not depend on
+    ``batch_size * dp_size``, so a run resumes exactly on another layout (see ``epoch_samples``). With
+    ``with_epoch`` each index comes as an ``(epoch, index)`` pair, the keys of an :class:`EpochTagged` dataset.
     """
 
     def __init__(
@@ -60,6 +61,19 @@ class ResumableBatchSampler(Sampler[list[int]]):
     def skip(self, num_batches: int) -> None:
         """Start the next iteration after its first ``num_batches`` batches (for resuming mid-epoch)."""
         self._skip = num_batches
+
+    @property
+    def grouped(self) -> bool:
+        """Whether batches are grouped by shape: then how a bucket is cut into batches depends on their size."""
+        return len(set(self.buckets)) > 1
+
+    def epoch_samples(self, global_batch: int) -> int:
+        """Samples an epoch holds when cut into global batches of ``global_batch`` (after drop_last or padding)."""
+        counts: dict[Hashable, int] = {}
+        for key in self.buckets:
+            counts[key] = counts.get(key, 0) + 1
+        whole = (lambda n: n // global_batch) if self.drop_last else (lambda n: -(-n // global_batch))
+        return sum(whole(n) * global_batch for n in counts.values())
 
     def _global_batches(self) -> list[list[int]]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
