@@ -13,6 +13,7 @@ _LAZY = {
     "ContextParallelPlan": "mm_core.plan",
     "ParallelPlan": "mm_core.plan",
     "PipelinePlan": "mm_core.plan",
+    "TensorParallelPlan": "mm_core.plan",
     "load_plugins": "mm_core.plugins",
     "Runtime": "mm_core.runtime",
     "create_runtime": "mm_core.runtime",

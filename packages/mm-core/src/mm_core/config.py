@@ -22,6 +22,14 @@ CHOICES = {
     "data.on_bad_sample": ("skip", "error"),
 }
 
+# Megatron's flag names, accepted where the config has their key (the seeds launch with them).
+ALIASES = {
+    "parallel.tensor-model-parallel-size": "parallel.tp.size",
+    "parallel.sequence-parallel": "parallel.tp.sequence_parallel",
+    "parallel.tp.tensor-model-parallel-size": "parallel.tp.size",
+    "parallel.tp.sequence-parallel": "parallel.tp.sequence_parallel",
+}
+
 
 class _Loader(yaml.SafeLoader):
     """YAML 1.1 reads ``1e-4`` as a string; this loader reads it as the float users mean."""
@@ -183,6 +191,29 @@ def validate(layer: Mapping, schema: Mapping, source: str, prefix: str = "") -> 
             validate(value, default, source, prefix=f"{dotted}.")
 
 
+def apply_aliases(layer: Mapping, source: str) -> dict:
+    """``layer`` with Megatron's key names (``ALIASES``) renamed to mm's; giving both is one ConfigError."""
+    out = copy.deepcopy(dict(layer))
+    for alias, key in ALIASES.items():
+        *parents, name = alias.split(".")
+        node: Any = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, Mapping) else None
+        if not isinstance(node, dict) or name not in node:
+            continue
+        value = node.pop(name)
+        *target_parents, target = key.split(".")
+        holder = out
+        for part in target_parents:
+            holder = holder.setdefault(part, {})
+            if not isinstance(holder, dict):
+                raise ConfigError(f"{source}: {'.'.join(target_parents)} must be a mapping to take {alias}")
+        if target in holder and holder[target] != value:
+            raise ConfigError(f"{source}: {alias} ({value!r}) and {key} ({holder[target]!r}) disagree; give one")
+        holder[target] = value
+    return out
+
+
 def _switch_on_enabled_sections(layer: Mapping, schema: Mapping) -> dict:
     """Setting any key of a section that has ``enable: false`` by default turns that section on."""
     out = dict(layer)
@@ -216,6 +247,7 @@ def build_config(
     layers += [(f"override {o!r}", parse_override(o)) for o in overrides]
     merged = dict(defaults)
     for source, layer in layers:
+        layer = apply_aliases(layer, source)
         validate(layer, defaults, source)
         merged = deep_merge(merged, _switch_on_enabled_sections(layer, defaults))
     return wrap(merged)

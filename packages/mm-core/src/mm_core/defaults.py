@@ -16,6 +16,7 @@ CORE_DEFAULTS: dict[str, Any] = {
         "fsdp2": {},
         "cp": {"size": 1, "mode": "ulysses", "ulysses_degree": None, "window_size": None},
         "pp": {"size": 1, "schedule": "1f1b", "pipeline_num_layers": None, "virtual_stages": 1},
+        "tp": {"size": 1, "sequence_parallel": False},
     },
     "training": {
         "output_dir": None,

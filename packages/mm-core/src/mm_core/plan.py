@@ -134,6 +134,92 @@ class ContextParallelPlan:
             raise PluginError(f"ContextParallelPlan.heads must be a positive number of heads, got {self.heads!r}")
 
 
+TP_STYLES = ("colwise", "colwise_replicated", "rowwise", "sharded_norm", "vocab_embedding", "vocab_parallel")
+"""The styles a :class:`TensorParallelPlan` layout gives a module (see its ``layout``)."""
+
+
+def _dims(owner: str, name: str, value: Any) -> None:
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) and isinstance(v, int) for k, v in value.items()):
+        raise PluginError(f"{owner}.{name} must map module paths to dims, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TensorParallelPlan:
+    """How tensor parallelism (``parallel.tp.size > 1``) splits the model's layers over the ``tp`` ranks.
+
+    Module paths are patterns (``blocks.{*}.attn.to_q``, as ``parallel.fsdp2``'s). Every trainable parameter the
+    layout does not split is replicated on the tp ranks. With ``parallel.tp.sequence_parallel`` the activations
+    between the split linears are sharded over the sequence instead (Megatron's sequence parallelism): they are
+    split at ``split_inputs`` / ``split_outputs`` and gathered at ``gather_outputs``. See docs/tensor_parallel.md.
+    """
+
+    layout: Mapping[str, str]
+    """Module pattern -> style. ``colwise``: an ``nn.Linear`` whose output features are split (its input gathered
+    from the sequence shards first under sequence parallelism); ``colwise_replicated``: the same for an input every
+    rank holds whole (the text of a cross-attention); ``rowwise``: an ``nn.Linear`` whose input features are split,
+    its output summed over the ranks (reduce-scattered onto the sequence shards under sequence parallelism);
+    ``sharded_norm``: an ``nn.RMSNorm`` over features a colwise linear split (q/k norms across all heads), its
+    statistics summed over the ranks; ``vocab_embedding``: an ``nn.Embedding`` split over the vocabulary, its
+    output whole on every rank; ``vocab_parallel``: the output ``nn.Linear``, its input whole on every rank and its
+    logits left split over the vocabulary as a DTensor, for ``mm_parallel.vocab_parallel_cross_entropy``. A weight
+    tied between a ``vocab_embedding`` and a ``vocab_parallel`` stays tied."""
+
+    sequence_parallel: Sequence[str] = ()
+    """Patterns of modules or parameters that meet the sequence shards under sequence parallelism (norms between
+    the split linears, adaLN tables): replicated, their gradients summed over the tp ranks."""
+
+    sequence_inputs: Mapping[str, Sequence[int]] = field(default_factory=dict)
+    """Module pattern -> indices of positional inputs that every rank holds whole but that meet the sequence shards
+    inside the module (a timestep embedding modulating the tokens): their gradients are summed over the tp ranks."""
+
+    split_inputs: Mapping[str, int] = field(default_factory=dict)
+    """Module path -> sequence dim: under sequence parallelism the module's first positional input is split."""
+
+    split_outputs: Mapping[str, int] = field(default_factory=dict)
+    """Module path -> sequence dim: under sequence parallelism the module's output (each tensor of a tuple) is split."""
+
+    gather_outputs: Mapping[str, int] = field(default_factory=dict)
+    """Module path -> sequence dim: under sequence parallelism the module's output (each tensor of a tuple) is
+    gathered from the tp ranks."""
+
+    sequence_dim: int = 1
+    """The sequence dim of the activations the colwise linears take and the rowwise ones give."""
+
+    divide: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    """Module pattern -> names of integer attributes that count what the colwise linears split (an attention's
+    ``heads``): divided by the tp size, which must divide them."""
+
+    heads: int | None = None
+    """Attention heads, checked to divide by tp (and by tp × the Ulysses ranks under context parallelism)."""
+
+    kv_heads: int | None = None
+    """Key/value heads of grouped-query attention, checked like ``heads``; None: as many as ``heads``."""
+
+    def __post_init__(self) -> None:
+        owner = "TensorParallelPlan"
+        layout = self.layout
+        if not isinstance(layout, Mapping) or not layout or not all(isinstance(k, str) for k in layout):
+            raise PluginError(f"{owner}.layout must map module patterns to styles, got {layout!r}")
+        for pattern, style in layout.items():
+            if style not in TP_STYLES:
+                raise PluginError(f"{owner}.layout[{pattern!r}] is {style!r}; styles are {', '.join(TP_STYLES)}")
+        object.__setattr__(self, "sequence_parallel", _paths(owner, "sequence_parallel", self.sequence_parallel))
+        for name in ("split_inputs", "split_outputs", "gather_outputs"):
+            _dims(owner, name, getattr(self, name))
+        for name, kind in (("sequence_inputs", int), ("divide", str)):
+            value = getattr(self, name)
+            if not isinstance(value, Mapping) or not all(
+                isinstance(k, str) and not isinstance(v, str) and isinstance(v, Sequence)
+                and all(isinstance(x, kind) for x in v)
+                for k, v in value.items()
+            ):
+                raise PluginError(f"{owner}.{name} must map module patterns to lists of {kind.__name__}, got {value!r}")
+        for name in ("heads", "kv_heads"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise PluginError(f"{owner}.{name} must be a positive number of heads, got {value!r}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class ParallelPlan:
     """A model as the engines see it (the result of the ``parallel_plan`` hook)."""
@@ -151,9 +237,12 @@ class ParallelPlan:
     pipeline: PipelinePlan | None = None
     """How pipeline parallelism cuts the model; None: the plugin does not support PP."""
 
+    tp: TensorParallelPlan | None = None
+    """How tensor parallelism splits the layers; None: the plugin does not support TP."""
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "fsdp_modules", _paths("ParallelPlan", "fsdp_modules", self.fsdp_modules))
-        for name, kind in (("cp", ContextParallelPlan), ("pipeline", PipelinePlan)):
+        for name, kind in (("cp", ContextParallelPlan), ("pipeline", PipelinePlan), ("tp", TensorParallelPlan)):
             value = getattr(self, name)
             if value is not None and not isinstance(value, kind):
                 raise PluginError(f"ParallelPlan.{name} must be a {kind.__name__}, got {type(value).__name__}")

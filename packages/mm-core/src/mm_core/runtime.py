@@ -49,13 +49,15 @@ def mesh_shape(config: Config, world_size: int) -> dict[str, int]:
     par = config.get("parallel", {})
     pp = int(par.get("pp", {}).get("size", 1))
     cp = int(par.get("cp", {}).get("size", 1))
-    tp = 1
-    for name, size in (("parallel.pp.size", pp), ("parallel.cp.size", cp)):
+    tp = int(par.get("tp", {}).get("size", 1))
+    for name, size in (("parallel.pp.size", pp), ("parallel.cp.size", cp), ("parallel.tp.size", tp)):
         if size < 1:
             raise ConfigError(f"{name} must be at least 1, got {size}")
     if world_size % (pp * cp * tp):
+        sizes = "pp.size × cp.size" + (" × tp.size" if tp > 1 else "")
+        values = f"{pp} × {cp}" + (f" × {tp}" if tp > 1 else "")
         raise ConfigError(
-            f"world size {world_size} is not divisible by pp.size × cp.size = {pp} × {cp}; "
+            f"world size {world_size} is not divisible by {sizes} = {values}; "
             "launch a multiple of that many processes"
         )
     dp = world_size // (pp * cp * tp)
@@ -69,7 +71,7 @@ def mesh_shape(config: Config, world_size: int) -> dict[str, int]:
         if shard < 1 or dp % shard:
             raise ConfigError(
                 f"parallel.fsdp2.sharding_size {raw!r} must divide the data-parallel size {dp} "
-                f"(world {world_size} / pp {pp} / cp {cp})"
+                f"(world {world_size} / pp {pp} / cp {cp}" + (f" / tp {tp})" if tp > 1 else ")")
             )
     return {"pp": pp, "dp_replicate": dp // shard, "dp_shard": shard, "cp": cp, "tp": tp}
 

@@ -16,6 +16,7 @@ from mm_parallel.fsdp2 import apply_fsdp2, check_options, data_parallel_mesh, re
 from mm_parallel.meta_init import is_meta, materialize
 from mm_parallel.pipeline import apply_pipeline
 from mm_parallel.recompute import apply_recompute
+from mm_parallel.tensor_parallel import apply_tensor_parallel, shard_sequence
 
 log = logging.getLogger("mm")
 
@@ -23,8 +24,10 @@ log = logging.getLogger("mm")
 def parallelize(model: torch.nn.Module, plan: ParallelPlan, config: Config, runtime: Runtime) -> torch.nn.Module:
     """PP → TP → CP → activation checkpointing → compile → FSDP2, then materialize a meta model and place it.
 
-    TP does not exist yet. With PP (``parallel.pp.size > 1``) activation checkpointing applies to the whole
-    model before it is cut into stages, and FSDP2 to each stage (:func:`mm_parallel.pipeline.apply_pipeline`).
+    TP splits the layers before CP installs its sequence split; TP's own sequence split (sequence parallelism)
+    is installed after it, so that it runs inside CP's. With PP (``parallel.pp.size > 1``) activation
+    checkpointing applies to the whole model before it is cut into stages, and FSDP2 to each stage
+    (:func:`mm_parallel.pipeline.apply_pipeline`).
     Without FSDP2 (disabled, or one process) the model is placed and wrapped by mm-core's default: DDP when
     data-parallel.
     """
@@ -33,7 +36,10 @@ def parallelize(model: torch.nn.Module, plan: ParallelPlan, config: Config, runt
     check_options(fsdp)
     check_compile_options(compile_options)
     on_meta = is_meta(model)
+    tensor_parallel = apply_tensor_parallel(model, plan, config, runtime)
     plan = apply_context_parallel(model, plan, config, runtime)
+    if tensor_parallel and config.parallel.tp.sequence_parallel:
+        shard_sequence(model, plan.tp, runtime.submesh("tp"))
     model = apply_recompute(
         model, modules=fsdp.recompute_modules, use_reentrant=fsdp.use_reentrant, mode=fsdp.recompute_mode
     )

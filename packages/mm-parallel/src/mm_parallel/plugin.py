@@ -26,10 +26,12 @@ def default_config(task: str) -> dict:
 def parallelize_model(
     model: torch.nn.Module, plan: ParallelPlan, config: Config, runtime: Runtime
 ) -> torch.nn.Module | None:
-    """Apply PP, CP, recompute, compile and FSDP2, and materialize meta models; None (mm-core's DDP) if none asked."""
+    """Apply PP, TP, CP, recompute, compile and FSDP2, and materialize meta models; None (mm-core's DDP) if none
+    asked."""
     fsdp = config.parallel.fsdp2
     par = config.parallel
-    wanted = fsdp.enable or fsdp.recompute_modules or par.compile.enable or par.cp.size > 1 or par.pp.size > 1
+    wanted = (fsdp.enable or fsdp.recompute_modules or par.compile.enable or par.cp.size > 1 or par.pp.size > 1
+              or par.tp.size > 1)
     if not (wanted or is_meta(model)):
         return None
     return parallelize(model, plan, config, runtime)
