@@ -1,14 +1,15 @@
 """Stacked on mm_core.testing.toy for the TP engine tests: the blocks' MLPs split column- then row-wise.
 
 Under sequence parallelism the tokens are split after ``embed`` and ``cond`` and gathered after the last block;
-the blocks' norms meet the shards.
+the blocks' norms meet the shards. With context parallelism the sequence is split after ``encoder`` and
+gathered after ``head`` (as cp_toy's plan), TP's split nesting inside.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from mm_core import ParallelPlan, TensorParallelPlan, hookimpl
+from mm_core import ContextParallelPlan, ParallelPlan, TensorParallelPlan, hookimpl
 from mm_core.testing import toy
 
 
@@ -21,4 +22,5 @@ def parallel_plan(model, config):
         split_outputs={"embed": 1, "cond": 1},
         gather_outputs={f"blocks.{len(model.blocks) - 1}": 1},
     )
-    return dataclasses.replace(plan, tp=tp)
+    cp = ContextParallelPlan(split_outputs={"encoder": 1}, gather_outputs={"head": 1})
+    return dataclasses.replace(plan, tp=tp, cp=cp)

@@ -9,9 +9,10 @@ sequence parallelism a parameter that meets the sequence shards gets its gradien
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -76,23 +77,41 @@ def _divide_attributes(model: torch.nn.Module, plan: TensorParallelPlan, tp: int
                 setattr(module, name, value // tp)
 
 
-def _use_local_parameters(module: torch.nn.Module, names: dict[str, bool], group) -> None:
-    """Run ``module``'s forward with the local values of its DTensor parameters ``names`` (name -> sum gradients
-    over ``group``). The forward itself is wrapped, inside any hook (FSDP2's all-gather runs first)."""
+LOCAL = "_mm_tp_local"
+"""Attribute of a module holding DTensor parameters it computes with locally: name -> the group its gradient is
+summed over (None: not summed). A module attribute, so it survives FSDP2's parameter swaps and stage copies."""
+
+
+@contextlib.contextmanager
+def local_parameters(root: torch.nn.Module, recurse: bool = True) -> Iterator[None]:
+    """Within it, the modules under ``root`` (``root`` alone without ``recurse``) hold the local values of their
+    replicated DTensor parameters, for code that reads them directly (``model.table + x``)."""
+    saved = []
+    for module in root.modules() if recurse else (root,):
+        for name, group in getattr(module, LOCAL, {}).items():
+            param = module._parameters.get(name)
+            if isinstance(param, DTensor):
+                saved.append((module, name, param))
+                local = param.to_local()
+                module._parameters[name] = local if group is None else sum_grad_over(local, group)
+    try:
+        yield
+    finally:
+        for module, name, param in reversed(saved):
+            module._parameters[name] = param
+
+
+def _use_local_parameters(module: torch.nn.Module, names: dict[str, Any], recurse: bool = False) -> None:
+    """Run ``module``'s forward with the local values of its DTensor parameters ``names`` (name -> group their
+    gradients are summed over, or None). The forward itself is wrapped, inside any hook (FSDP2's all-gather runs
+    first)."""
+    setattr(module, LOCAL, {**getattr(module, LOCAL, {}), **names})
     forward = module.forward
 
     @functools.wraps(forward)
     def local_forward(*args: Any, **kwargs: Any) -> Any:
-        saved = {name: module._parameters[name] for name in names}
-        try:
-            for name, summed in names.items():
-                param = saved[name]
-                if isinstance(param, DTensor):
-                    local = param.to_local()
-                    module._parameters[name] = sum_grad_over(local, group) if summed else local
+        with local_parameters(module, recurse):
             return forward(*args, **kwargs)
-        finally:
-            module._parameters.update(saved)
 
     module.forward = local_forward
 
@@ -172,9 +191,10 @@ def _replicate_the_rest(model: torch.nn.Module, plan: TensorParallelPlan, mesh: 
                     replicated[id(param)] = torch.nn.Parameter(_distribute(param, mesh, Replicate()))
                     count += 1
                 module._parameters[name] = replicated[id(param)]
-            names[name] = sp and (meets_shards(path) or meets_shards(full))
+            summed = sp and (meets_shards(path) or meets_shards(full))
+            names[name] = mesh.get_group() if summed else None
         if names:
-            _use_local_parameters(module, names, mesh.get_group())
+            _use_local_parameters(module, names)
     return count
 
 
@@ -267,8 +287,11 @@ def apply_tensor_parallel(model: torch.nn.Module, plan: ParallelPlan, config: Co
     for path in handled:
         module = named_modules(model)[path]
         if isinstance(getattr(module, "weight", None), DTensor) and isinstance(module, torch.nn.RMSNorm):
-            _use_local_parameters(module, {"weight": False}, mesh.get_group())
+            _use_local_parameters(module, {"weight": None})
     replicated = _replicate_the_rest(model, tp_plan, mesh, sp, handled)
+    # Code of the model may read a parameter of a module whose forward it does not call (wan's predict reads
+    # predictor.scale_shift_table): the whole forward sees local values.
+    _use_local_parameters(model, {}, recurse=True)
     if sp:
         _sequence_inputs(model, tp_plan, mesh.get_group())
     _divide_attributes(model, tp_plan, options.size)

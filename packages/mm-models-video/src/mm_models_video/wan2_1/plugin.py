@@ -21,6 +21,7 @@ from mm_models_video.wan2_1.data import build_train_loader, check_clip_fits, exa
 from mm_models_video.wan2_1.extract import extract_features as run_extraction
 from mm_models_video.wan2_1.infer import generate
 from mm_models_video.wan2_1.model import Carry, WanT2V, run_block
+from mm_models_video.wan2_1.tp import tensor_parallel_plan
 
 # The embedded run: a tiny Wan2.1 on generated clips, about a minute on two CPU cores.
 TRAINING = {
@@ -67,7 +68,8 @@ def model_provider(config: Config, runtime: Runtime) -> WanT2V:
 
 @hookimpl
 def parallel_plan(model: WanT2V, config: Config) -> ParallelPlan:
-    """FSDP2 shards each transformer block; CP splits the tokens entering the blocks; PP cuts the block list.
+    """FSDP2 shards each transformer block; CP splits the tokens entering the blocks; PP cuts the block list; TP
+    splits each block's heads and FFN (``tp``).
 
     CP splits after patch embedding (with the RoPE tables, computed for the whole sequence, so each token keeps its
     position) and gathers after ``proj_out``. Under PP the first stage encodes, noises and embeds
@@ -89,6 +91,7 @@ def parallel_plan(model: WanT2V, config: Config) -> ParallelPlan:
             pre_modules=[*FROZEN, *(f"predictor.{name}" for name in PP_PRE)],
             post_modules=[f"predictor.{name}" for name in PP_POST],
         ),
+        tp=tensor_parallel_plan(model.predictor),
     )
 
 

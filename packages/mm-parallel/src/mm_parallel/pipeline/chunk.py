@@ -51,7 +51,8 @@ class PipelineChunk(torch.nn.Module):
     def forward(self, *carry: torch.Tensor, batch: Any = None) -> Carry:
         """Run this stage on one micro-batch; the last stage returns the loss, divided by the micro-batch count."""
         step, plan = self.step, self.plan
-        with step.autocast():
+        # Under TP, pre and post may read replicated parameters directly (the stage's model forward never runs).
+        with step.autocast(), local_parameters(self.model):
             hidden: Any = plan.pre(self.model, batch) if self.is_first else (carry[0] if len(carry) == 1 else carry)
             if not isinstance(hidden, torch.Tensor) and not (
                 isinstance(hidden, tuple) and all(isinstance(t, torch.Tensor) for t in hidden)
