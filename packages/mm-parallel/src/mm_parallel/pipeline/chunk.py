@@ -13,6 +13,7 @@ from mm_core.errors import PluginError
 from mm_core.plan import Carry
 from mm_parallel.pipeline.plan import StagePlan
 from mm_parallel.pipeline.split import lookup, stage_paths
+from mm_parallel.tensor_parallel import local_parameters
 
 
 @dataclass
