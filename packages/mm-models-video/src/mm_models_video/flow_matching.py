@@ -92,3 +92,38 @@ class FlowMatching:
     def sampling_scheduler(self) -> FlowMatchEulerDiscreteScheduler:
         """diffusers' Euler flow-matching scheduler with the same shift, for generation."""
         return FlowMatchEulerDiscreteScheduler(num_train_timesteps=self.num_train_timesteps, shift=self.shift)
+
+
+class NoiseToDataFlowMatching(FlowMatching):
+    """Flow matching in the time convention of samplers that integrate from noise (t = 0) to data (t = 1).
+
+    Step-Video's releases sample this way: the same noising x = (1 - σ) x0 + σ ε at the same shifted σ, but the
+    predictor is given the time t = 1 - σ in [0, 1] (it scales it itself) and predicts the velocity
+    dx/dt = x0 - ε that the Euler sampler (:meth:`step`) follows as t goes from 0 to 1.
+    """
+
+    def add_noise(
+        self, latents: torch.Tensor, noise: torch.Tensor, indices: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The noised latents x_σ and the predictor's times 1 - σ (float32) for the sigmas at ``indices``."""
+        sigmas, _ = self._on(latents.device)
+        sigma = sigmas[indices.to(latents.device)]
+        view = sigma.to(latents.dtype).view(-1, *([1] * (latents.ndim - 1)))
+        return (1 - view) * latents + view * noise, 1 - sigma
+
+    @staticmethod
+    def target(latents: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The velocity the predictor regresses: x0 - ε, the direction from noise to data."""
+        return latents - noise
+
+    def sampling_sigmas(self, steps: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """The ``steps + 1`` noise levels of a sampling run, shifted as in training: from 1 (noise) down to 0."""
+        sigmas = torch.linspace(1.0, 0.0, steps + 1, device=device, dtype=torch.float64)
+        return (self.shift * sigmas / (1 + (self.shift - 1) * sigmas)).float()
+
+    @staticmethod
+    def step(
+        sample: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor
+    ) -> torch.Tensor:
+        """One Euler step of dx/dt = velocity from noise level ``sigma`` to ``sigma_next`` (time 1 - σ), in float32."""
+        return sample.float() + velocity.float() * (sigma - sigma_next)
