@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import logging
+import re
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -47,24 +53,74 @@ def test_keep_last_prunes_old_checkpoints(mm_train):
     assert steps == [8, 10]
 
 
-def test_crash_mid_save_keeps_the_last_good_checkpoint(mm_train, monkeypatch):
+def _no_tmp_left(root) -> bool:
+    return not [p for p in root.iterdir() if p.name.startswith(".tmp")]
+
+
+def test_a_full_disk_mid_save_is_one_error_and_keeps_the_last_good_checkpoint(mm_train, monkeypatch):
     import mm_core.checkpoint as ckpt
 
     result = mm_train([toy], "training.train_iters=5")
-    good = latest_checkpoint(result.output_dir / "checkpoints")
+    root = result.output_dir / "checkpoints"
+    good = latest_checkpoint(root)
     assert good.name == "step_00000005"
 
-    def exploding_save(*args, **kwargs):
-        raise OSError("disk full")
+    def full_disk(state, checkpoint_id, **kwargs):
+        (Path(checkpoint_id) / "__0_0.distcp").write_bytes(b"half a shard")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(ckpt.dcp, "save", exploding_save)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr(ckpt.dcp, "save", full_disk)
+    with pytest.raises(CheckpointError) as info:
         mm_train([toy], "training.train_iters=10", "training.resume=true", output_dir=result.output_dir)
-    assert latest_checkpoint(result.output_dir / "checkpoints") == good
+    assert re.fullmatch(
+        rf"no space left on the device of {root} for checkpoint step 6: it needs about [0-9.]+ KiB, .+ were "
+        rf"free; free some space or set training.output_dir elsewhere \(the previous checkpoint {good} is intact\)",
+        str(info.value),
+    )
+    assert _no_tmp_left(root) and latest_checkpoint(root) == good
     monkeypatch.undo()
     resumed = mm_train([toy], "training.train_iters=10", "training.resume=true", output_dir=result.output_dir)
     assert min(resumed.losses) == 6
-    assert latest_checkpoint(result.output_dir / "checkpoints").name == "step_00000010"
+    assert latest_checkpoint(root).name == "step_00000010"
+
+
+def test_too_little_free_space_is_found_before_writing(mm_train, monkeypatch):
+    import mm_core.checkpoint as ckpt
+
+    monkeypatch.setattr(ckpt.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 100, 100))
+    with pytest.raises(CheckpointError, match=r"it needs about [0-9.]+ KiB, 100 bytes were free; .* \(no "
+                                              r"earlier checkpoint exists\)$") as info:
+        mm_train([toy], "training.train_iters=1", "training.save_interval=1")
+    assert "for checkpoint step 1" in str(info.value)
+    assert _no_tmp_left(Path(str(info.value).split("device of ")[1].split(" for ")[0]))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip a byte"])
+def test_a_damaged_newest_checkpoint_is_named_and_the_one_before_it_resumes(mm_train, tmp_path, caplog, damage):
+    straight = mm_train([toy], DROPOUT, "training.train_iters=9", output_dir=tmp_path / "straight")
+    run = mm_train([toy], DROPOUT, "training.train_iters=6", "training.lr_decay_iters=9", output_dir=tmp_path / "run")
+    shard = run.output_dir / "checkpoints" / "step_00000006" / "__0_0.distcp"
+    data = bytearray(shard.read_bytes())
+    if damage == "truncate":
+        shard.write_bytes(data[: len(data) // 2])
+        problem = f"{shard} has {len(data) // 2} bytes, {len(data)} were written"
+    else:
+        data[len(data) // 2] ^= 0xFF
+        shard.write_bytes(data)
+        problem = f"{shard} does not have the checksum it was written with"
+    with caplog.at_level(logging.INFO, logger="mm"):
+        resumed = mm_train([toy], DROPOUT, "training.train_iters=9", "training.resume=true", output_dir=run.output_dir)
+    assert f"checkpoint {shard.parent} is damaged ({problem}): trying the one before it" in caplog.messages
+    assert sorted(resumed.losses) == [4, 5, 6, 7, 8, 9]
+    assert all(resumed.losses[s] == straight.losses[s] for s in resumed.losses)
+
+
+def test_when_every_checkpoint_is_damaged_resume_is_one_error(mm_train):
+    run = mm_train([toy], "training.train_iters=3")
+    (run.checkpoint / "trainer_state.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"every checkpoint in .*checkpoints is damaged \(see the warnings "
+                                              r"above\): nothing to resume from; move them away to start from step 0"):
+        mm_train([toy], "training.train_iters=6", "training.resume=true", output_dir=run.output_dir)
 
 
 def test_resume_without_checkpoint_starts_fresh(mm_train):

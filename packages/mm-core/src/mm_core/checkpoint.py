@@ -8,6 +8,7 @@ import random
 import re
 import shutil
 import warnings
+from errno import ENOSPC
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
+from mm_core import manifest
 from mm_core.config import dump
 from mm_core.errors import CheckpointError
 
@@ -28,6 +30,7 @@ FLAT_OPTIMIZER = StateDictOptions(flatten_optimizer_state_dict=True)
 STEP_DIR = re.compile(r"^step_(\d+)$")
 TRAINER_STATE = "trainer_state.pt"
 CONFIG_FILE = "config.yaml"
+RANK_ZERO_FILES = (".metadata", TRAINER_STATE, CONFIG_FILE)
 
 
 @contextlib.contextmanager
@@ -78,17 +81,45 @@ class CheckpointManager:
         self.keep_last = keep_last
 
     def save(self, step: int, model, optimizer, scheduler, data_iter) -> Path:
-        """Write checkpoint ``step_<step>`` atomically and prune old ones; returns its path."""
+        """Write checkpoint ``step_<step>`` atomically and prune old ones; returns its path.
+
+        A write that fails on any rank (a full disk, say) removes what it wrote and raises one CheckpointError
+        on every rank; the previous checkpoints stay as they were.
+        """
         rt = self.runtime
         final = self.root / f"step_{step:08d}"
         tmp = self.root / f".tmp_step_{step:08d}"
+        model_sd, optim_sd = get_state_dict(model, optimizer, options=FLAT_OPTIMIZER)
+        state = {"model": model_sd, "optim": optim_sd}
+        need = _all_ranks_sum(_tensor_bytes(state), rt.device)
         if rt.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
+        free = shutil.disk_usage(self.root).free
+        error: BaseException | None = None
+        if not _any_rank(free < need, rt.device):
+            try:
+                self._write(tmp, step, state, scheduler, data_iter)
+            except (Exception, CheckpointException) as exc:  # CheckpointException is a BaseException
+                error = exc
+        if _any_rank(error is not None or free < need, rt.device):
+            if rt.is_main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise CheckpointError(self._write_failure(step, error, need, free))
         rt.barrier()
-        model_sd, optim_sd = get_state_dict(model, optimizer, options=FLAT_OPTIMIZER)
+        if rt.is_main:
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+            self._prune()
+        rt.barrier()
+        return final
+
+    def _write(self, tmp: Path, step: int, state: dict, scheduler, data_iter) -> None:
+        """Every rank's files of one checkpoint into ``tmp``, the manifest last."""
+        rt = self.runtime
+        rt.barrier()
         with _single_process_ok():
-            state = {"model": model_sd, "optim": optim_sd}
             dcp.save(state, checkpoint_id=str(tmp), no_dist=not dist.is_initialized())
         torch.save({"rng": rng_state(rt.device)}, tmp / f"rank_{rt.rank:05d}.pt")
         if rt.is_main:
@@ -100,13 +131,27 @@ class CheckpointManager:
             )
             (tmp / CONFIG_FILE).write_text(dump(rt.config), encoding="utf-8")
         rt.barrier()
-        if rt.is_main:
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.rename(final)
-            self._prune()
-        rt.barrier()
-        return final
+        manifest.write(tmp, rt.rank, RANK_ZERO_FILES)
+
+    def _write_failure(self, step: int, error: BaseException | None, need: int, free: int) -> str:
+        """One line: why checkpoint ``step`` was not written, what it needs, and the checkpoint still intact."""
+        previous = latest_checkpoint(self.root)
+        kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+        if error is None or "No space left on device" in str(error) or getattr(error, "errno", None) == ENOSPC:
+            return (f"no space left on the device of {self.root} for checkpoint step {step}: it needs about "
+                    f"{_size(need)}, {_size(free)} were free; free some space or set training.output_dir elsewhere "
+                    f"({kept})")
+        return f"could not write checkpoint step {step} to {self.root}: {_cause(error)} ({kept})"
+
+    def resumable(self) -> Path | None:
+        """The newest checkpoint whose files match its manifest; damaged newer ones are named in a warning."""
+        rt = self.runtime
+        for _, path in reversed(list_checkpoints(self.root)):
+            problem = manifest.damage(path, rt.rank, rt.world_size)
+            if problem is None:
+                return path
+            log.warning("checkpoint %s is damaged (%s): trying the one before it", path, problem)
+        return None
 
     def _prune(self) -> None:
         if self.keep_last <= 0:
@@ -145,6 +190,40 @@ def _layout(trainer_state: dict) -> str:
     """``pp=2 dp=1 cp=1 ...`` of a saved (or current) layout."""
     dims = trainer_state.get("dims") or {"world": trainer_state["world_size"]}
     return " ".join(f"{name}={size}" for name, size in dims.items())
+
+
+def _tensor_bytes(state: Any) -> int:
+    """Bytes of this rank's tensors (local shards) in a nested state dict."""
+    if isinstance(state, dict):
+        return sum(_tensor_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in state)
+    if isinstance(state, torch.Tensor):
+        local = state.to_local() if hasattr(state, "to_local") else state
+        return local.numel() * local.element_size()
+    return 0
+
+
+def _all_ranks_sum(value: int, device: torch.device) -> int:
+    """``value`` summed over every rank."""
+    if not dist.is_initialized():
+        return value
+    total = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(total)
+    return int(total.item())
+
+
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is true on any."""
+    return _all_ranks_sum(int(flag), device) > 0
+
+
+def _size(size: int) -> str:
+    """``size`` bytes in the largest binary unit that keeps a leading digit: 3.2 GiB, 41.0 KiB."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"
 
 
 def load_model_state(path: Path, model, optimizer=None) -> None:

@@ -13,9 +13,9 @@ from typing import Any, Protocol, runtime_checkable
 import pluggy
 import torch
 
-from mm_core.checkpoint import CheckpointManager, latest_checkpoint
+from mm_core.checkpoint import CheckpointManager, list_checkpoints
 from mm_core.data_iter import DataIterator
-from mm_core.errors import ConfigError, MMError, PluginError
+from mm_core.errors import CheckpointError, ConfigError, MMError, PluginError
 from mm_core.metrics import MetricsLogger, peak_memory_gib, peak_tflops
 from mm_core.optim import build_optimizer, build_scheduler
 from mm_core.plan import ParallelPlan
@@ -190,7 +190,10 @@ class Trainer:
 
         step = 0
         if training.resume:
-            path = latest_checkpoint(ckpt.root)
+            path = ckpt.resumable()
+            if path is None and list_checkpoints(ckpt.root):
+                raise CheckpointError(f"every checkpoint in {ckpt.root} is damaged (see the warnings above): "
+                                      "nothing to resume from; move them away to start from step 0")
             if path is None:
                 log.info("no checkpoint in %s: starting from step 0", ckpt.root)
             else:
