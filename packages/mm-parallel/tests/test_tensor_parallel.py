@@ -36,7 +36,7 @@ def single(tmp_path_factory) -> tuple[dict[int, float], list[float]]:
 @pytest.mark.parametrize(
     ("world", "overrides"),
     [
-        (2, ["parallel.tp.size=2"]),
+        pytest.param(2, ["parallel.tp.size=2"], marks=pytest.mark.slow),
         (2, ["parallel.tensor-model-parallel-size=2", "parallel.sequence-parallel=true"]),
         pytest.param(4, ["parallel.tp.size=2", "parallel.tp.sequence_parallel=true", "parallel.fsdp2.enable=true"],
                      marks=pytest.mark.slow),

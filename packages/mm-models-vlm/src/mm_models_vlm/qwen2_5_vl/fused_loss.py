@@ -16,6 +16,7 @@ from torch.utils.checkpoint import checkpoint
 
 from mm_models_vlm.qwen2_5_vl.encode import IGNORE_INDEX
 from mm_models_vlm.qwen2_5_vl.model import unwrap
+from mm_parallel import vocab_parallel_cross_entropy
 
 # Rows projected onto the vocabulary at once: 1024 × 151,936 float32 logits are 0.6 GB.
 CHUNK_TOKENS = 1024
@@ -32,7 +33,8 @@ class LMHiddenStates(torch.Tensor):
 def hidden_states(model: nn.Module, inputs: dict) -> LMHiddenStates:
     """Run ``model`` (wrappers and engine hooks included) with its ``lm_head`` projecting no position.
 
-    The head's input is kept and the head gets an empty slice of it, so the forward costs no logits.
+    The head's input is kept and the head gets an empty slice of it, so the forward costs no logits. The hook runs
+    before any engine's (TP's turns the input into a DTensor), so the kept input is a plain tensor.
     """
     head = unwrap(model).lm_head
     kept: list[torch.Tensor] = []
@@ -41,7 +43,7 @@ def hidden_states(model: nn.Module, inputs: dict) -> LMHiddenStates:
         kept.append(args[0])
         return (args[0][..., :0, :], *args[1:])
 
-    handle = head.register_forward_pre_hook(keep_input)
+    handle = head.register_forward_pre_hook(keep_input, prepend=True)
     try:
         model(**inputs)
     finally:
@@ -52,7 +54,8 @@ def hidden_states(model: nn.Module, inputs: dict) -> LMHiddenStates:
 
 
 def _chunk_loss(head: nn.Module, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(head(rows).float(), targets, reduction="sum")
+    # Under TP the head's logits are split over the vocabulary and stay so.
+    return vocab_parallel_cross_entropy(head(rows).float(), targets, reduction="sum")
 
 
 def target_positions(labels: torch.Tensor) -> torch.Tensor:

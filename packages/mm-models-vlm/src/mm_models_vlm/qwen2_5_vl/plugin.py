@@ -17,6 +17,7 @@ from mm_models_vlm.qwen2_5_vl.fused_loss import LMHiddenStates, hidden_states, n
 from mm_models_vlm.qwen2_5_vl.model import apply_freeze, load_model
 from mm_models_vlm.qwen2_5_vl.pipeline import pipeline_plan
 from mm_models_vlm.qwen2_5_vl.schema import defaults
+from mm_models_vlm.qwen2_5_vl.tp import tensor_parallel_plan
 
 log = logging.getLogger("mm")
 
@@ -72,9 +73,10 @@ def loss_func(output: torch.Tensor, batch: Batch, runtime) -> tuple[torch.Tensor
 
 @hookimpl
 def parallel_plan(model: torch.nn.Module, config: Config) -> ParallelPlan:
-    """FSDP2 units: every vision block and every decoder layer (transformers' module names); the PP stages."""
+    """FSDP2 units: every vision block and every decoder layer (transformers' module names); the PP stages; the
+    language model's TP layout (``tp``)."""
     return ParallelPlan(fsdp_modules=["model.visual.blocks.{*}", "model.language_model.layers.{*}"],
-                        pipeline=pipeline_plan(model, config))
+                        pipeline=pipeline_plan(model, config), tp=tensor_parallel_plan(model))
 
 
 @hookimpl
