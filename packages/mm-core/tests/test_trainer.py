@@ -94,6 +94,58 @@ def test_diverging_loss_stops_with_a_clear_error(mm_train):
         mm_train([toy], "training.lr=1e30", "training.clip_grad=0", "training.train_iters=30", *QUIET)
 
 
+def _poisoned(steps: set[int], where: str):
+    """A plugin over the toy whose loss (``where="loss"``) or gradients (``"grad"``) are NaN on ``steps``.
+
+    The toy's default run takes 4 micro-batches per step, so call ``n`` belongs to step ``n // 4 + 1``.
+    """
+    import types
+
+    from mm_core import hookimpl
+
+    calls = []
+
+    def loss_func(output, batch, runtime):
+        loss, metrics = toy.loss_func(output=output, batch=batch, runtime=runtime)
+        calls.append(None)
+        if (len(calls) - 1) // 4 + 1 in steps:
+            # The NaN is in the value, or only in the gradient: d sqrt(u) at u = 0 is inf, times 0.
+            loss = loss * math.nan if where == "loss" else loss + (output.sum() * 0).sqrt()
+        return loss, metrics
+
+    module = types.ModuleType("poisoned")
+    module.loss_func = hookimpl(loss_func)
+    return module
+
+
+@pytest.mark.parametrize("where", ["loss", "grad"])
+def test_a_nonfinite_step_skips_its_update_and_training_goes_on(mm_train, tmp_path, capsys, where):
+    straight = mm_train([toy], *QUIET, output_dir=tmp_path / "straight")
+    skipped = mm_train([toy, _poisoned({3}, where)], "training.skip_nonfinite_steps=1", *QUIET,
+                       output_dir=tmp_path / "skipped")
+    out = capsys.readouterr().out
+    assert sorted(skipped.losses) == [1, 2, 3, 4, 5, 6]
+    assert [skipped.losses[s] for s in (1, 2)] == [straight.losses[s] for s in (1, 2)]
+    what = f"loss {'nan' if where == 'loss' else skipped.losses[3]}, grad norm nan"
+    assert f"step 3: {what} is not finite: update skipped (1 in a row, at most 1)" in out
+    # No update at step 3: step 4 sees the weights of step 2, so its loss differs from the straight run's.
+    assert math.isfinite(skipped.losses[4]) and skipped.losses[4] != straight.losses[4]
+
+
+def test_more_nonfinite_steps_in_a_row_than_allowed_stop_naming_the_step_and_the_last_checkpoint(mm_train):
+    from mm_core.errors import MMError
+
+    with pytest.raises(MMError) as info:
+        mm_train([toy, _poisoned({4, 5}, "loss")], "training.skip_nonfinite_steps=1", "training.save_interval=3")
+    assert str(info.value).startswith("loss nan, grad norm nan at step 5: training diverged (2 non-finite step(s) in "
+                                      "a row, training.skip_nonfinite_steps is 1); the last good checkpoint is ")
+    assert str(info.value).endswith("checkpoints/step_00000003")
+    with pytest.raises(MMError, match=r"^loss nan, grad norm nan at step 1: training diverged \(1 non-finite "
+                                      r"step\(s\) in a row, training.skip_nonfinite_steps is 0\); no checkpoint "
+                                      r"was saved$"):
+        mm_train([toy, _poisoned({1}, "loss")], *QUIET)
+
+
 def test_reported_flops_give_tflops_and_mfu(mm_train):
     import types
 

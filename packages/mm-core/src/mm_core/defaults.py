@@ -34,6 +34,7 @@ CORE_DEFAULTS: dict[str, Any] = {
         "adam_beta2": 0.999,
         "adam_eps": 1.0e-8,
         "clip_grad": 1.0,
+        "skip_nonfinite_steps": 0,
         "bf16": True,
         "device": None,
         "save_interval": 50,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -189,6 +190,7 @@ class Trainer:
         ckpt = CheckpointManager(rt.output_dir / "checkpoints", rt, keep_last=training.keep_last)
 
         step = 0
+        resumed_from: Path | None = None
         if training.resume:
             path = ckpt.resumable()
             if path is None and list_checkpoints(ckpt.root):
@@ -198,6 +200,7 @@ class Trainer:
                 log.info("no checkpoint in %s: starting from step 0", ckpt.root)
             else:
                 step = ckpt.load(path, model, optimizer, scheduler, train_iter)
+                resumed_from = path
                 log.info("resumed from %s at step %d", path, step)
 
         metrics = MetricsLogger(rt.output_dir, training.train_iters, step, self.cfg.logging, rt.is_main)
@@ -209,12 +212,16 @@ class Trainer:
         )
         losses: dict[int, float] = {}
         last_saved: Path | None = None
+        in_a_row = 0
         model.train()
         try:
             while step < training.train_iters:
                 values = self._step(model, optimizer, scheduler, train_iter, accum)
                 step += 1
                 losses[step] = values["loss"]
+                in_a_row = in_a_row + 1 if values.pop("skipped") else 0
+                if in_a_row:
+                    metrics.print(self._nonfinite(step, values, in_a_row, last_saved or resumed_from))
                 if step % self.cfg.logging.log_interval == 0 or step == training.train_iters:
                     values["peak_mem_gib"] = peak_memory_gib(rt.device)
                     metrics.log(step, values)
@@ -230,27 +237,25 @@ class Trainer:
         return TrainResult(step, losses, last_saved, rt.output_dir)
 
     def _step(self, model, optimizer, scheduler, train_iter: DataIterator, accum: int) -> dict:
+        """One optimizer step, skipped (``values["skipped"]``) when the loss or gradient norm is not finite."""
         rt = self.rt
         start = time.perf_counter()
         total_loss, sums, data_time = self._run_steps(model, train_iter, accum)
-        grad_norm = None
-        if self.training.clip_grad and self.training.clip_grad > 0:
-            if isinstance(model, StepRunner):
-                grad_norm = model.clip_grad_norm_(self.training.clip_grad)
-            else:
-                params = [p for p in model.parameters() if p.grad is not None]
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, self.training.clip_grad)
+        grad_norm = self._clip(model)
+        mean_loss = float(rt.all_reduce_mean(total_loss / accum))
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
+        norm = None if grad_norm is None else float(grad_norm)
+        skipped = not (math.isfinite(mean_loss) and (norm is None or math.isfinite(norm)))
         lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
+        if not skipped:
+            optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        mean_loss = float(rt.all_reduce_mean(total_loss / accum))
-        if mean_loss != mean_loss or abs(mean_loss) == float("inf"):
-            raise MMError(f"loss is {mean_loss} at step {scheduler.last_epoch}: training diverged")
+        values = {"loss": mean_loss, "lr": lr, "skipped": skipped}
+        if norm is not None:
+            values["grad_norm"] = norm
         step_s = time.perf_counter() - start
-        values = {"loss": mean_loss, "lr": lr}
-        if grad_norm is not None:
-            values["grad_norm"] = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
         values["step_s"] = step_s
         values["data_s"] = data_time
         values["samples_per_s"] = self.training.global_batch_size / step_s
@@ -264,6 +269,29 @@ class Trainer:
                 values["mfu"] = values["tflops"] / self.peak_tflops
         values.update({k: v / accum for k, v in sums.items()})
         return values
+
+    def _clip(self, model) -> torch.Tensor | None:
+        """Clip the gradients to ``clip_grad`` and return their norm; with skipped steps allowed, the norm only."""
+        max_norm = self.training.clip_grad or 0
+        if max_norm <= 0:
+            if not self.training.skip_nonfinite_steps:
+                return None
+            max_norm = math.inf
+        if isinstance(model, StepRunner):
+            return model.clip_grad_norm_(max_norm)
+        return torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], max_norm)
+
+    def _nonfinite(self, step: int, values: dict, in_a_row: int, checkpoint: Path | None) -> str:
+        """The line for a step whose update was skipped; MMError once more steps in a row than allowed were."""
+        allowed = self.training.skip_nonfinite_steps
+        what = f"loss {values['loss']}" + (f", grad norm {values['grad_norm']}" if "grad_norm" in values else "")
+        if in_a_row > allowed:
+            last = f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint was saved"
+            raise MMError(
+                f"{what} at step {step}: training diverged ({in_a_row} non-finite step(s) in a row, "
+                f"training.skip_nonfinite_steps is {allowed}); {last}"
+            )
+        return f"step {step}: {what} is not finite: update skipped ({in_a_row} in a row, at most {allowed})"
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module, valid_iter: DataIterator) -> dict:
