@@ -104,3 +104,30 @@ def test_a_plan_field_of_the_wrong_kind_fails_where_the_plugin_builds_it():
         TensorParallelPlan(layout={"fc1": "column"})
     with pytest.raises(PluginError, match="ParallelPlan.tp must be a TensorParallelPlan, got dict"):
         ParallelPlan(tp={"fc1": "colwise"})
+
+
+@pytest.mark.parametrize(
+    ("first", "then"),
+    [(2, 1), pytest.param(1, 2, marks=pytest.mark.slow)],
+    ids=["tp2-to-tp1", "tp1-to-tp2"],
+)
+def test_a_checkpoint_resumes_on_another_tp_size_exactly(single, tmp_path, first, then):
+    """Two steps at one tp size, saved (DCP), then --resume at the other: steps 3 and 4 are those of one run.
+
+    The LR schedule spans the 4 steps of the whole run in both parts (lr_decay_iters).
+    """
+
+    def train(tp: int, *overrides: str) -> dict[int, float]:
+        args = [*TOY, "training.lr_decay_iters=4", f"parallel.tp.size={tp}", "parallel.tp.sequence_parallel=true",
+                *overrides]
+        if tp == 1:
+            return run_training(["mm_core.testing.toy", "tp_toy"], tmp_path, args).losses
+        return spawn_training(tp, ["mm_core.testing.toy", "tp_toy"], tmp_path, args, sys_path=[TESTS])
+
+    # Made first: CheckpointManager.save reads the free disk space of checkpoints/ on every rank before rank 0 has
+    # created it (a race of the save on a fresh output dir, reported to the checkpoint's owner).
+    (tmp_path / "checkpoints").mkdir()
+    train(first, "training.train_iters=2", "training.save_interval=2")
+    resumed = train(then, "training.resume=true")
+    assert sorted(resumed) == [3, 4]
+    assert resumed == pytest.approx({step: single[0][step] for step in (3, 4)}, rel=1e-5)
