@@ -23,7 +23,8 @@ from torch import nn
 
 from mm_models_video.opensoraplan1_3.rope import RoPE3D, apply_rope
 from mm_models_video.opensoraplan1_3.skiparse import MASKED_BIAS, skiparse_attention
-from mm_parallel.context import active_scope
+from mm_parallel import attention
+from mm_parallel.context import ContextParallel, active_scope
 from mm_parallel.ulysses import heads_to_sequence, sequence_to_heads
 
 
@@ -48,15 +49,19 @@ def sparse_layers(num_layers: int, sparse1d: bool) -> list[bool]:
     return [sparse1d and 1 < i < num_layers - 2 for i in range(num_layers)]
 
 
-class _ContextParallelHeads:
-    """Under Ulysses context parallelism: this rank's heads over the whole (true-length) sequence, and back."""
+def _context_parallel() -> ContextParallel | None:
+    """The context-parallel groups of the forward running now, once the sequence is split; None without."""
+    scope = active_scope()
+    if scope is None or scope.length is None or scope.cp.size == 1:
+        return None
+    return scope.cp
 
-    def __init__(self) -> None:
-        scope = active_scope()
-        cp = scope.cp if scope is not None and scope.length is not None and scope.cp.size > 1 else None
-        if cp is not None and cp.ulysses_size != cp.size:
-            raise ValueError("OpenSoraPlan's attention runs on parallel.cp.mode ulysses only")
-        self.cp, self.length = cp, scope.length if cp is not None else None
+
+class _UlyssesHeads:
+    """Under Ulysses: this rank's share of the heads over the whole (true-length) sequence, and back."""
+
+    def __init__(self, cp: ContextParallel | None) -> None:
+        self.cp, self.length = cp, active_scope().length if cp is not None else None
 
     def gather(self, x: torch.Tensor) -> torch.Tensor:
         """[B, s/n, H, D] shard -> [B, S, H/n, D] (padding dropped)."""
@@ -77,8 +82,9 @@ class _ContextParallelHeads:
 class SkiparseSelfAttention:
     """diffusers Attention processor of a block's self-attention (attn1): RoPE, then Skiparse or dense attention.
 
-    Under context parallelism (Ulysses) q, k, v trade their sequence shard for a share of the heads first, so the
-    token subsets span the whole sequence.
+    Under Ulysses context parallelism q, k, v trade their sequence shard for a share of the heads first, so the
+    token subsets span the whole sequence; ring and USP run the dense layers (no Skiparse, no video mask) through
+    ``mm_parallel.attention``.
     """
 
     def __init__(self, sparse_n: int, grouped: bool) -> None:
@@ -97,9 +103,17 @@ class SkiparseSelfAttention:
         q, k, v = (proj(hidden_states).unflatten(-1, (attn.heads, -1)) for proj in (attn.to_q, attn.to_k, attn.to_v))
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        heads = _ContextParallelHeads()
-        q, k, v = heads.gather(q), heads.gather(k), heads.gather(v)
-        out = heads.scatter(skiparse_attention(q, k, v, self.sparse_n, self.grouped, video_bias))
+        cp = _context_parallel()
+        if cp is not None and cp.ulysses_size != cp.size:
+            if self.sparse_n > 1 or video_bias is not None:
+                raise ValueError(
+                    f"Skiparse and masked attention need parallel.cp.mode ulysses, not {cp.mode} (or sparse1d false)"
+                )
+            out = attention(q, k, v, layout="bshd")
+        else:
+            heads = _UlyssesHeads(cp)
+            q, k, v = heads.gather(q), heads.gather(k), heads.gather(v)
+            out = heads.scatter(skiparse_attention(q, k, v, self.sparse_n, self.grouped, video_bias))
         out = out.flatten(2).type_as(hidden_states)
         return attn.to_out[1](attn.to_out[0](out))
 

@@ -1,0 +1,202 @@
+"""The opensoraplan1_3 training data: the seeds' data_static_resolution.json / data_dynamic_resolution.json.
+
+``data_path`` is a data.txt of ``root,annotation.json`` lines (or one annotation file). Every clip is planned from
+its annotation (``mm_data.dynamic_resolution``), and the loader's buckets keep one shape per micro-batch: the
+whole (frames, height, width) with ``group_data`` (MindSpeed-MM's LengthGroupedSampler), else what
+``group_frame`` / ``group_resolution`` ask. Unlike MindSpeed-MM's sampler the order is reshuffled each epoch, and
+resumable.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from mm_core.config import Config
+from mm_core.errors import ConfigError, DataError
+from mm_core.runtime import Runtime
+from mm_data.annotations import AnnotatedClip, read_annotations
+from mm_data.bad_samples import BadSamples
+from mm_data.datasets import collate
+from mm_data.dynamic_resolution import ClipPlanner
+from mm_data.formats import DataConfig, parse_data_config
+from mm_data.sampler import bucket_keys, build_rank_loader
+from mm_data.video import read_video
+from mm_models_video.opensoraplan1_3.flavors import get_flavor
+from mm_models_video.synthetic import with_synthetic_data
+
+# dataset_param keys of the seeds' OpenSoraPlan files that mm_data.formats does not know; read here.
+OWN_KEYS = ("vae_scale_factor", "seed", "use_aesthetic", "mask_type_ratio_dict_video", "train_pipeline_after_resize")
+NESTED = ("basic_parameters", "preprocess_parameters")
+LOW_AESTHETIC, HIGH_AESTHETIC = 4.25, 5.75
+
+
+@dataclass(frozen=True)
+class OpenSoraData:
+    """The data section: the generic blocks, the clip planner, caption dropout and the OpenSoraPlan keys."""
+
+    data: DataConfig
+    planner: ClipPlanner
+    cfg: float
+    use_aesthetic: bool
+    mask_type_ratio: Mapping[str, float]
+
+
+def _split_own_keys(dataset_param: Mapping[str, Any]) -> tuple[dict, dict]:
+    flat, own = {}, {}
+    for key, value in dataset_param.items():
+        items = value.items() if key in NESTED and isinstance(value, Mapping) else [(key, value)]
+        for name, item in items:
+            (own if name in OWN_KEYS else flat)[name] = item
+    return flat, own
+
+
+def parse_data(config: Config) -> OpenSoraData:
+    """The data section parsed (the flavor's clip shape filling its gaps); a wrong key or value is a ConfigError."""
+    flavor = get_flavor(config.model.flavor)
+    raw = json.loads(json.dumps(config.data, default=str))
+    flat, own = _split_own_keys(raw.get("dataset_param", {}))
+    clip = {"num_frames": flavor.num_frames, "max_height": flavor.height, "max_width": flavor.width}
+    data = parse_data_config({**raw, "dataset_param": {**clip, **flat}}, "data")
+    param, extra = data.dataset_param, data.dataset_param.extra
+    if "dataset_type" not in flat:
+        data = replace(data, dataset_param=replace(param, dataset_type=config.model.task))
+        param = data.dataset_param
+    if param.dataset_type != config.model.task:
+        raise ConfigError(
+            f"data.dataset_param.dataset_type {param.dataset_type!r} does not match model.task {config.model.task!r}"
+        )
+    if extra.get("speed_factor", 1.0) != 1.0:
+        raise ConfigError(f"data.dataset_param.speed_factor must be 1.0 (mm does not speed clips up), "
+                          f"got {extra['speed_factor']}")
+    vae_scale = own.get("vae_scale_factor", [4, 8, 8])
+    planner = ClipPlanner(
+        num_frames=param.num_frames,
+        min_num_frames=int(extra.get("min_num_frames", param.num_frames)),
+        max_height=param.max_height,
+        max_width=param.max_width,
+        max_hxw=extra.get("max_hxw"),
+        min_hxw=extra.get("min_hxw"),
+        hw_stride=int(extra.get("hw_stride", 32)),
+        hw_aspect_thr=float(extra.get("hw_aspect_thr", 2.0)),
+        force_resolution=bool(extra.get("force_resolution", True)),
+        train_fps=param.train_fps,
+        vae_stride_t=int(vae_scale[0]),
+        latent_frame_multiple=int(config.model.max_cp_size or config.parallel.cp.size),
+    )
+    ratio = own.get("mask_type_ratio_dict_video", {"i2v": 1.0})
+    if not isinstance(ratio, Mapping) or not ratio:
+        raise ConfigError(
+            f"data.dataset_param.mask_type_ratio_dict_video must map mask types to weights, got {ratio!r}"
+        )
+    return OpenSoraData(data, planner, float(extra.get("cfg", 0.0)), bool(own.get("use_aesthetic", False)),
+                        dict(ratio))
+
+
+def aesthetic_caption(caption: str, aes: float | None, generator: torch.Generator) -> str:
+    """The caption with a note on the clip's aesthetic score (low ≤ 4.25, high ≥ 5.75), before or after it."""
+    if aes is None or LOW_AESTHETIC < aes < HIGH_AESTHETIC:
+        return caption
+    note = "This video has low aesthetic quality." if aes <= LOW_AESTHETIC else "This video has high aesthetic quality."
+    return f"{caption} {note}" if torch.rand((), generator=generator) < 0.5 else f"{note} {caption}"
+
+
+class PlannedClipDataset(Dataset):
+    """Map-style dataset of {"video": uint8 [C, T, H, W], "prompt": str, "index": int} at each clip's planned shape.
+
+    Clips the planner leaves out are dropped when the dataset is built. A clip that turns out unreadable is skipped
+    (counted) or raised as ``on_bad_sample`` says; it is replaced by the next readable clip of the same shape, so a
+    batch keeps one shape.
+    """
+
+    def __init__(self, clips: Sequence[AnnotatedClip], planner: ClipPlanner, use_aesthetic: bool = False,
+                 on_bad_sample: str = "skip", seed: int = 0) -> None:
+        self.planner = planner
+        self.use_aesthetic = use_aesthetic
+        self.seed = seed
+        self.bad = BadSamples(on_bad_sample)
+        planned = [(clip, planner.plan(clip.num_frames, clip.fps, clip.height, clip.width)) for clip in clips]
+        self.clips = [clip for clip, shape in planned if shape is not None and clip.caption is not None]
+        self.plan = [shape for clip, shape in planned if shape is not None and clip.caption is not None]
+        if not self.clips:
+            raise DataError(
+                f"none of the {len(clips)} annotated clips fits the data section (caption, resolution, num_frames "
+                f"and fps known; at least min_num_frames {planner.min_num_frames} frames at train_fps; size and aspect)"
+            )
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def shapes(self) -> list[tuple[int, int, int]]:
+        """Each clip's planned (frames, height, width)."""
+        return list(self.plan)
+
+    def load(self, index: int) -> dict[str, Any]:
+        """Clip ``index`` at its planned shape, or DataError when it cannot be read."""
+        clip, (frames, height, width) = self.clips[index], self.plan[index]
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        video = read_video(clip.path, frames, self.planner.train_fps, generator=generator)
+        try:
+            video = self.planner.resize(video, height, width)
+        except ValueError as exc:
+            raise DataError(f"sample {index} ({clip.path}): {exc}") from None
+        caption = aesthetic_caption(clip.caption, clip.aes, generator) if self.use_aesthetic else clip.caption
+        return {"video": video, "prompt": caption, "index": index}
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        same = [i for i in range(len(self)) if self.plan[i] == self.plan[index]]
+        start = same.index(index)
+        for candidate in same[start:] + same[:start]:
+            try:
+                return self.load(candidate)
+            except DataError as exc:
+                self.bad.skip(exc)
+        first = f"; the first: {self.bad.reasons[0]}" if self.bad.reasons else ""
+        raise DataError(f"no clip of shape {self.plan[index]} in the dataset can be read{first}")
+
+
+def build_dataset(config: Config, parsed: OpenSoraData) -> PlannedClipDataset:
+    """The clips the data section names (generated moving shapes when it names none)."""
+    param = parsed.data.dataset_param
+    if not param.data_path:
+        param = with_synthetic_data(param, get_flavor(config.model.flavor).fps)
+    clips = read_annotations(param.data_path, param.data_folder or None)
+    return PlannedClipDataset(clips, parsed.planner, parsed.use_aesthetic, parsed.data.on_bad_sample,
+                              config.training.seed)
+
+
+def buckets(dataset: PlannedClipDataset, loader: Any) -> list | None:
+    """The sampler's bucket of each clip: its whole shape with group_data, else by group_frame / group_resolution."""
+    if loader.extra.get("group_data", False):
+        return dataset.shapes()
+    return bucket_keys(dataset.shapes(), loader.group_frame, loader.group_resolution)
+
+
+def build_train_loader(config: Config, runtime: Runtime) -> DataLoader:
+    """This rank's resumable loader; a micro-batch holds one clip shape unless the data section turns grouping off."""
+    parsed = parse_data(config)
+    dataset = build_dataset(config, parsed)
+    loader = parsed.data.dataloader_param
+    groups = buckets(dataset, loader)
+    if groups is None and len(set(dataset.shapes())) > 1:
+        raise ConfigError(
+            "data: the clips have several planned shapes but dataloader_param groups none of them; set group_data "
+            "true (or force_resolution true with equal frame counts)"
+        )
+    return build_rank_loader(dataset, loader, config.training.micro_batch_size, runtime, config.training.seed,
+                             collate, groups, with_epoch=True)
+
+
+def example_prompt(config: Config) -> str:
+    """A caption from the training data (the configured inference prompt when there is none), for a first sample."""
+    parsed = parse_data(config)
+    param = parsed.data.dataset_param
+    if not param.data_path:
+        param = with_synthetic_data(param, get_flavor(config.model.flavor).fps)
+    clips = read_annotations(param.data_path, param.data_folder or None)
+    return next((c.caption for c in clips if c.caption), config.inference.prompt)

@@ -1,0 +1,181 @@
+"""The ``opensoraplan1_3`` plugin: OpenSoraPlan 1.3 text- and image-to-video training and generation."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from mm_core import ContextParallelPlan, ParallelPlan, PipelinePlan, hookimpl
+from mm_core.config import Config
+from mm_core.data_iter import DataIterator
+from mm_core.defaults import to_device
+from mm_core.errors import ConfigError
+from mm_core.runtime import Runtime
+from mm_models_video import clip_shape
+from mm_models_video.cp_batch import broadcast_batch
+from mm_models_video.flow_matching import noise_seeds
+from mm_models_video.frozen import FROZEN
+from mm_models_video.opensoraplan1_3 import schema
+from mm_models_video.opensoraplan1_3.build import build_model
+from mm_models_video.opensoraplan1_3.convert import register_converters  # noqa: F401 (mm-convert hook)
+from mm_models_video.opensoraplan1_3.data import build_train_loader, example_prompt, parse_data
+from mm_models_video.opensoraplan1_3.diffusion import diffusion_loss
+from mm_models_video.opensoraplan1_3.infer import generate
+from mm_models_video.opensoraplan1_3.inpaint import OpenSoraPlanI2V
+from mm_models_video.opensoraplan1_3.model import Carry, OpenSoraPlanT2V, run_block
+
+# The embedded run: a tiny OpenSoraPlan on generated clips, about a minute on two CPU cores.
+TRAINING = {
+    "train_iters": 60,
+    "micro_batch_size": 4,
+    "global_batch_size": 4,
+    "lr": 2.0e-3,
+    "lr_warmup_iters": 5,
+    "bf16": False,
+    "save_interval": 60,
+}
+
+MODEL_INPUTS = ("video", "prompt", "latents", "prompt_embeds", "prompt_mask", "noise_seeds", "video_mask")
+# The predictor's modules before and after its blocks: on the first and the last pipeline stage.
+PP_PRE = ("caption_projection", "pos_embed", "adaln_single", "rope")
+PP_PRE_I2V = ("pos_embed_masked_hidden_states", "pos_embed_mask")
+PP_POST = ("norm_out", "proj_out", "scale_shift_table")
+
+
+@hookimpl
+def default_config(task: str) -> dict:
+    """The model.json / data.json sections of OpenSoraPlan 1.3 and the tiny embedded run."""
+    return {
+        "model": schema.MODEL,
+        "data": schema.DATA,
+        "training": TRAINING,
+        "logging": {"tensorboard": False},
+        "inference": schema.INFERENCE,
+    }
+
+
+def check_clips(config: Config, model: OpenSoraPlanT2V) -> None:
+    """A ConfigError unless the data section's clip sizes fit the VAE strides × patch size."""
+    planner = parse_data(config).planner
+    patch = model.predictor.config.patch_size
+    factors = clip_shape.clip_factors(model.vae_strides, (1, patch, patch))
+    why = "for OpenSoraPlan 1.3 (VAE stride × patch size)"
+    if planner.force_resolution:
+        clip_shape.check_clip(planner.num_frames, planner.max_height, planner.max_width, factors, "data.dataset_param",
+                              why)
+    elif planner.hw_stride % factors[1]:
+        raise ConfigError(f"data.dataset_param.hw_stride {planner.hw_stride} must be a multiple of {factors[1]} {why}")
+
+
+def check_context_parallel(config: Config, model: OpenSoraPlanT2V) -> None:
+    """Skiparse (and a masked video) needs Ulysses: its token subsets span the sequence one rank's heads hold."""
+    cp = config.parallel.cp
+    if cp.size > 1 and cp.mode != "ulysses" and model.predictor.config.sparse1d:
+        raise ConfigError(
+            f"parallel.cp.mode {cp.mode} cannot run Skiparse (model.predictor.sparse1d true): use mode ulysses"
+        )
+
+
+@hookimpl
+def model_provider(config: Config, runtime: Runtime) -> OpenSoraPlanT2V:
+    """Build the model (on the CPU; the engines place it), checked against the data and the parallel layout."""
+    model = build_model(config.model)
+    check_clips(config, model)
+    check_context_parallel(config, model)
+    parsed = parse_data(config)
+    model.timestep_stratum = (runtime.dp_rank, runtime.dp_size)
+    model.text_dropout = parsed.cfg
+    if isinstance(model, OpenSoraPlanI2V):
+        model.mask_type_ratio = parsed.mask_type_ratio
+    return model
+
+
+@hookimpl
+def parallel_plan(model: OpenSoraPlanT2V, config: Config) -> ParallelPlan:
+    """FSDP2 shards each block; CP splits the tokens entering the blocks; PP cuts the block list.
+
+    CP splits the tokens before the first block and the RoPE tables (computed for the whole grid), and gathers
+    after ``proj_out``. Under PP the first stage encodes, noises and embeds (``embed``), the last predicts.
+    """
+    i2v = isinstance(model, OpenSoraPlanI2V)
+    pre = [*FROZEN, *(f"predictor.{name}" for name in (*PP_PRE, *(PP_PRE_I2V if i2v else ())))]
+    return ParallelPlan(
+        fsdp_modules=["predictor.transformer_blocks.{*}"],
+        cp=ContextParallelPlan(
+            split_inputs={"predictor.transformer_blocks.0": 1},
+            split_outputs={"predictor.rope": 0},
+            gather_outputs={"predictor.proj_out": 1},
+            heads=model.predictor.config.num_attention_heads,
+        ),
+        pipeline=PipelinePlan(
+            layers="predictor.transformer_blocks",
+            pre=lambda model, batch: tuple(model.embed(**model_inputs(batch))),
+            layer=lambda block, carry: tuple(run_block(block, carry)),
+            post=lambda model, carry, batch: model.predict(Carry(*carry)),
+            pre_modules=pre,
+            post_modules=[f"predictor.{name}" for name in PP_POST],
+            num_layers=config.model.predictor.pipeline_num_layers,
+        ),
+    )
+
+
+@hookimpl
+def datasets_provider(config: Config, runtime: Runtime) -> tuple:
+    """This rank's training dataloader; no validation or test split."""
+    return build_train_loader(config, runtime), None, None
+
+
+@hookimpl
+def get_batch(data_iterator: DataIterator, runtime: Runtime) -> dict:
+    """The next batch on the device, with per-sample seeds from (training seed, epoch, index) of its items.
+
+    With context parallelism only cp rank 0 reads it; the other ranks of its group receive it.
+    """
+    group = runtime.submesh("cp").get_group() if runtime.dims["cp"] > 1 else None
+    batch = None
+    if group is None or dist.get_rank(group) == 0:
+        batch = next(data_iterator)
+        batch["noise_seeds"] = noise_seeds(runtime.config.training.seed, batch["epoch"], batch["index"])
+    if group is None:
+        return to_device(batch, runtime.device)
+    return broadcast_batch(batch, group, runtime.device)
+
+
+def model_inputs(batch: dict) -> dict:
+    """The batch entries the model takes."""
+    return {key: batch[key] for key in MODEL_INPUTS if key in batch}
+
+
+@hookimpl
+def forward_step(batch: dict, model: torch.nn.Module, runtime: Runtime) -> dict:
+    """Run the composite on the batch's clips and captions."""
+    return model(**model_inputs(batch))
+
+
+@hookimpl
+def loss_func(output: dict, batch: dict, runtime: Runtime) -> tuple[torch.Tensor, dict]:
+    """v1.3's loss: min-SNR-weighted squared error over the unpadded latents; counts latent tokens."""
+    mask = output["loss_mask"] if output["loss_mask"].shape[1] else None
+    loss = diffusion_loss(output["pred"], output["target"], output["weights"], mask)
+    return loss, {"tokens": float(output["tokens"])}
+
+
+@hookimpl
+def after_training(config: Config, runtime: Runtime, checkpoint) -> None:
+    """On rank 0, say where the checkpoint is and which ``mm infer`` command turns it into a video."""
+    if not runtime.is_main or checkpoint is None:
+        return
+    prompt = example_prompt(config).replace('"', '\\"')
+    output = runtime.output_dir / "sample.mp4"
+    steps = " --steps 20" if config.model.flavor == "tiny" else ""
+    image = " --image first_frame.png" if config.model.task == "i2v" else ""
+    print(f"opensoraplan1_3 checkpoint: {checkpoint}")
+    print("make a video with:")
+    print(f'  mm infer --plugin opensoraplan1_3 --checkpoint {checkpoint} --prompt "{prompt}"{image}{steps} '
+          f"--output {output}")
+
+
+@hookimpl
+def inference(config: Config, runtime: Runtime) -> str:
+    """``mm infer``: generate one video from the inference section's prompt (and image) and write it as mp4."""
+    return generate(config, runtime)
