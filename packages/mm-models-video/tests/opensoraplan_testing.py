@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import torch
 
 from mm_core.config import Config
 from mm_core.plugins import load_plugins, make_config
+from mm_core.testing import spawn_training
 
 QUIET = ["logging.progress_bar=false"]
 
@@ -24,3 +29,31 @@ def skiparse_dense_bias(length: int, sparse_n: int, grouped: bool, video_bias: t
 def osp_config(*overrides: str, task: str = "run", files: tuple = (), sections: dict | None = None) -> Config:
     """The effective opensoraplan1_3 config with ``overrides``, as ``mm`` builds it."""
     return make_config(load_plugins(["opensoraplan1_3"]), task, list(files), sections, [*QUIET, *overrides])
+
+
+# Three steps of four single-clip micro-batches: every data-parallel size up to 4 sees the same global batch.
+# 32×48 clips: 3 × 2 × 3 = 18 tokens, padded to 20 by Skiparse (sparse_n 2) and split 9 / 9 over 2 cp ranks.
+SHORT_RUN = [
+    *QUIET,
+    "data.dataset_param.max_width=48",
+    "training.micro_batch_size=1",
+    "training.global_batch_size=4",
+    "training.train_iters=3",
+    "training.lr_warmup_iters=0",
+    "training.save_interval=0",
+]
+
+
+def parallel_run(world: int, output_dir: Path, *overrides: str) -> dict[str, list[float]]:
+    """Train the tiny opensoraplan1_3 on ``world`` gloo processes (one thread each); per-step loss and grad norm."""
+    old = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        spawn_training(world, ["opensoraplan1_3"], output_dir, [*SHORT_RUN, *overrides])
+    finally:
+        if old is None:
+            os.environ.pop("OMP_NUM_THREADS")
+        else:
+            os.environ["OMP_NUM_THREADS"] = old
+    lines = [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()]
+    return {key: [line[key] for line in lines] for key in ("loss", "grad_norm")}

@@ -87,7 +87,7 @@ def parse_data(config: Config) -> OpenSoraData:
         force_resolution=bool(extra.get("force_resolution", True)),
         train_fps=param.train_fps,
         vae_stride_t=int(vae_scale[0]),
-        latent_frame_multiple=int(config.model.max_cp_size or config.parallel.cp.size),
+        latent_frame_multiple=int(config.model.max_cp_size or 1),
     )
     ratio = own.get("mask_type_ratio_dict_video", {"i2v": 1.0})
     if not isinstance(ratio, Mapping) or not ratio:

@@ -1,0 +1,62 @@
+"""opensoraplan1_3 on the engines: CP (Ulysses with Skiparse; ring without), PP and FSDP2 train as one process."""
+
+from __future__ import annotations
+
+import opensoraplan_cp_workers
+import pytest
+from opensoraplan_testing import osp_config, parallel_run
+
+from mm_core.errors import ConfigError
+from mm_models_video.opensoraplan1_3.build import build_model
+from mm_models_video.opensoraplan1_3.plugin import check_context_parallel, parallel_plan
+from mm_parallel.context_plan import check_plan
+
+
+def test_ulysses_sharded_model_equals_the_whole_one(tmp_path) -> None:
+    """Forward and backward of the composite with its CP plan applied: Skiparse spans the ranks' tokens."""
+    report = opensoraplan_cp_workers.launch(2, tmp_path / "report.json")
+    assert report["tokens"] == 9  # 18 tokens over 2 ranks
+    assert report["out"] < 1e-5 and report["grad"] < 1e-5, report
+
+
+def test_ring_needs_dense_layers_and_heads_divide() -> None:
+    config = osp_config("parallel.cp.size=2", "parallel.cp.mode=ring")
+    model = build_model(config.model)
+    with pytest.raises(ConfigError, match="parallel.cp.mode ring cannot run Skiparse .* use mode ulysses"):
+        check_context_parallel(config, model)
+    check_context_parallel(osp_config("parallel.cp.size=2", "parallel.cp.mode=ulysses"), model)
+    with pytest.raises(ConfigError, match="4 attention heads over 8 ranks"):
+        check_plan(parallel_plan(model, config).cp, osp_config("parallel.cp.size=8").parallel.cp)
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory) -> dict:
+    return parallel_run(1, tmp_path_factory.mktemp("one"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "overrides",
+    [["parallel.cp.size=2", "parallel.cp.mode=ulysses"],
+     ["parallel.pp.size=2", "model.predictor.pipeline_num_layers=[2,4]"]],
+    ids=["ulysses-2", "pp-2"],
+)
+def test_training_equals_one_process(single, tmp_path, overrides) -> None:
+    run = parallel_run(2, tmp_path, *overrides)
+    assert run["loss"] == pytest.approx(single["loss"], rel=1e-5)
+    assert run["grad_norm"] == pytest.approx(single["grad_norm"], rel=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("overrides", "both"),
+    [(["parallel.fsdp2.enable=true"], ["model.diffusion.t_sample_method=uniform"]),
+     (["parallel.cp.size=2", "parallel.cp.mode=ring"], ["model.predictor.sparse1d=false"])],
+    ids=["fsdp2-2", "ring-2-dense"],
+)
+def test_training_equals_one_process_with(tmp_path, overrides, both) -> None:
+    """FSDP2's ranks are two data-parallel ranks: explicit_uniform would give each its own timestep interval."""
+    single = parallel_run(1, tmp_path / "one", *both)
+    run = parallel_run(2, tmp_path / "two", *overrides, *both)
+    assert run["loss"] == pytest.approx(single["loss"], rel=1e-5)
+    assert run["grad_norm"] == pytest.approx(single["grad_norm"], rel=1e-5)
