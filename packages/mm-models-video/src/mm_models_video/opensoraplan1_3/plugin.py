@@ -85,6 +85,9 @@ def model_provider(config: Config, runtime: Runtime) -> OpenSoraPlanT2V:
     parsed = parse_data(config)
     model.timestep_stratum = (runtime.dp_rank, runtime.dp_size)
     model.text_dropout = parsed.cfg
+    tokenizer = parsed.data.dataset_param.tokenizer_config
+    if config.model.tokenizer.model_max_length is None and isinstance(tokenizer, dict):
+        model.text_len = tokenizer.get("model_max_length") or model.text_len
     if isinstance(model, OpenSoraPlanI2V):
         model.mask_type_ratio = parsed.mask_type_ratio
     return model

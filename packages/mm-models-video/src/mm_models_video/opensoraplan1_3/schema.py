@@ -24,7 +24,7 @@ MODEL: dict[str, Any] = {
     "enable_encoder_dp": False,
     "encoder_offload_interval": 1,
     "predictor": {
-        "model_id": "videoditsparse",
+        "model_id": None,
         "from_pretrained": None,
         "dtype": None,
         "num_layers": None,
@@ -95,6 +95,7 @@ MODEL: dict[str, Any] = {
         "scale": None,
         "shift": None,
         "do_sample": None,
+        "i2v_processor": {"processor_id": "opensoraplan_i2v_processor", "vae_scale_factor": None},
     },
     "patch": {"ae_float32": True},
     "use_dynamic_dpcp": False,
@@ -129,7 +130,6 @@ INFERENCE: dict[str, Any] = {
 
 # Values model.json keys must have: mm implements exactly these components.
 FIXED = {
-    "predictor.model_id": "videoditsparse",
     "diffusion.model_id": "DDPM",
     "text_encoder.model_id": "MT5",
     "text_encoder.hub_backend": "hf",
@@ -137,7 +137,19 @@ FIXED = {
     "tokenizer.autotokenizer_name": "AutoTokenizer",
     "ae.model_id": "wfvae",
     "ae.use_tiling": False,
+    "ae.i2v_processor.processor_id": "opensoraplan_i2v_processor",
 }
+# MindSpeed-MM features whose keys load but which mm's opensoraplan1_3 does not implement: only these values.
+NOT_IMPLEMENTED = {
+    "load_video_features": False,
+    "load_text_features": False,
+    "enable_encoder_dp": False,
+    "encoder_offload_interval": 1,
+    "use_dynamic_dpcp": False,
+    "ae.vae_cp_size": 1,
+}
+# MindSpeed-MM's predictor of each task.
+PREDICTOR_IDS = {"t2v": "videoditsparse", "i2v": "videoditsparsei2v"}
 
 # model.json predictor keys -> OpenSoraT2V arguments (the list-valued ones are translated in predictor_overrides).
 PREDICTOR_KEYS = {
@@ -200,6 +212,16 @@ def check_model(model: Config) -> Flavor:
     if model.task not in TASKS:
         raise ConfigError(f"model.task must be one of {', '.join(TASKS)}, got {model.task!r}")
     sections.check_fixed(model, FIXED, "mm's opensoraplan1_3 implements only that")
+    sections.check_fixed(model, NOT_IMPLEMENTED, "mm's opensoraplan1_3 does not implement the others yet")
+    expected = PREDICTOR_IDS[model.task]
+    if model.predictor.model_id not in (None, expected):
+        raise ConfigError(
+            f"model.predictor.model_id must be {expected!r} for model.task {model.task!r}, "
+            f"got {model.predictor.model_id!r}"
+        )
+    for key in ("ae.vae_scale_factor", "ae.i2v_processor.vae_scale_factor"):
+        if model.get_path(key) not in (None, [4, 8, 8]):
+            raise ConfigError(f"model.{key} must be [4, 8, 8] (WF-VAE's compression), got {model.get_path(key)!r}")
     for part in ("ae", "text_encoder", "predictor"):
         dtype_of(model[part].dtype, flavor, f"model.{part}.dtype")
     head_dim = model.predictor.head_dim or flavor.predictor["attention_head_dim"]

@@ -1,0 +1,85 @@
+"""The seeds' OpenSoraPlan files load as they are; dynamic resolution plans each clip, a batch holds one shape."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from opensoraplan_testing import osp_config
+
+from mm_core.errors import ConfigError
+from mm_core.runtime import create_runtime
+from mm_data.synthetic import make_moving_shapes
+from mm_models_video.opensoraplan1_3.build import build_model
+from mm_models_video.opensoraplan1_3.data import build_train_loader, parse_data
+from mm_models_video.opensoraplan1_3.schema import check_model
+
+EXAMPLES = Path(__file__).parents[3] / "examples" / "opensoraplan1_3"
+
+
+@pytest.mark.parametrize(
+    ("task", "model", "data", "force"),
+    [("t2v", "t2v/pretrain_t2v_model.json", "t2v/data_static_resolution.json", True),
+     ("t2v", "t2v/pretrain_t2v_model.json", "t2v/data_dynamic_resolution.json", False),
+     ("i2v", "i2v/pretrain_i2v_model.json", "i2v/data_i2v.json", False)],
+    ids=["t2v-static", "t2v-dynamic", "i2v"],
+)
+def test_seed_files_load_unchanged(task, model, data, force) -> None:
+    config = osp_config(files=(EXAMPLES / f"pretrain_{task}.yaml",),
+                        sections={"model": EXAMPLES / model, "data": EXAMPLES / data})
+    assert config.model.task == task and config.model.predictor.num_layers == 32 and config.model.flavor == "2b"
+    check_model(config.model)
+    parsed = parse_data(config)
+    planner = parsed.planner
+    assert (planner.num_frames, planner.force_resolution, planner.hw_stride) == (93, force, 32)
+    assert planner.latent_frame_multiple == (4 if task == "t2v" else 1)  # model.json's max_cp_size
+    assert parsed.data.dataloader_param.extra["group_data"] is True
+    if task == "i2v":
+        assert parsed.mask_type_ratio == {"i2v": 1} and parsed.cfg == 0.1
+    if force:
+        assert planner.size(720, 1280) == (352, 640)
+    else:
+        assert planner.size(720, 1280) == ((352, 608) if task == "t2v" else (352, 640))
+
+
+def _clips(tmp_path: Path) -> Path:
+    """Two generated datasets of different sizes under one data.txt."""
+    lines = []
+    for height, width in ((48, 64), (64, 48)):
+        folder = make_moving_shapes(tmp_path / "videos", num_videos=4, num_frames=9, height=height, width=width)
+        lines.append(f"{folder},{folder / 'data.json'}")
+    (tmp_path / "data.txt").write_text("\n".join(lines))
+    return tmp_path / "data.txt"
+
+
+def test_dynamic_resolution_batches_hold_one_shape_and_reshuffle(tmp_path) -> None:
+    data = {"dataset_param": {"basic_parameters": {"data_path": str(_clips(tmp_path))}, "preprocess_parameters": {
+        "num_frames": 9, "min_num_frames": 5, "max_hxw": 2048, "hw_stride": 16, "force_resolution": False,
+        "vae_scale_factor": [4, 8, 8], "use_aesthetic": True}},
+        "dataloader_param": {"shuffle": True, "group_data": True}}
+    (tmp_path / "data.json").write_text(json.dumps(data))
+    config = osp_config("training.device=cpu", "training.micro_batch_size=2", sections={"data": tmp_path / "data.json"})
+    loader = build_train_loader(config, create_runtime(config))
+    assert sorted(set(loader.dataset.dataset.shapes())) == [(9, 32, 48), (9, 48, 32)]  # 2048 px, cut to 16s
+    shapes, orders = [], []
+    for epoch in (0, 1):
+        loader.batch_sampler.set_epoch(epoch)
+        batches = list(loader)
+        shapes += [tuple(b["video"].shape[2:]) for b in batches]
+        orders.append([b["index"].tolist() for b in batches])
+    assert set(shapes) == {(9, 32, 48), (9, 48, 32)} and len(shapes) == 8
+    assert orders[0] != orders[1]  # reshuffled every epoch
+
+
+def test_wrong_settings_are_one_clear_error(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="unknown key 'max_hw'"):
+        parse_data(osp_config("data.dataset_param.max_hw=5"))
+    with pytest.raises(ConfigError, match="model.predictor.model_id must be 'videoditsparsei2v' for model.task 'i2v'"):
+        build_model(osp_config("model.task=i2v", "model.predictor.model_id=videoditsparse").model)
+    with pytest.raises(ConfigError, match="dataset_type 't2v' does not match model.task 'i2v'"):
+        parse_data(osp_config("model.task=i2v", "data.dataset_param.dataset_type=t2v"))
+    with pytest.raises(ConfigError, match="max_hxw is needed when force_resolution is false"):
+        parse_data(osp_config("data.dataset_param.force_resolution=false"))
+    with pytest.raises(ConfigError, match=r"model.ae.vae_cp_size must be 1 \(mm's opensoraplan1_3 does not implement"):
+        check_model(osp_config("model.ae.vae_cp_size=2").model)
