@@ -1,9 +1,14 @@
-"""Helpers for the stepvideo tests: the effective config with quiet, short overrides."""
+"""Helpers for the stepvideo tests: the effective config, and a short tiny training on N gloo processes."""
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 from mm_core.config import Config
 from mm_core.plugins import load_plugins, make_config
+from mm_core.testing import spawn_training
 
 QUIET = ["logging.progress_bar=false"]
 
@@ -11,3 +16,28 @@ QUIET = ["logging.progress_bar=false"]
 def stepvideo_config(*overrides: str, task: str = "run") -> Config:
     """The effective stepvideo config with ``overrides``, as ``mm`` builds it."""
     return make_config(load_plugins(["stepvideo"]), task, [], None, [*QUIET, *overrides])
+
+# Three steps of four single-clip micro-batches: every data-parallel size up to 4 sees the same global batch.
+SHORT_RUN = [
+    *QUIET,
+    "training.micro_batch_size=1",
+    "training.global_batch_size=4",
+    "training.train_iters=3",
+    "training.lr_warmup_iters=0",
+    "training.save_interval=0",
+]
+
+
+def stepvideo_parallel_run(world: int, output_dir: Path, *overrides: str) -> dict[str, list[float]]:
+    """Train the tiny stepvideo on ``world`` gloo processes (one thread each); per-step loss and grad norm."""
+    old = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        spawn_training(world, ["stepvideo"], output_dir, [*SHORT_RUN, *overrides])
+    finally:
+        if old is None:
+            os.environ.pop("OMP_NUM_THREADS")
+        else:
+            os.environ["OMP_NUM_THREADS"] = old
+    lines = [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()]
+    return {key: [line[key] for line in lines] for key in ("loss", "grad_norm")}

@@ -143,7 +143,8 @@ class StepVideo(FrozenEncoders):
             image_latents if self.task == "i2v" else None, self.motion_score if self.task == "i2v" else None,
         )
         target = self.diffusion.target(latents, noise)
-        return Carry(tokens, context, keep, modulation, embedded, cos, sin, target)
+        # Contiguous: under PP each tensor of the carry is sent to the next stage as it is.
+        return Carry(*(t.contiguous() for t in (tokens, context, keep, modulation, embedded, cos, sin, target)))
 
     def predict(self, carry: Carry) -> dict[str, torch.Tensor | int]:
         """Everything after the blocks: ``{"pred", "target", "tokens"}`` (tokens: the batch's latent patches)."""
