@@ -87,3 +87,16 @@ def test_ti2v_infer_needs_the_image(tmp_path) -> None:
 def test_bad_config_is_one_clear_error(mm_train, tmp_path, override, message) -> None:
     with pytest.raises(ConfigError, match=message):
         mm_train(["stepvideo"], *SHORT, override, output_dir=tmp_path)
+
+
+@pytest.mark.parametrize("task", ["t2v", "i2v"])
+def test_the_example_configs_validate(task) -> None:
+    from pathlib import Path
+
+    from mm_core.plugins import make_config
+
+    examples = Path(__file__).parents[3] / "examples" / "stepvideo"
+    config = make_config(load_plugins(["stepvideo"]), "run", [str(examples / f"pretrain_{task}.yaml")],
+                         {"model": str(examples / f"pretrain_{task}_model.json"),
+                          "data": str(examples / f"data_{task}.json")}, [])
+    assert config.model.task == task and config.model.flavor == "30b"
