@@ -124,9 +124,6 @@ def test_a_checkpoint_resumes_on_another_tp_size_exactly(single, tmp_path, first
             return run_training(["mm_core.testing.toy", "tp_toy"], tmp_path, args).losses
         return spawn_training(tp, ["mm_core.testing.toy", "tp_toy"], tmp_path, args, sys_path=[TESTS])
 
-    # Made first: CheckpointManager.save reads the free disk space of checkpoints/ on every rank before rank 0 has
-    # created it (a race of the save on a fresh output dir, reported to the checkpoint's owner).
-    (tmp_path / "checkpoints").mkdir()
     train(first, "training.train_iters=2", "training.save_interval=2")
     resumed = train(then, "training.resume=true")
     assert sorted(resumed) == [3, 4]

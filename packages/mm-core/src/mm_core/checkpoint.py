@@ -95,6 +95,7 @@ class CheckpointManager:
         if rt.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
+        rt.barrier()
         free = shutil.disk_usage(self.root).free
         error: BaseException | None = None
         if not _any_rank(free < need, rt.device):
@@ -118,7 +119,6 @@ class CheckpointManager:
     def _write(self, tmp: Path, step: int, state: dict, scheduler, data_iter) -> None:
         """Every rank's files of one checkpoint into ``tmp``, the manifest last."""
         rt = self.runtime
-        rt.barrier()
         with _single_process_ok():
             dcp.save(state, checkpoint_id=str(tmp), no_dist=not dist.is_initialized())
         torch.save({"rng": rng_state(rt.device)}, tmp / f"rank_{rt.rank:05d}.pt")
