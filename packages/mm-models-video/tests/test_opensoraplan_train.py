@@ -39,8 +39,9 @@ def test_tiny_run_saves_a_checkpoint_that_mm_infer_turns_into_an_mp4(tmp_path, c
     if task == "i2v":
         from PIL import Image
 
-        Image.fromarray(np.full((40, 40, 3), 200, dtype=np.uint8)).save(tmp_path / "first.png")
-        args += ["--image", str(tmp_path / "first.png")]
+        for name in ("first", "last"):
+            Image.fromarray(np.full((40, 40, 3), 200, dtype=np.uint8)).save(tmp_path / f"{name}.png")
+        args += ["--image", f"{tmp_path / 'first.png'},{tmp_path / 'last.png'}"]  # a transition
     assert main(args) == 0
     assert _frames(output) == (9, 32, 32)
     if task == "t2v":
@@ -60,6 +61,13 @@ def test_i2v_needs_an_image(tmp_path) -> None:
     config = osp_config("model.task=i2v", "training.device=cpu", "inference.steps=1", task="infer")
     with pytest.raises(ConfigError, match="inference.image is needed for model.task i2v"):
         generate(config, create_runtime(config))
+    config = osp_config("model.task=i2v", "training.device=cpu", "inference.image=a.png,b.png,c.png", task="infer")
+    with pytest.raises(ConfigError, match="one image .* or two"):
+        generate(config, create_runtime(config))
+    missing = osp_config("model.task=i2v", "training.device=cpu", f"inference.image={tmp_path / 'no.png'}",
+                         task="infer")
+    with pytest.raises(ConfigError, match="no.png does not exist"):
+        generate(missing, create_runtime(missing))
 
 
 @pytest.mark.slow

@@ -60,6 +60,30 @@ def read_image(path: str | Path, height: int, width: int) -> torch.Tensor:
     return resize_center_crop(pixels[None], height, width)
 
 
+def condition_images(inf: Config) -> list[str]:
+    """The I2V condition images: ``image`` (or the seeds' ``conditional_pixel_values_path``), comma-separated."""
+    value = inf.image or inf.conditional_pixel_values_path
+    if not value:
+        raise ConfigError("inference.image is needed for model.task i2v (the first frame, --image FILE; "
+                          "--image FIRST,LAST for a transition)")
+    paths = [p.strip() for p in str(value).split(",") if p.strip()]
+    if len(paths) > 2:
+        raise ConfigError(f"inference.image takes one image (the first frame) or two (first and last), got {paths}")
+    return paths
+
+
+def image_conditions(model: OpenSoraPlanI2V, paths: list[str], num_frames: int, height: int, width: int,
+                     device: torch.device) -> torch.Tensor:
+    """The I2V conditions of one image (the first frame kept: mask ``i2v``) or two (first and last: ``transition``)."""
+    images = [read_image(path, height, width).to(device) for path in paths]
+    video = images[0].new_zeros(3, num_frames, height, width)
+    video[:, :1] = images[0]
+    if len(images) == 2:
+        video[:, -1:] = images[1]
+    mask = frame_mask("i2v" if len(images) == 1 else "transition", num_frames, torch.Generator())[None]
+    return model.conditions(video[None], mask, None)
+
+
 @torch.no_grad()
 def sample(model: OpenSoraPlanT2V, prompt: str, negative_prompt: str, num_frames: int, height: int, width: int,
            steps: int, guidance_scale: float, seed: int, conditions: torch.Tensor | None = None) -> torch.Tensor:
@@ -113,12 +137,7 @@ def generate(config: Config, runtime: Runtime) -> str:
         model.predictor.to(dtype)
     conditions = None
     if isinstance(model, OpenSoraPlanI2V):
-        if not inf.image:
-            raise ConfigError("inference.image is needed for model.task i2v (the first frame, --image FILE)")
-        image = read_image(inf.image, height, width).to(runtime.device)
-        video = torch.cat([image, image.new_zeros(3, num_frames - 1, height, width)], dim=1)[None]
-        mask = frame_mask("i2v", num_frames, torch.Generator())[None]
-        conditions = model.conditions(video, mask, None)
+        conditions = image_conditions(model, condition_images(inf), num_frames, height, width, runtime.device)
     prompt = inf.prompt_template.format(inf.prompt) if inf.prompt_template else inf.prompt
     pixels = sample(model, prompt, inf.negative_prompt, num_frames, height, width, inf.steps, inf.guidance_scale,
                     inf.seed, conditions)

@@ -118,6 +118,7 @@ INFERENCE: dict[str, Any] = {
     "negative_prompt": NEGATIVE_PROMPT,
     "prompt_template": POSITIVE_TEMPLATE,
     "image": None,
+    "conditional_pixel_values_path": None,
     "num_frames": None,
     "height": None,
     "width": None,
