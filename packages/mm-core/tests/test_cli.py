@@ -173,6 +173,19 @@ def test_free_flags_become_section_overrides():
     assert free == ["prompt=a red ball", "num_frames=9", "fast=true"]
 
 
+def test_under_torchrun_a_config_error_is_printed_once_and_is_torchruns_failure_summary(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "mm_core.cli", "run", "--plugin", TOY, "training.micro_batch_size=0"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+    line = "error: training.micro_batch_size must be at least 1, got 0"
+    assert done.returncode != 0
+    assert done.stderr.splitlines().count(line) == 1  # printed by rank 0 only
+    assert f"traceback : {line}" in done.stderr  # torchrun's summary, from the rank's error file
+    assert "error_file: <N/A>" not in done.stderr
+
+
 def test_mm_run_works_unchanged_under_torchrun(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",

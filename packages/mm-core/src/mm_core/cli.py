@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 
 import pluggy
@@ -13,7 +15,7 @@ import pluggy
 from mm_core import plugins
 from mm_core.config import Config, dump
 from mm_core.entry_points import summary
-from mm_core.errors import MMError
+from mm_core.errors import ConfigError, MMError, PluginError
 
 log = logging.getLogger("mm")
 
@@ -108,7 +110,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     runtime = create_runtime(config, args.plugin[-1])
     try:
         result = Trainer(pm, runtime).train()
-        if runtime.is_main:
+        if runtime.is_main and not result.stopped_by:
             losses = [result.losses[s] for s in sorted(result.losses)]
             metrics_file = result.output_dir / "metrics.jsonl"
             if losses:
@@ -225,11 +227,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.overrides = [*args.overrides, *extra]
         return COMMANDS[args.command](args)
     except MMError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        report_error(exc)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if os.environ.get("TORCHELASTIC_ERROR_FILE"):  # torchrun's failure summary shows the traceback
+            from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
+
+            ErrorHandler().record_exception(exc)
+        raise
+
+
+def report_error(exc: MMError) -> None:
+    """Print ``error: <message>`` (a config or plugin error from rank 0 only: every rank has the same) and hand
+    the line to torchrun's failure summary through its error file."""
+    message = f"error: {exc}"
+    if int(os.environ.get("RANK", "0")) == 0 or not isinstance(exc, (ConfigError, PluginError)):
+        print(message, file=sys.stderr)
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if error_file:
+        with open(error_file, "w", encoding="utf-8") as f:
+            json.dump({"message": message, "timestamp": int(time.time())}, f)
 
 
 if __name__ == "__main__":

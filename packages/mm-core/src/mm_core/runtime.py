@@ -147,6 +147,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _restart_store(rank: int, world_size: int, timeout: timedelta) -> dict:
+    """After a torchrun restart, the process group's store under a prefix of its own; empty on a first start.
+
+    The store outlives the workers torchrun restarts, and the new workers' groups would read the dead workers'
+    addresses from it (gloo then fails with "Connection refused").
+    """
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    if not attempt:
+        return {}
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+                          is_master=rank == 0 and not agent, timeout=timeout)
+    return {"store": dist.PrefixStore(f"mm/restart_{attempt}", store), "rank": rank, "world_size": world_size}
+
+
 def create_runtime(config: Config, plugin_name: str = "mm") -> Runtime:
     """Build the Runtime from the config and torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK)."""
     training = config.training
@@ -163,10 +178,12 @@ def create_runtime(config: Config, plugin_name: str = "mm") -> Runtime:
     flat: dict[str, object] = {}
     if world_size > 1:
         if not dist.is_initialized():
+            timeout = timedelta(minutes=30)
             dist.init_process_group(
                 backend=BACKENDS.get(device.type, "gloo"),
-                timeout=timedelta(minutes=30),
+                timeout=timeout,
                 device_id=device if device.type != "cpu" else None,
+                **_restart_store(rank, world_size, timeout),
             )
         from torch.distributed.device_mesh import init_device_mesh
 

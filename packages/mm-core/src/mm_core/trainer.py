@@ -20,6 +20,7 @@ from mm_core.errors import CheckpointError, ConfigError, MMError, PluginError
 from mm_core.metrics import MetricsLogger, peak_memory_gib, peak_tflops
 from mm_core.optim import build_optimizer, build_scheduler
 from mm_core.plan import ParallelPlan
+from mm_core.preemption import StopSignals, restart_count, signal_name
 from mm_core.runtime import Runtime
 
 log = logging.getLogger("mm")
@@ -33,6 +34,7 @@ class TrainResult:
     losses: dict[int, float]
     checkpoint: Path | None
     output_dir: Path
+    stopped_by: int = 0  # the stop signal (SIGTERM, SIGUSR1) that ended the run early, 0 when it ran to the end
 
 
 def accumulation_steps(training, dp_size: int) -> int:
@@ -191,7 +193,10 @@ class Trainer:
 
         step = 0
         resumed_from: Path | None = None
-        if training.resume:
+        if restart_count() and not training.resume and rt.is_main:
+            log.warning("torchrun restarted the workers (restart %d): resuming from the newest checkpoint",
+                        restart_count())
+        if training.resume or restart_count():
             path = ckpt.resumable()
             if path is None and list_checkpoints(ckpt.root):
                 raise CheckpointError(f"every checkpoint in {ckpt.root} is damaged (see the warnings above): "
@@ -214,7 +219,8 @@ class Trainer:
         last_saved: Path | None = None
         in_a_row = 0
         model.train()
-        try:
+        stopped_by = 0
+        with StopSignals() as signals, contextlib.closing(metrics):
             while step < training.train_iters:
                 values = self._step(model, optimizer, scheduler, train_iter, accum)
                 step += 1
@@ -228,13 +234,18 @@ class Trainer:
                 metrics.advance(step, values["loss"])
                 if valid_iter is not None and training.eval_interval and step % training.eval_interval == 0:
                     metrics.log(step, self.evaluate(model, valid_iter), prefix="valid")
-                if training.save_interval and (step % training.save_interval == 0 or step == training.train_iters):
+                stopped_by = signals.agreed(rt.device)
+                due = training.save_interval and (step % training.save_interval == 0 or step == training.train_iters)
+                if due or stopped_by:
                     last_saved = ckpt.save(step, model, optimizer, scheduler, train_iter)
                     metrics.print(f"saved checkpoint {last_saved}")
-        finally:
-            metrics.close()
-        hook.after_training(config=self.cfg, runtime=rt, checkpoint=last_saved)
-        return TrainResult(step, losses, last_saved, rt.output_dir)
+                if stopped_by:
+                    metrics.print(f"stopped by {signal_name(stopped_by)} after step {step}: run the same command "
+                                  f"with --resume to continue from {last_saved}")
+                    break
+        if not stopped_by:
+            hook.after_training(config=self.cfg, runtime=rt, checkpoint=last_saved)
+        return TrainResult(step, losses, last_saved, rt.output_dir, stopped_by)
 
     def _step(self, model, optimizer, scheduler, train_iter: DataIterator, accum: int) -> dict:
         """One optimizer step, skipped (``values["skipped"]``) when the loss or gradient norm is not finite."""
