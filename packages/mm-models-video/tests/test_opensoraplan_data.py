@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
-from opensoraplan_testing import osp_config
+from opensoraplan_testing import QUIET, osp_config
 
 from mm_core.errors import ConfigError
 from mm_core.runtime import create_runtime
+from mm_core.testing import run_training
 from mm_data.synthetic import make_moving_shapes
 from mm_models_video.opensoraplan1_3.build import build_model
 from mm_models_video.opensoraplan1_3.data import build_train_loader, parse_data
@@ -83,3 +85,21 @@ def test_wrong_settings_are_one_clear_error(tmp_path) -> None:
         parse_data(osp_config("data.dataset_param.force_resolution=false"))
     with pytest.raises(ConfigError, match=r"model.ae.vae_cp_size must be 1 \(mm's opensoraplan1_3 does not implement"):
         check_model(osp_config("model.ae.vae_cp_size=2").model)
+
+
+def test_dynamic_resolution_run_resumes_mid_epoch(tmp_path) -> None:
+    """8 clips of 2 shapes, 2 a batch: 6 steps cross an epoch; resuming at step 3 continues the same batches."""
+    data = {"dataset_param": {"data_path": str(_clips(tmp_path)), "num_frames": 9, "max_hxw": 2048, "hw_stride": 16,
+                              "force_resolution": False},
+            "dataloader_param": {"group_data": True}}
+    (tmp_path / "data.json").write_text(json.dumps(data))
+    common = [*QUIET, "training.device=cpu", "training.micro_batch_size=2", "training.global_batch_size=2",
+              "training.train_iters=6", "training.lr_warmup_iters=0"]
+    sections = {"data": tmp_path / "data.json"}
+    straight = run_training(["opensoraplan1_3"], tmp_path / "straight", [*common, "training.save_interval=3",
+                                                                          "training.keep_last=0"], sections=sections)
+    shutil.copytree(tmp_path / "straight", tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "step_00000006")
+    resumed = run_training(["opensoraplan1_3"], tmp_path / "resumed", [*common, "training.resume=true"],
+                           sections=sections)
+    assert resumed.losses == pytest.approx({s: straight.losses[s] for s in (4, 5, 6)}, rel=1e-5)

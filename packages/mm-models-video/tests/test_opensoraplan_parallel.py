@@ -51,11 +51,15 @@ def test_training_equals_one_process(single, tmp_path, overrides) -> None:
 @pytest.mark.parametrize(
     ("overrides", "both"),
     [(["parallel.fsdp2.enable=true"], ["model.diffusion.t_sample_method=uniform"]),
-     (["parallel.cp.size=2", "parallel.cp.mode=ring"], ["model.predictor.sparse1d=false"])],
-    ids=["fsdp2-2", "ring-2-dense"],
+     (["parallel.cp.size=2", "parallel.cp.mode=ring"], ["model.predictor.sparse1d=false"]),
+     (["parallel.pp.size=2", "model.predictor.pipeline_num_layers=[3,3]"], ["model.task=i2v"])],
+    ids=["fsdp2-2", "ring-2-dense", "pp-2-i2v"],
 )
 def test_training_equals_one_process_with(tmp_path, overrides, both) -> None:
-    """FSDP2's ranks are two data-parallel ranks: explicit_uniform would give each its own timestep interval."""
+    """FSDP2's ranks are two data-parallel ranks: explicit_uniform would give each its own timestep interval.
+
+    Under PP the I2V branches (masked-clip and mask patch embeddings) live on the first stage.
+    """
     single = parallel_run(1, tmp_path / "one", *both)
     run = parallel_run(2, tmp_path / "two", *overrides, *both)
     assert run["loss"] == pytest.approx(single["loss"], rel=1e-5)
