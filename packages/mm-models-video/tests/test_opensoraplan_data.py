@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from opensoraplan_testing import QUIET, osp_config
 
-from mm_core.errors import ConfigError
+from mm_core.errors import ConfigError, DataError
 from mm_core.runtime import create_runtime
 from mm_core.testing import run_training
 from mm_data.synthetic import make_moving_shapes
 from mm_models_video.opensoraplan1_3.build import build_model
-from mm_models_video.opensoraplan1_3.data import build_train_loader, parse_data
+from mm_models_video.opensoraplan1_3.data import build_dataset, build_train_loader, parse_data
 from mm_models_video.opensoraplan1_3.schema import check_model
 
 EXAMPLES = Path(__file__).parents[3] / "examples" / "opensoraplan1_3"
@@ -72,6 +72,21 @@ def test_dynamic_resolution_batches_hold_one_shape_and_reshuffle(tmp_path) -> No
         orders.append([b["index"].tolist() for b in batches])
     assert set(shapes) == {(9, 32, 48), (9, 48, 32)} and len(shapes) == 8
     assert orders[0] != orders[1]  # reshuffled every epoch
+
+
+def test_drop_short_ratio_leaves_out_short_clips(tmp_path) -> None:
+    """Clips planned shorter than num_frames are left out with probability drop_short_ratio (1: all of them)."""
+    data = _clips(tmp_path)
+    for ratio, count in ((0.0, 8), (1.0, 0)):
+        config = osp_config("training.device=cpu", f"data.dataset_param.data_path={data}",
+                            "data.dataset_param.num_frames=13", "data.dataset_param.min_num_frames=5",
+                            f"data.dataset_param.drop_short_ratio={ratio}", "data.dataset_param.max_height=32",
+                            "data.dataset_param.max_width=32", "data.dataset_param.hw_aspect_thr=3.0")
+        if count:
+            assert len(build_dataset(config, parse_data(config))) == count
+        else:
+            with pytest.raises(DataError, match="none of the 8 annotated clips fits the data section"):
+                build_dataset(config, parse_data(config))
 
 
 def test_wrong_settings_are_one_clear_error(tmp_path) -> None:

@@ -45,6 +45,7 @@ class OpenSoraData:
     cfg: float
     use_aesthetic: bool
     mask_type_ratio: Mapping[str, float]
+    drop_short_ratio: float = 0.0
 
 
 def _split_own_keys(dataset_param: Mapping[str, Any]) -> tuple[dict, dict]:
@@ -95,7 +96,7 @@ def parse_data(config: Config) -> OpenSoraData:
             f"data.dataset_param.mask_type_ratio_dict_video must map mask types to weights, got {ratio!r}"
         )
     return OpenSoraData(data, planner, float(extra.get("cfg", 0.0)), bool(own.get("use_aesthetic", False)),
-                        dict(ratio))
+                        dict(ratio), float(extra.get("drop_short_ratio", 0.0)))
 
 
 def aesthetic_caption(caption: str, aes: float | None, generator: torch.Generator) -> str:
@@ -109,20 +110,28 @@ def aesthetic_caption(caption: str, aes: float | None, generator: torch.Generato
 class PlannedClipDataset(Dataset):
     """Map-style dataset of {"video": uint8 [C, T, H, W], "prompt": str, "index": int} at each clip's planned shape.
 
-    Clips the planner leaves out are dropped when the dataset is built. A clip that turns out unreadable is skipped
-    (counted) or raised as ``on_bad_sample`` says; it is replaced by the next readable clip of the same shape, so a
-    batch keeps one shape.
+    Clips the planner leaves out are dropped when the dataset is built, and each clip planned shorter than
+    ``num_frames`` with probability ``drop_short_ratio`` (drawn from ``seed``). A clip that turns out unreadable
+    is skipped (counted) or raised as ``on_bad_sample`` says; it is replaced by the next readable clip of the same
+    shape, so a batch keeps one shape.
     """
 
     def __init__(self, clips: Sequence[AnnotatedClip], planner: ClipPlanner, use_aesthetic: bool = False,
-                 on_bad_sample: str = "skip", seed: int = 0) -> None:
+                 on_bad_sample: str = "skip", seed: int = 0, drop_short_ratio: float = 0.0) -> None:
         self.planner = planner
         self.use_aesthetic = use_aesthetic
         self.seed = seed
         self.bad = BadSamples(on_bad_sample)
-        planned = [(clip, planner.plan(clip.num_frames, clip.fps, clip.height, clip.width)) for clip in clips]
-        self.clips = [clip for clip, shape in planned if shape is not None and clip.caption is not None]
-        self.plan = [shape for clip, shape in planned if shape is not None and clip.caption is not None]
+        generator = torch.Generator().manual_seed(seed)
+        self.clips, self.plan = [], []
+        for clip in clips:
+            shape = planner.plan(clip.num_frames, clip.fps, clip.height, clip.width)
+            if shape is None or clip.caption is None:
+                continue
+            if shape[0] < planner.num_frames and torch.rand((), generator=generator) < drop_short_ratio:
+                continue
+            self.clips.append(clip)
+            self.plan.append(shape)
         if not self.clips:
             raise DataError(
                 f"none of the {len(clips)} annotated clips fits the data section (caption, resolution, num_frames "
@@ -167,7 +176,7 @@ def build_dataset(config: Config, parsed: OpenSoraData) -> PlannedClipDataset:
         param = with_synthetic_data(param, get_flavor(config.model.flavor).fps)
     clips = read_annotations(param.data_path, param.data_folder or None)
     return PlannedClipDataset(clips, parsed.planner, parsed.use_aesthetic, parsed.data.on_bad_sample,
-                              config.training.seed)
+                              config.training.seed, parsed.drop_short_ratio)
 
 
 def buckets(dataset: PlannedClipDataset, loader: Any) -> list | None:

@@ -204,8 +204,6 @@ def run_block(block: BasicTransformerBlock, carry: Carry | tuple[torch.Tensor, .
 class OpenSoraT2V(ModelMixin, ConfigMixin):
     """The OpenSoraPlan 1.3 text-to-video transformer (``OpenSoraT2V_v1_3``); config keys as the release's."""
 
-    _supports_gradient_checkpointing = True
-
     @register_to_config
     def __init__(
         self,
