@@ -35,6 +35,7 @@ def osp_config(*overrides: str, task: str = "run", files: tuple = (), sections: 
 # 32×48 clips: 3 × 2 × 3 = 18 tokens, padded to 20 by Skiparse (sparse_n 2) and split 9 / 9 over 2 cp ranks.
 SHORT_RUN = [
     *QUIET,
+    "data.dataset_param.max_height=32",
     "data.dataset_param.max_width=48",
     "training.micro_batch_size=1",
     "training.global_batch_size=4",

@@ -43,7 +43,7 @@ def test_tiny_run_saves_a_checkpoint_that_mm_infer_turns_into_an_mp4(tmp_path, c
             Image.fromarray(np.full((40, 40, 3), 200, dtype=np.uint8)).save(tmp_path / f"{name}.png")
         args += ["--image", f"{tmp_path / 'first.png'},{tmp_path / 'last.png'}"]  # a transition
     assert main(args) == 0
-    assert _frames(output) == (9, 32, 32)
+    assert _frames(output) == (9, 64, 64)
     if task == "t2v":
         _check_export(result.checkpoint, tmp_path / "export")
 
