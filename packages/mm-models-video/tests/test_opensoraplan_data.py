@@ -15,6 +15,7 @@ from mm_core.testing import run_training
 from mm_data.synthetic import make_moving_shapes
 from mm_models_video.opensoraplan1_3.build import build_model
 from mm_models_video.opensoraplan1_3.data import build_dataset, build_train_loader, parse_data
+from mm_models_video.opensoraplan1_3.plugin import check_clips
 from mm_models_video.opensoraplan1_3.schema import check_model
 
 EXAMPLES = Path(__file__).parents[3] / "examples" / "opensoraplan1_3"
@@ -98,6 +99,12 @@ def test_wrong_settings_are_one_clear_error(tmp_path) -> None:
         parse_data(osp_config("model.task=i2v", "data.dataset_param.dataset_type=t2v"))
     with pytest.raises(ConfigError, match="max_hxw is needed when force_resolution is false"):
         parse_data(osp_config("data.dataset_param.force_resolution=false"))
+    model = build_model(osp_config().model)
+    with pytest.raises(ConfigError, match=r"data.dataset_param: height 40 must be a multiple of 16 .*VAE stride"):
+        check_clips(osp_config("data.dataset_param.max_height=40"), model)
+    with pytest.raises(ConfigError, match="hw_stride 24 must be a multiple of 16"):
+        check_clips(osp_config("data.dataset_param.force_resolution=false", "data.dataset_param.max_hxw=4096",
+                               "data.dataset_param.hw_stride=24"), model)
     with pytest.raises(ConfigError, match=r"model.ae.vae_cp_size must be 1 \(mm's opensoraplan1_3 does not implement"):
         check_model(osp_config("model.ae.vae_cp_size=2").model)
 
