@@ -70,7 +70,6 @@ def test_i2v_needs_an_image(tmp_path) -> None:
         generate(missing, create_runtime(missing))
 
 
-@pytest.mark.slow
 def test_embedded_default_loss_goes_down(tmp_path) -> None:
     """``mm run --plugin opensoraplan1_3`` as it is: 60 steps of the tiny T2V on generated clips."""
     result = run_training(["opensoraplan1_3"], tmp_path / "run", [*QUIET, "training.device=cpu"])
