@@ -1,5 +1,5 @@
-"""What each rank runs in the opensoraplan1_3 context-parallel test: the plugin's plan applied by the engine,
-forward and backward of the composite (Skiparse layers included), against the whole model on one rank."""
+"""What each rank runs in the opensoraplan1_3 context-parallel test: the plugin's plan applied by the engine (Ulysses,
+ring), forward and backward of the composite (Skiparse layers included), against the whole model on one rank."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from mm_models_video.opensoraplan1_3.plugin import parallel_plan
 from mm_parallel import build_context
 from mm_parallel.context_plan import shard_model
 
-# 3 × 2 × 3 = 18 tokens: Skiparse pads them to 20; over 2 ranks each holds 9.
+# 3 × 2 × 3 = 18 tokens: Skiparse pads them to 20; over 2 ranks each holds 9 (the ring: 10, padded to 20).
 LATENTS = (2, 8, 3, 4, 6)
 
 
@@ -49,7 +49,7 @@ def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def compare(rank: int, world: int, port: int, out: str) -> None:
-    """Largest output and gradient differences (relative to the largest value) under Ulysses."""
+    """For Ulysses and ring: largest output and gradient differences (relative to the largest value), tokens."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
@@ -59,23 +59,25 @@ def compare(rank: int, world: int, port: int, out: str) -> None:
     reference = build_model(config.model)
     weight = torch.randn(*LATENTS, generator=torch.Generator().manual_seed(1))
     expected, expected_grads = _run(copy.deepcopy(reference), weight)
-    model = copy.deepcopy(reference)
-    shard_model(model, parallel_plan(model, config).cp, build_context(mesh, "ulysses"), pipelined=False)
+    report = {}
     seen: list[int] = []
-    model.predictor.transformer_blocks[0].register_forward_hook(lambda m, a, output: seen.append(output.shape[1]))
-    pred, grads = _run(model, weight)
-    # Every rank's loss is over the whole output: their gradients sum to world × the gradient (see cp docs).
-    # Softmax does not change when every key moves by the same bias: the key biases' gradients are rounding
-    # noise around zero, left out of the comparison.
-    for grad in grads.values():
-        dist.all_reduce(grad)
-        grad /= world
-    report = {
-        "tokens": seen[0],
-        "out": _relative_error(pred, expected),
-        "grad": max(_relative_error(grads[name], grad) for name, grad in expected_grads.items()
-                    if not name.endswith("to_k.bias")),
-    }
+    for mode in ("ulysses", "ring"):
+        model = copy.deepcopy(reference)
+        shard_model(model, parallel_plan(model, config).cp, build_context(mesh, mode), pipelined=False)
+        model.predictor.transformer_blocks[0].register_forward_hook(lambda m, a, output: seen.append(output.shape[1]))
+        pred, grads = _run(model, weight)
+        # Every rank's loss is over the whole output: their gradients sum to world × the gradient (see cp docs).
+        # Softmax does not change when every key moves by the same bias: the key biases' gradients are rounding
+        # noise around zero, left out of the comparison.
+        for grad in grads.values():
+            dist.all_reduce(grad)
+            grad /= world
+        report[mode] = {
+            "tokens": seen.pop(),
+            "out": _relative_error(pred, expected),
+            "grad": max(_relative_error(grads[name], grad) for name, grad in expected_grads.items()
+                        if not name.endswith("to_k.bias")),
+        }
     if rank == 0:
         Path(out).write_text(json.dumps(report))
     dist.destroy_process_group()

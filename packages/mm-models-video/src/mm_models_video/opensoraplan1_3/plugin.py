@@ -67,21 +67,11 @@ def check_clips(config: Config, model: OpenSoraPlanT2V) -> None:
         raise ConfigError(f"data.dataset_param.hw_stride {planner.hw_stride} must be a multiple of {factors[1]} {why}")
 
 
-def check_context_parallel(config: Config, model: OpenSoraPlanT2V) -> None:
-    """Skiparse (and a masked video) needs Ulysses: its token subsets span the sequence one rank's heads hold."""
-    cp = config.parallel.cp
-    if cp.size > 1 and cp.mode != "ulysses" and model.predictor.config.sparse1d:
-        raise ConfigError(
-            f"parallel.cp.mode {cp.mode} cannot run Skiparse (model.predictor.sparse1d true): use mode ulysses"
-        )
-
-
 @hookimpl
 def model_provider(config: Config, runtime: Runtime) -> OpenSoraPlanT2V:
     """Build the model (on the CPU; the engines place it), checked against the data and the parallel layout."""
     model = build_model(config.model)
     check_clips(config, model)
-    check_context_parallel(config, model)
     parsed = parse_data(config)
     model.timestep_stratum = (runtime.dp_rank, runtime.dp_size)
     model.text_dropout = parsed.cfg

@@ -17,6 +17,11 @@ MASKED_BIAS = -10000.0
 SPARSE_PAD_BIAS = -9980.0
 
 
+def subset_of(positions: torch.Tensor, sparse_n: int, grouped: bool) -> torch.Tensor:
+    """The Skiparse subset of each token position: ``s mod n`` (strided) or ``(s // n) mod n`` (grouped)."""
+    return (positions // sparse_n) % sparse_n if grouped else positions % sparse_n
+
+
 def padded_length(length: int, sparse_n: int) -> int:
     """``length`` rounded up to a multiple of ``sparse_n``²."""
     block = sparse_n * sparse_n
@@ -91,3 +96,28 @@ def skiparse_attention(
     if sparse_n > 1:
         out = unfold(out, sparse_n, grouped)[:, :length]
     return out
+
+
+def skiparse_attention_at(
+    q: torch.Tensor,
+    q_positions: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    sparse_n: int,
+    grouped: bool,
+    video_bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Queries q [B, s, H, D] at sequence positions ``q_positions`` [s] attending to the whole sequence's k, v
+    [B, S, H, D] within their Skiparse subsets (dense attention under the subset mask).
+
+    Positions from S on are padding: they attend to every key (their output is discarded). Returns [B, s, H, D].
+    """
+    length = k.shape[1]
+    keys = torch.arange(length, device=q.device)
+    same = subset_of(q_positions, sparse_n, grouped)[:, None] == subset_of(keys, sparse_n, grouped)[None, :]
+    same = same | (q_positions >= length)[:, None]
+    bias = torch.where(same, 0.0, MASKED_BIAS).to(q.dtype)[None, None]
+    if video_bias is not None:
+        bias = bias + video_bias.to(q.dtype)[:, None, None, :]
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=bias)
+    return out.transpose(1, 2)

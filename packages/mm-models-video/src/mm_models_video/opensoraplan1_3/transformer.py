@@ -22,9 +22,10 @@ from diffusers.models.normalization import AdaLayerNormSingle
 from torch import nn
 
 from mm_models_video.opensoraplan1_3.rope import RoPE3D, apply_rope
-from mm_models_video.opensoraplan1_3.skiparse import MASKED_BIAS, skiparse_attention
+from mm_models_video.opensoraplan1_3.skiparse import MASKED_BIAS, skiparse_attention, skiparse_attention_at
 from mm_parallel import attention
 from mm_parallel.context import ContextParallel, active_scope
+from mm_parallel.sequence import gather_sequence
 from mm_parallel.ulysses import heads_to_sequence, sequence_to_heads
 
 
@@ -79,12 +80,24 @@ class _UlyssesHeads:
         return sequence_to_heads(x.transpose(1, 2), self.cp.ulysses_group).transpose(1, 2)
 
 
+def _ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cp: ContextParallel, sparse_n: int,
+                    grouped: bool, video_bias: torch.Tensor | None) -> torch.Tensor:
+    """Under ring or USP: dense unmasked layers run ``mm_parallel.attention``; Skiparse (or masked) ones gather the
+    whole sequence's keys and values over the cp group, each rank attending from its own queries."""
+    if sparse_n == 1 and video_bias is None:
+        return attention(q, k, v, layout="bshd")
+    length = active_scope().length
+    positions = cp.layout(length).positions(cp.rank).to(q.device)
+    k, v = gather_sequence(k, 1, cp, length), gather_sequence(v, 1, cp, length)
+    return skiparse_attention_at(q, positions, k, v, sparse_n, grouped, video_bias)
+
+
 class SkiparseSelfAttention:
     """diffusers Attention processor of a block's self-attention (attn1): RoPE, then Skiparse or dense attention.
 
     Under Ulysses context parallelism q, k, v trade their sequence shard for a share of the heads first, so the
-    token subsets span the whole sequence; ring and USP run the dense layers (no Skiparse, no video mask) through
-    ``mm_parallel.attention``.
+    token subsets span the whole sequence; under ring and USP the dense layers run ``mm_parallel.attention`` and
+    the Skiparse ones attend from the rank's queries to the gathered keys and values.
     """
 
     def __init__(self, sparse_n: int, grouped: bool) -> None:
@@ -105,11 +118,7 @@ class SkiparseSelfAttention:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         cp = _context_parallel()
         if cp is not None and cp.ulysses_size != cp.size:
-            if self.sparse_n > 1 or video_bias is not None:
-                raise ValueError(
-                    f"Skiparse and masked attention need parallel.cp.mode ulysses, not {cp.mode} (or sparse1d false)"
-                )
-            out = attention(q, k, v, layout="bshd")
+            out = _ring_attention(q, k, v, cp, self.sparse_n, self.grouped, video_bias)
         else:
             heads = _UlyssesHeads(cp)
             q, k, v = heads.gather(q), heads.gather(k), heads.gather(v)
