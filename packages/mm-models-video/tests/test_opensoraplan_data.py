@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from opensoraplan_testing import QUIET, osp_config
 
 from mm_core.errors import ConfigError, DataError
@@ -125,3 +126,41 @@ def test_dynamic_resolution_run_resumes_mid_epoch(tmp_path) -> None:
     resumed = run_training(["opensoraplan1_3"], tmp_path / "resumed", [*common, "training.resume=true"],
                            sections=sections)
     assert resumed.losses == pytest.approx({s: straight.losses[s] for s in (4, 5, 6)}, rel=1e-5)
+
+
+def test_ungrouped_clips_are_padded_and_masked(tmp_path) -> None:
+    """Without group_data a batch mixes shapes: padded to the largest, its video_mask marks each clip's latents."""
+    data = {"dataset_param": {"data_path": str(_clips(tmp_path)), "num_frames": 9, "max_hxw": 2048, "hw_stride": 16,
+                              "force_resolution": False},
+            "dataloader_param": {"group_data": False, "shuffle": False}}
+    (tmp_path / "data.json").write_text(json.dumps(data))
+    config = osp_config("training.device=cpu", "training.micro_batch_size=8", sections={"data": tmp_path / "data.json"})
+    batch = next(iter(build_train_loader(config, create_runtime(config))))
+    assert batch["video"].shape[1:] == (3, 9, 48, 48)
+    assert batch["video_mask"].shape == (8, 3, 6, 6)
+    assert batch["video_mask"].sum((1, 2, 3)).tolist() == [3 * 4 * 6] * 4 + [3 * 6 * 4] * 4
+    result = run_training(["opensoraplan1_3"], tmp_path / "run", [
+        *QUIET, "training.device=cpu", "training.micro_batch_size=2", "training.global_batch_size=2",
+        "training.train_iters=2", "training.save_interval=0", "data.dataloader_param.shuffle=true"],
+        sections={"data": tmp_path / "data.json"})
+    assert all(torch.isfinite(torch.tensor(list(result.losses.values()))))
+
+
+def test_padded_latents_predict_as_the_clip_alone() -> None:
+    """The padding mask keeps padded tokens out of attention: a clip padded in time and space predicts its own
+    region as it does alone. Dense layers: Skiparse's subsets follow the token order, which padding changes."""
+    model = build_model(osp_config("model.predictor.sparse1d=false").model).eval()
+    g = torch.Generator().manual_seed(0)
+    alone = torch.randn(1, 8, 2, 4, 6, generator=g)
+    padded = torch.zeros(1, 8, 3, 6, 8)
+    padded[:, :, :2, :4, :6] = alone
+    mask = torch.zeros(1, 3, 6, 8)
+    mask[:, :2, :4, :6] = 1
+    text = torch.randn(1, model.text_len, 64, generator=g)
+    text_mask = torch.ones(1, model.text_len, dtype=torch.long)
+    common = {"prompt_embeds": text, "prompt_mask": text_mask, "timesteps": torch.tensor([300])}
+    with torch.no_grad():
+        small = model(latents=alone, noise=torch.zeros_like(alone), **common)["pred"]
+        big = model(latents=padded, noise=torch.zeros_like(padded), video_mask=mask, **common)
+    torch.testing.assert_close(big["pred"][:, :, :2, :4, :6], small, rtol=1e-5, atol=1e-5)
+    assert big["loss_mask"].sum() == 2 * 4 * 6

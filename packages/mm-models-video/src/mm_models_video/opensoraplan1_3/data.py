@@ -46,6 +46,7 @@ class OpenSoraData:
     use_aesthetic: bool
     mask_type_ratio: Mapping[str, float]
     drop_short_ratio: float = 0.0
+    vae_strides: tuple[int, int] = (4, 8)
 
 
 def _split_own_keys(dataset_param: Mapping[str, Any]) -> tuple[dict, dict]:
@@ -96,7 +97,7 @@ def parse_data(config: Config) -> OpenSoraData:
             f"data.dataset_param.mask_type_ratio_dict_video must map mask types to weights, got {ratio!r}"
         )
     return OpenSoraData(data, planner, float(extra.get("cfg", 0.0)), bool(own.get("use_aesthetic", False)),
-                        dict(ratio), float(extra.get("drop_short_ratio", 0.0)))
+                        dict(ratio), float(extra.get("drop_short_ratio", 0.0)), (int(vae_scale[0]), int(vae_scale[1])))
 
 
 def aesthetic_caption(caption: str, aes: float | None, generator: torch.Generator) -> str:
@@ -186,19 +187,37 @@ def buckets(dataset: PlannedClipDataset, loader: Any) -> list | None:
     return bucket_keys(dataset.shapes(), loader.group_frame, loader.group_resolution)
 
 
+class PaddedCollate:
+    """Collates clips of different shapes: each zero-padded to the batch's largest, with ``video_mask`` [B, T, H, W]
+    marking the latents of its own clip (the release's padding mask; picklable for loader workers)."""
+
+    def __init__(self, vae_strides: tuple[int, int]) -> None:
+        self.vae_strides = vae_strides
+
+    def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        shapes = [item["video"].shape[1:] for item in items]
+        if len(set(shapes)) == 1:
+            return collate(items)
+        frames, height, width = (max(sizes) for sizes in zip(*shapes))
+        temporal, spatial = self.vae_strides
+        mask = torch.zeros(len(items), (frames - 1) // temporal + 1, height // spatial, width // spatial)
+        padded = []
+        for i, (item, (t, h, w)) in enumerate(zip(items, shapes)):
+            video = item["video"].new_zeros(item["video"].shape[0], frames, height, width)
+            video[:, :t, :h, :w] = item["video"]
+            padded.append({**item, "video": video})
+            mask[i, : (t - 1) // temporal + 1, : h // spatial, : w // spatial] = 1
+        return {**collate(padded), "video_mask": mask}
+
+
 def build_train_loader(config: Config, runtime: Runtime) -> DataLoader:
-    """This rank's resumable loader; a micro-batch holds one clip shape unless the data section turns grouping off."""
+    """This rank's resumable loader. Grouped (``group_data``), a micro-batch holds one clip shape; ungrouped, clips
+    of several shapes are padded to the largest and the batch carries their ``video_mask``."""
     parsed = parse_data(config)
     dataset = build_dataset(config, parsed)
     loader = parsed.data.dataloader_param
-    groups = buckets(dataset, loader)
-    if groups is None and len(set(dataset.shapes())) > 1:
-        raise ConfigError(
-            "data: the clips have several planned shapes but dataloader_param groups none of them; set group_data "
-            "true (or force_resolution true with equal frame counts)"
-        )
     return build_rank_loader(dataset, loader, config.training.micro_batch_size, runtime, config.training.seed,
-                             collate, groups, with_epoch=True)
+                             PaddedCollate(parsed.vae_strides), buckets(dataset, loader), with_epoch=True)
 
 
 def example_prompt(config: Config) -> str:
