@@ -78,3 +78,18 @@ def test_loads_a_released_checkpoint_file(tmp_path) -> None:
     torch.save(bad, tmp_path / "bad.ckpt")
     with pytest.raises(ConfigError, match=r"model.ae.from_pretrained: .*bad.ckpt does not fit the configured WFVAE"):
         build_vae(osp_config(f"model.ae.from_pretrained={tmp_path / 'bad.ckpt'}").model, get_flavor("tiny"))
+
+
+def test_tiled_encode_and_decode_equal_the_whole_clip() -> None:
+    """ae.use_tiling: 8 frames (2 latents) a chunk, the causal caches carrying the context: the same latents and
+    pixels as the whole clip at once."""
+    torch.manual_seed(0)
+    whole = WFVAEModel(**TINY).eval()
+    tiled = build_vae(osp_config("model.ae.use_tiling=true").model, get_flavor("tiny"))
+    tiled.load_state_dict(whole.state_dict())
+    assert tiled.use_tiling
+    video = torch.rand(1, 3, 25, 32, 32) * 2 - 1  # 1 + 3 chunks of 8 frames, 7 latents
+    with torch.no_grad():
+        latents = whole.encode(video).mode()
+        torch.testing.assert_close(tiled.encode(video).mode(), latents, rtol=0, atol=1e-5)
+        torch.testing.assert_close(tiled.decode(latents), whole.decode(latents), rtol=0, atol=1e-5)

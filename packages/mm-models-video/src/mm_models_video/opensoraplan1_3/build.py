@@ -58,7 +58,8 @@ def ae_arguments(ae: Config, flavor: Flavor) -> dict[str, Any]:
 
 
 def build_vae(model: Config, flavor: Flavor) -> WFVAEModel:
-    """WF-VAE from ae.from_pretrained (a state-dict file, e.g. vae_convert's, or a diffusers folder) or fixed init."""
+    """WF-VAE from ae.from_pretrained (a state-dict file, e.g. vae_convert's, or a diffusers folder) or fixed init;
+    chunked along time with ``ae.use_tiling``."""
     ae = model.ae
     dtype = dtype_of(ae.dtype, flavor, "model.ae.dtype")
     if model.patch.ae_float32:
@@ -66,11 +67,14 @@ def build_vae(model: Config, flavor: Flavor) -> WFVAEModel:
     arguments = ae_arguments(ae, flavor)
     path = ae.from_pretrained
     if path and Path(path).expanduser().is_dir():
-        return load_pretrained(WFVAEModel, str(path), "model.ae.from_pretrained", torch_dtype=dtype)
-    vae = fixed_init(lambda: WFVAEModel(**arguments), torch.float32)
-    if path:
-        load_weights(vae, path, "model.ae.from_pretrained")
-    return vae if dtype == torch.float32 else vae.to(dtype)
+        vae = load_pretrained(WFVAEModel, str(path), "model.ae.from_pretrained", torch_dtype=dtype)
+    else:
+        vae = fixed_init(lambda: WFVAEModel(**arguments), torch.float32)
+        if path:
+            load_weights(vae, path, "model.ae.from_pretrained")
+        vae = vae if dtype == torch.float32 else vae.to(dtype)
+    vae.enable_tiling(bool(ae.use_tiling))
+    return vae
 
 
 def build_text_encoder(model: Config, flavor: Flavor) -> MT5EncoderModel:

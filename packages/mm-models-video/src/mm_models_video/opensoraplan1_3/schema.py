@@ -137,7 +137,6 @@ FIXED = {
     "tokenizer.hub_backend": "hf",
     "tokenizer.autotokenizer_name": "AutoTokenizer",
     "ae.model_id": "wfvae",
-    "ae.use_tiling": False,
     "ae.i2v_processor.processor_id": "opensoraplan_i2v_processor",
 }
 # MindSpeed-MM features whose keys load but which mm's opensoraplan1_3 does not implement: only these values.

@@ -2,8 +2,9 @@
 
 The encoder's main path sees the 3D Haar subbands of the clip; two side paths carry the 2D and 3D Haar subbands of
 its low band ("energy flow") into the main one at each level, and the decoder mirrors them. Layer names are the
-release's ``WFVAEModel`` (``modeling_wfvae.py``). Encode and decode run on the whole clip; the release's
-chunked (tiled) mode is not implemented.
+release's ``WFVAEModel`` (``modeling_wfvae.py``). Encode and decode run on the whole clip, or with
+:meth:`WFVAEModel.enable_tiling` chunk by chunk along time (8 frames, 2 latents), each chunk's causal layers taking
+what they need of the previous one from their caches, as the release's tiled mode.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from mm_models_video.opensoraplan1_3.wfvae_blocks import (
 
 # The (temporal, spatial) compression of WF-VAE D8 4×8×8.
 VAE_STRIDES = (4, 8)
+# Tiled mode: frames per encoder chunk and latent frames per decoder chunk (the release's t_chunk_enc / _dec).
+ENCODE_CHUNK, DECODE_CHUNK = 8, 2
 
 
 class Encoder(nn.Module):
@@ -163,6 +166,60 @@ class WFVAEModel(ModelMixin, ConfigMixin):
                                dropout, use_attention, norm_type)
         self.decoder = Decoder(latent_dim, base_channels, decoder_num_resblocks, decoder_energy_flow_hidden_size,
                                dropout, use_attention, norm_type, t_interpolation, connect_res_layer_num)
+        self.use_tiling = False
+        # A decoder chunk ends with one latent frame of overlap: before the time upsampling that is one frame the
+        # causal caches leave out, after it two.
+        decoder = self.decoder
+        self._set_cache_offset([decoder.up2, decoder.connect_l2, decoder.conv_in, decoder.mid], 1)
+        self._set_cache_offset([decoder.up2[-2:], decoder.up1, decoder.connect_l1, decoder.layer], 2)
+
+    @staticmethod
+    def _set_cache_offset(modules: list[nn.Module], offset: int) -> None:
+        for module in modules:
+            for sub in module.modules():
+                if isinstance(sub, CausalConv3d):
+                    sub.cache_offset = offset
+
+    def _start(self, part: nn.Module) -> None:
+        """Empty ``part``'s caches; the next chunk is the first."""
+        for module in part.modules():
+            if hasattr(module, "cache"):
+                module.cache.clear()
+        self._first_chunk(part, True)
+
+    @staticmethod
+    def _first_chunk(part: nn.Module, first: bool) -> None:
+        for module in part.modules():
+            if hasattr(module, "first_chunk"):
+                module.first_chunk = first
+
+    def enable_tiling(self, use_tiling: bool = True) -> None:
+        """Encode and decode chunk by chunk along time (less memory for long clips)."""
+        self.use_tiling = use_tiling
+        for module in self.modules():
+            if hasattr(module, "chunked"):
+                module.chunked = use_tiling
+
+    @staticmethod
+    def _chunks(frames: int, size: int) -> list[tuple[int, int]]:
+        """[0, 1), then chunks of ``size`` frames."""
+        return [(0, 1), *((start, min(start + size, frames)) for start in range(1, frames, size))]
+
+    def _tile_encode(self, x: torch.Tensor) -> torch.Tensor:
+        out = []
+        for i, (start, end) in enumerate(self._chunks(x.shape[2], ENCODE_CHUNK)):
+            self._first_chunk(self.encoder, i == 0)
+            out.append(self.encoder(x[:, :, start:end]))
+        return torch.cat(out, dim=2)
+
+    def _tile_decode(self, z: torch.Tensor) -> torch.Tensor:
+        out, frames = [], z.shape[2]
+        for i, (start, end) in enumerate(self._chunks(frames, DECODE_CHUNK)):
+            self._first_chunk(self.decoder, i == 0)
+            overlap = end + 1 < frames
+            chunk = self.decoder(z[:, :, start:end + 1] if overlap else z[:, :, start:end])
+            out.append(chunk[:, :, :-VAE_STRIDES[0]] if overlap else chunk)
+        return torch.cat(out, dim=2)
 
     @property
     def strides(self) -> tuple[int, int]:
@@ -171,11 +228,13 @@ class WFVAEModel(ModelMixin, ConfigMixin):
 
     def encode(self, x: torch.Tensor) -> DiagonalGaussianDistribution:
         """The posterior of pixels [B, 3, 1+4k, H, W] in [-1, 1]."""
-        return DiagonalGaussianDistribution(self.encoder(x))
+        self._start(self.encoder)
+        return DiagonalGaussianDistribution(self._tile_encode(x) if self.use_tiling else self.encoder(x))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Raw (unscaled) latents -> pixels."""
-        return self.decoder(z)
+        self._start(self.decoder)
+        return self._tile_decode(z) if self.use_tiling else self.decoder(z)
 
     def latent_stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(shift, scale) shaped [1, C, 1, 1, 1] like ``like``: normalized = (z - shift) · scale."""

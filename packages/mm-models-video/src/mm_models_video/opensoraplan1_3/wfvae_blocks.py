@@ -2,7 +2,8 @@
 
 Names and weights are the Open-Sora-Plan release's (``causalvideovae/model/modules``), so its checkpoints load
 as they are. Video tensors are [B, C, T, H, W]; "causal" means the first frame is repeated in front instead of
-zero padding, so frame t never sees a later one.
+zero padding, so frame t never sees a later one. In chunked (tiled) mode the layers that look back in time keep
+the frames the next chunk needs (``cache``), as the release's ``enable_cached``.
 """
 
 from __future__ import annotations
@@ -25,18 +26,33 @@ def per_frame(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 class CausalConv3d(nn.Module):
-    """A 3D convolution (``conv``) whose temporal padding repeats the first frame in front."""
+    """A 3D convolution (``conv``) whose temporal padding repeats the first frame in front.
+
+    ``chunked``: after the first chunk the padding is the frames the previous chunk left in ``cache``, leaving out
+    its last ``cache_offset`` frames (the overlap the next chunk computes again).
+    """
 
     def __init__(self, chan_in: int, chan_out: int, kernel_size: int, stride: int = 1, padding: int = 0,
                  bias: bool = True) -> None:
         super().__init__()
         self.time_kernel_size = kernel_size
         self.conv = nn.Conv3d(chan_in, chan_out, kernel_size, stride=stride, padding=(0, padding, padding), bias=bias)
+        self.chunked, self.first_chunk, self.cache_offset = False, True, 0
+        self.cache: list[torch.Tensor] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, C, T, H, W] -> the convolution of the first frame repeated kernel - 1 times, then x."""
-        pad = x[:, :, :1].expand(-1, -1, self.time_kernel_size - 1, -1, -1)
-        return self.conv(torch.cat([pad, x], dim=2))
+        """[B, C, T, H, W] -> the convolution of the first frame repeated kernel - 1 times (or the cache), then x."""
+        if self.chunked and not self.first_chunk:
+            pad = self.cache.pop(0)
+        else:
+            pad = x[:, :, :1].expand(-1, -1, self.time_kernel_size - 1, -1, -1)
+        x = torch.cat([pad, x], dim=2)
+        if self.chunked:
+            back, stride = self.time_kernel_size - 1, self.conv.stride[0]
+            keep = -(-back // stride) if back // stride else 0
+            kept = x[:, :, : x.shape[2] - self.cache_offset] if self.cache_offset else x
+            self.cache.append(kept[:, :, kept.shape[2] - keep:].clone() if keep else kept[:, :, :0])
+        return self.conv(x)
 
 
 class Conv2d(nn.Conv2d):
@@ -170,15 +186,27 @@ class Spatial2xTime2x3DDownsample(nn.Module):
 
 
 class Spatial2xTime2x3DUpsample(nn.Module):
-    """Frames after the first interpolated 2× in time, all 2× in space (trilinear), then a causal convolution."""
+    """Frames after the first interpolated 2× in time, all 2× in space (trilinear), then a causal convolution.
+
+    ``chunked``: each chunk keeps a frame for the next one's temporal interpolation (``cache``).
+    """
 
     def __init__(self, in_channels: int, out_channels: int, t_interpolation: str = "trilinear") -> None:
         super().__init__()
         self.t_interpolation = t_interpolation
         self.conv = CausalConv3d(in_channels, out_channels, 3, padding=1)
+        self.chunked = False
+        self.cache: list[torch.Tensor] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, C, 1+k, H, W] -> [B, out, 1+2k, 2H, 2W]."""
+        """[B, C, 1+k, H, W] -> [B, out, 1+2k, 2H, 2W] (a later chunk of k frames: 2k)."""
+        if self.chunked and self.cache:
+            x = torch.cat([self.cache.pop(0), x], dim=2)
+            self.cache.append(x[:, :, -2:-1].clone())
+            x = F.interpolate(x, scale_factor=(2, 1, 1), mode=self.t_interpolation)[:, :, 2:]
+            return self.conv(F.interpolate(x, scale_factor=(1, 2, 2), mode="trilinear"))
+        if self.chunked:
+            self.cache.append(x[:, :, -1:].clone())
         if x.shape[2] > 1:
             first, rest = x[:, :, :1], x[:, :, 1:]
             rest = F.interpolate(rest, scale_factor=(2, 1, 1), mode=self.t_interpolation)
@@ -222,21 +250,24 @@ class HaarWaveletTransform3D(nn.Module):
 
 
 class InverseHaarWaveletTransform3D(nn.Module):
-    """3D Haar synthesis: [B, 8·C, 1+k, H, W] -> [B, C, 1+2k, 2H, 2W] (the padded first frame dropped)."""
+    """3D Haar synthesis: [B, 8·C, 1+k, H, W] -> [B, C, 1+2k, 2H, 2W] (the padded first frame dropped; in a later
+    chunk, ``chunked``, none is: [B, C, 2k, 2H, 2W])."""
 
     def __init__(self) -> None:
         super().__init__()
         for name, kernel in zip(HAAR_3D, _haar_3d_kernels()):
             self.register_buffer(name, kernel.view(1, 1, 2, 2, 2))
+        self.chunked, self.first_chunk = False, True
 
     def forward(self, coeffs: torch.Tensor) -> torch.Tensor:
-        """The sum of each subband's transposed convolution, without its first frame."""
+        """The sum of each subband's transposed convolution, without its first frame (unless a later chunk)."""
         b = coeffs.shape[0]
         out = sum(
             F.conv_transpose3d(band.flatten(0, 1)[:, None], getattr(self, name), stride=2)
             for name, band in zip(HAAR_3D, coeffs.chunk(8, dim=1))
         )
-        out = out[:, :, 1:]
+        if not self.chunked or self.first_chunk:
+            out = out[:, :, 1:]
         return out.reshape(b, -1, *out.shape[2:])
 
 
