@@ -32,6 +32,18 @@ def test_frames_at_train_fps_trimmed_to_vae_and_cp_multiples() -> None:
     assert DYNAMIC.plan(300, 30.0, 720, 1280) == (93, 352, 608)
 
 
+def test_speed_factor_samples_long_clips_faster() -> None:
+    """A clip longer than num_frames at train_fps is sampled up to speed_factor times faster (never below)."""
+    fast = ClipPlanner(num_frames=93, min_num_frames=29, max_height=352, max_width=640, train_fps=16,
+                       speed_factor=2.0)
+    assert fast.read_fps(400, 16.0) == 32.0 and fast.frame_count(400, 16.0) == 93  # 400 frames -> 200 at 2x
+    assert fast.read_fps(140, 16.0) == pytest.approx(16 * 140 / 93)  # only as fast as fills 93 frames
+    assert fast.read_fps(60, 16.0) == 16.0 and fast.frame_count(60, 16.0) == 57
+    assert DYNAMIC.read_fps(400, 30.0) == 16
+    with pytest.raises(ConfigError, match="speed_factor must be at least 1"):
+        ClipPlanner(num_frames=9, min_num_frames=9, max_height=32, max_width=32, speed_factor=0.5)
+
+
 def test_resize_then_stride_crop() -> None:
     video = torch.randint(0, 256, (5, 720, 1280, 3), dtype=torch.uint8)
     out = max_hxw_stride_crop(video, 225280, 352, 608)

@@ -2,10 +2,10 @@
 
 Each clip is planned from its index metadata alone, before any decoding, so that batches can be grouped by shape:
 its size is the fixed ``max_height × max_width`` (``force_resolution``) or its own, scaled down to at most
-``max_hxw`` pixels and cropped to multiples of ``hw_stride``; its frame count is what ``train_fps`` leaves of it, at
-most ``num_frames``, trimmed to ``k·vae_stride_t + 1`` frames whose latent count is a multiple of
-``latent_frame_multiple`` (the largest context-parallel size). Clips too small, too short or too far from the
-aspect are left out (None).
+``max_hxw`` pixels and cropped to multiples of ``hw_stride``; its frame count is what ``train_fps`` leaves of it (a
+longer clip sped up by at most ``speed_factor`` first), at most ``num_frames``, trimmed to ``k·vae_stride_t + 1``
+frames whose latent count is a multiple of ``latent_frame_multiple`` (the largest context-parallel size). Clips too
+small, too short or too far from the aspect are left out (None).
 """
 
 from __future__ import annotations
@@ -53,12 +53,15 @@ class ClipPlanner:
     train_fps: float | None = None
     vae_stride_t: int = 4
     latent_frame_multiple: int = 1
+    speed_factor: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.force_resolution and not self.max_hxw:
             raise ConfigError(
                 "data.dataset_param.max_hxw is needed when force_resolution is false (dynamic resolution)"
             )
+        if self.speed_factor < 1:
+            raise ConfigError(f"data.dataset_param.speed_factor must be at least 1, got {self.speed_factor}")
         if self.min_num_frames > self.num_frames:
             raise ConfigError(
                 f"data.dataset_param.min_num_frames {self.min_num_frames} is above num_frames {self.num_frames}"
@@ -80,19 +83,36 @@ class ClipPlanner:
             return None
         return h, w
 
+    def _speed(self, num_frames: int, fps: float | None) -> tuple[int, float]:
+        """Frames the clip has at ``train_fps``, after speeding it up by at most ``speed_factor`` (never below
+        ``num_frames``), and that speed-up."""
+        interval = 1.0
+        if self.train_fps and fps and abs(fps - self.train_fps) >= 0.1:
+            interval = fps / self.train_fps
+        available = math.ceil(num_frames / interval)
+        speed = 1.0
+        if self.speed_factor > 1 and available > self.num_frames:
+            speed = min(self.speed_factor, available / self.num_frames)
+            available = int(available / speed)
+        return available, speed
+
     def frame_count(self, num_frames: int | None, fps: float | None) -> int | None:
         """How many frames to train on from a clip of ``num_frames`` at ``fps``; None when too short."""
         if not num_frames:
             return None
-        interval = 1.0
-        if self.train_fps and fps and abs(fps - self.train_fps) >= 0.1:
-            interval = fps / self.train_fps
-        available = min(math.ceil(num_frames / interval), self.num_frames)
+        available = min(self._speed(num_frames, fps)[0], self.num_frames)
         for count in range(available, self.min_num_frames - 1, -1):
             latents = (count - 1) // self.vae_stride_t + 1
             if (count - 1) % self.vae_stride_t == 0 and latents % self.latent_frame_multiple == 0:
                 return count
         return None
+
+    def read_fps(self, num_frames: int | None, fps: float | None) -> float | None:
+        """The frame rate to sample the clip at: ``train_fps`` (or its own) times its speed-up; None: every frame."""
+        base = self.train_fps or fps
+        if base is None or not num_frames:
+            return self.train_fps
+        return base * self._speed(num_frames, fps)[1]
 
     def plan(self, num_frames: int | None, fps: float | None, height: int | None,
              width: int | None) -> tuple[int, int, int] | None:

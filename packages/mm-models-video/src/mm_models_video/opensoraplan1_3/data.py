@@ -73,9 +73,6 @@ def parse_data(config: Config) -> OpenSoraData:
         raise ConfigError(
             f"data.dataset_param.dataset_type {param.dataset_type!r} does not match model.task {config.model.task!r}"
         )
-    if extra.get("speed_factor", 1.0) != 1.0:
-        raise ConfigError(f"data.dataset_param.speed_factor must be 1.0 (mm does not speed clips up), "
-                          f"got {extra['speed_factor']}")
     vae_scale = own.get("vae_scale_factor", [4, 8, 8])
     planner = ClipPlanner(
         num_frames=param.num_frames,
@@ -90,6 +87,7 @@ def parse_data(config: Config) -> OpenSoraData:
         train_fps=param.train_fps,
         vae_stride_t=int(vae_scale[0]),
         latent_frame_multiple=int(config.model.max_cp_size or 1),
+        speed_factor=float(extra.get("speed_factor", 1.0)),
     )
     ratio = own.get("mask_type_ratio_dict_video", {"i2v": 1.0})
     if not isinstance(ratio, Mapping) or not ratio:
@@ -150,7 +148,7 @@ class PlannedClipDataset(Dataset):
         """Clip ``index`` at its planned shape, or DataError when it cannot be read."""
         clip, (frames, height, width) = self.clips[index], self.plan[index]
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-        video = read_video(clip.path, frames, self.planner.train_fps, generator=generator)
+        video = read_video(clip.path, frames, self.planner.read_fps(clip.num_frames, clip.fps), generator=generator)
         try:
             video = self.planner.resize(video, height, width)
         except ValueError as exc:
