@@ -46,6 +46,20 @@ def test_tiny_run_saves_a_checkpoint_that_mm_infer_turns_into_an_mp4(tmp_path, c
     assert _frames(output) == (9, 64, 64)
     if task == "t2v":
         _check_export(result.checkpoint, tmp_path / "export")
+    else:
+        _check_prompt_files(result.checkpoint, tmp_path)
+
+
+def _check_prompt_files(checkpoint, tmp_path) -> None:
+    """The seeds' cond_prompt.txt / cond_pix_path.txt: a video per line, the outputs numbered."""
+    (tmp_path / "prompts.txt").write_text("a red circle\n\na blue square\n")
+    first, last = tmp_path / "first.png", tmp_path / "last.png"
+    (tmp_path / "images.txt").write_text(f"{first}\n{first},{last}\n")
+    args = ["infer", "--plugin", "opensoraplan1_3", "--checkpoint", str(checkpoint), "--prompt",
+            str(tmp_path / "prompts.txt"), "--conditional-pixel-values-path", str(tmp_path / "images.txt"),
+            "--steps", "1", "--output", str(tmp_path / "many.mp4"), "training.device=cpu"]
+    assert main(args) == 0
+    assert [_frames(tmp_path / f"many_{i}.mp4") for i in (0, 1)] == [(9, 64, 64)] * 2
 
 
 def _check_export(checkpoint, target) -> None:

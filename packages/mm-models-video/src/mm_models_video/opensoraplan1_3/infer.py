@@ -60,16 +60,40 @@ def read_image(path: str | Path, height: int, width: int) -> torch.Tensor:
     return resize_center_crop(pixels[None], height, width)
 
 
-def condition_images(inf: Config) -> list[str]:
-    """The I2V condition images: ``image`` (or the seeds' ``conditional_pixel_values_path``), comma-separated."""
+def _lines(value: str, key: str) -> list[str]:
+    """``value`` itself, or the non-empty lines of the .txt file it names (the seeds' prompt and image lists)."""
+    path = Path(value).expanduser()
+    if value.endswith(".txt"):
+        if not path.is_file():
+            raise ConfigError(f"inference.{key} {value} does not exist")
+        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [value]
+
+
+def prompts_of(inf: Config) -> list[str]:
+    """The prompts to generate: ``prompt``, or one per line of the .txt file it names."""
+    return _lines(str(inf.prompt), "prompt")
+
+
+def condition_images(inf: Config, count: int) -> list[list[str]]:
+    """Per prompt, its I2V condition images: ``image`` (or the seeds' ``conditional_pixel_values_path``), one or two
+    comma-separated paths, or a .txt file of such lines, one per prompt."""
     value = inf.image or inf.conditional_pixel_values_path
     if not value:
         raise ConfigError("inference.image is needed for model.task i2v (the first frame, --image FILE; "
                           "--image FIRST,LAST for a transition)")
-    paths = [p.strip() for p in str(value).split(",") if p.strip()]
-    if len(paths) > 2:
-        raise ConfigError(f"inference.image takes one image (the first frame) or two (first and last), got {paths}")
-    return paths
+    lines = _lines(str(value), "image")
+    if len(lines) == 1:
+        lines = lines * count
+    if len(lines) != count:
+        raise ConfigError(f"inference.image lists {len(lines)} lines of images for {count} prompts")
+    groups = [[p.strip() for p in line.split(",") if p.strip()] for line in lines]
+    for paths in groups:
+        if not 1 <= len(paths) <= 2:
+            raise ConfigError(
+                f"inference.image takes one image (the first frame) or two (first and last), got {paths}"
+            )
+    return groups
 
 
 def image_conditions(model: OpenSoraPlanI2V, paths: list[str], num_frames: int, height: int, width: int,
@@ -119,7 +143,8 @@ def sample(model: OpenSoraPlanT2V, prompt: str, negative_prompt: str, num_frames
 
 
 def generate(config: Config, runtime: Runtime) -> str:
-    """Sample one video for the inference section's prompt (and ``image`` for I2V) and write it as mp4."""
+    """Sample a video for the inference section's prompt (and ``image`` for I2V), or for each line of a prompt .txt
+    file (``output`` numbered), and write it as mp4."""
     inf = config.inference
     model_config, checkpoint = model_source(config)
     flavor = get_flavor(model_config.flavor)
@@ -135,13 +160,19 @@ def generate(config: Config, runtime: Runtime) -> str:
     dtype = dtype_of(model_config.predictor.dtype, flavor, "model.predictor.dtype")
     if dtype != torch.float32:
         model.predictor.to(dtype)
-    conditions = None
-    if isinstance(model, OpenSoraPlanI2V):
-        conditions = image_conditions(model, condition_images(inf), num_frames, height, width, runtime.device)
-    prompt = inf.prompt_template.format(inf.prompt) if inf.prompt_template else inf.prompt
-    pixels = sample(model, prompt, inf.negative_prompt, num_frames, height, width, inf.steps, inf.guidance_scale,
-                    inf.seed, conditions)
-    video = ((pixels + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
-    output = write_video(inf.output, video, inf.fps or flavor.fps)
+    prompts = prompts_of(inf)
+    images = condition_images(inf, len(prompts)) if isinstance(model, OpenSoraPlanI2V) else [None] * len(prompts)
+    outputs = [Path(inf.output)] if len(prompts) == 1 else [
+        Path(inf.output).with_name(f"{Path(inf.output).stem}_{i}{Path(inf.output).suffix}") for i in range(len(prompts))
+    ]
+    for prompt, paths, output in zip(prompts, images, outputs):
+        conditions = None if paths is None else image_conditions(model, paths, num_frames, height, width,
+                                                                 runtime.device)
+        text = inf.prompt_template.format(prompt) if inf.prompt_template else prompt
+        pixels = sample(model, text, inf.negative_prompt, num_frames, height, width, inf.steps, inf.guidance_scale,
+                        inf.seed, conditions)
+        video = ((pixels + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
+        write_video(output, video, inf.fps or flavor.fps)
     source = checkpoint or model_config.predictor.from_pretrained or f"untrained {model_config.flavor} model"
-    return f"wrote {output}: {len(video)} frames of {width}x{height} from {source}"
+    written = ", ".join(str(o) for o in outputs)
+    return f"wrote {written}: {num_frames} frames of {width}x{height} from {source}"
