@@ -98,6 +98,10 @@ def test_wrong_settings_are_one_clear_error(tmp_path) -> None:
         build_model(osp_config("model.task=i2v", "model.predictor.model_id=videoditsparse").model)
     with pytest.raises(ConfigError, match="dataset_type 't2v' does not match model.task 'i2v'"):
         parse_data(osp_config("model.task=i2v", "data.dataset_param.dataset_type=t2v"))
+    with pytest.raises(ConfigError, match=r"mask_type_ratio_dict_video must map mask types \(t2iv, i2v"):
+        parse_data(osp_config("model.task=i2v", "data.dataset_param.mask_type_ratio_dict_video={'i2video': 1}"))
+    with pytest.raises(ConfigError, match=r"vae_scale_factor must be \[4, 8, 8\]"):
+        parse_data(osp_config("data.dataset_param.vae_scale_factor=[4,16,16]"))
     with pytest.raises(ConfigError, match="max_hxw is needed when force_resolution is false"):
         parse_data(osp_config("data.dataset_param.force_resolution=false"))
     model = build_model(osp_config().model)

@@ -28,6 +28,7 @@ from mm_data.formats import DataConfig, parse_data_config
 from mm_data.sampler import bucket_keys, build_rank_loader
 from mm_data.video import read_video
 from mm_models_video.opensoraplan1_3.flavors import get_flavor
+from mm_models_video.opensoraplan1_3.inpaint import MASK_TYPES
 from mm_models_video.synthetic import with_synthetic_data
 
 # dataset_param keys of the seeds' OpenSoraPlan files that mm_data.formats does not know; read here.
@@ -74,6 +75,8 @@ def parse_data(config: Config) -> OpenSoraData:
             f"data.dataset_param.dataset_type {param.dataset_type!r} does not match model.task {config.model.task!r}"
         )
     vae_scale = own.get("vae_scale_factor", [4, 8, 8])
+    if vae_scale != [4, 8, 8]:
+        raise ConfigError(f"data.dataset_param.vae_scale_factor must be [4, 8, 8] (WF-VAE's), got {vae_scale!r}")
     planner = ClipPlanner(
         num_frames=param.num_frames,
         min_num_frames=int(extra.get("min_num_frames", param.num_frames)),
@@ -85,17 +88,18 @@ def parse_data(config: Config) -> OpenSoraData:
         hw_aspect_thr=float(extra.get("hw_aspect_thr", 2.0)),
         force_resolution=bool(extra.get("force_resolution", True)),
         train_fps=param.train_fps,
-        vae_stride_t=int(vae_scale[0]),
+        vae_stride_t=vae_scale[0],
         latent_frame_multiple=int(config.model.max_cp_size or 1),
         speed_factor=float(extra.get("speed_factor", 1.0)),
     )
     ratio = own.get("mask_type_ratio_dict_video", {"i2v": 1.0})
-    if not isinstance(ratio, Mapping) or not ratio:
+    if not isinstance(ratio, Mapping) or not ratio or not set(ratio) <= set(MASK_TYPES):
         raise ConfigError(
-            f"data.dataset_param.mask_type_ratio_dict_video must map mask types to weights, got {ratio!r}"
+            f"data.dataset_param.mask_type_ratio_dict_video must map mask types ({', '.join(MASK_TYPES)}) to "
+            f"weights, got {ratio!r}"
         )
     return OpenSoraData(data, planner, float(extra.get("cfg", 0.0)), bool(own.get("use_aesthetic", False)),
-                        dict(ratio), float(extra.get("drop_short_ratio", 0.0)), (int(vae_scale[0]), int(vae_scale[1])))
+                        dict(ratio), float(extra.get("drop_short_ratio", 0.0)), (vae_scale[0], vae_scale[1]))
 
 
 def aesthetic_caption(caption: str, aes: float | None, generator: torch.Generator) -> str:
