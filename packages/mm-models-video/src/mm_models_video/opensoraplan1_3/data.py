@@ -27,6 +27,7 @@ from mm_data.dynamic_resolution import ClipPlanner
 from mm_data.formats import DataConfig, parse_data_config
 from mm_data.sampler import bucket_keys, build_rank_loader
 from mm_data.video import read_video
+from mm_models_video.captions import clean_caption
 from mm_models_video.opensoraplan1_3.flavors import get_flavor
 from mm_models_video.opensoraplan1_3.inpaint import MASK_TYPES
 from mm_models_video.synthetic import with_synthetic_data
@@ -48,6 +49,7 @@ class OpenSoraData:
     mask_type_ratio: Mapping[str, float]
     drop_short_ratio: float = 0.0
     vae_strides: tuple[int, int] = (4, 8)
+    clean_captions: bool = False
 
 
 def _split_own_keys(dataset_param: Mapping[str, Any]) -> tuple[dict, dict]:
@@ -98,8 +100,10 @@ def parse_data(config: Config) -> OpenSoraData:
             f"data.dataset_param.mask_type_ratio_dict_video must map mask types ({', '.join(MASK_TYPES)}) to "
             f"weights, got {ratio!r}"
         )
+    # MindSpeed-MM's TextProcesser cleans captions (enable_text_preprocessing, default true) when it is used.
+    clean = bool(extra.get("use_text_processer", False)) and bool(extra.get("enable_text_preprocessing", True))
     return OpenSoraData(data, planner, float(extra.get("cfg", 0.0)), bool(own.get("use_aesthetic", False)),
-                        dict(ratio), float(extra.get("drop_short_ratio", 0.0)), (vae_scale[0], vae_scale[1]))
+                        dict(ratio), float(extra.get("drop_short_ratio", 0.0)), (vae_scale[0], vae_scale[1]), clean)
 
 
 def aesthetic_caption(caption: str, aes: float | None, generator: torch.Generator) -> str:
@@ -113,6 +117,7 @@ def aesthetic_caption(caption: str, aes: float | None, generator: torch.Generato
 class PlannedClipDataset(Dataset):
     """Map-style dataset of {"video": uint8 [C, T, H, W], "prompt": str, "index": int} at each clip's planned shape.
 
+    With ``clean_captions`` each caption (its aesthetic note included) goes through :func:`clean_caption`.
     Clips the planner leaves out are dropped when the dataset is built, and each clip planned shorter than
     ``num_frames`` with probability ``drop_short_ratio`` (drawn from ``seed``). A clip that turns out unreadable
     is skipped (counted) or raised as ``on_bad_sample`` says; it is replaced by the next readable clip of the same
@@ -120,9 +125,11 @@ class PlannedClipDataset(Dataset):
     """
 
     def __init__(self, clips: Sequence[AnnotatedClip], planner: ClipPlanner, use_aesthetic: bool = False,
-                 on_bad_sample: str = "skip", seed: int = 0, drop_short_ratio: float = 0.0) -> None:
+                 on_bad_sample: str = "skip", seed: int = 0, drop_short_ratio: float = 0.0,
+                 clean_captions: bool = False) -> None:
         self.planner = planner
         self.use_aesthetic = use_aesthetic
+        self.clean_captions = clean_captions
         self.seed = seed
         self.bad = BadSamples(on_bad_sample)
         generator = torch.Generator().manual_seed(seed)
@@ -158,6 +165,8 @@ class PlannedClipDataset(Dataset):
         except ValueError as exc:
             raise DataError(f"sample {index} ({clip.path}): {exc}") from None
         caption = aesthetic_caption(clip.caption, clip.aes, generator) if self.use_aesthetic else clip.caption
+        if self.clean_captions:
+            caption = clean_caption(caption)
         return {"video": video, "prompt": caption, "index": index}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -179,7 +188,7 @@ def build_dataset(config: Config, parsed: OpenSoraData) -> PlannedClipDataset:
         param = with_synthetic_data(param, get_flavor(config.model.flavor).fps)
     clips = read_annotations(param.data_path, param.data_folder or None)
     return PlannedClipDataset(clips, parsed.planner, parsed.use_aesthetic, parsed.data.on_bad_sample,
-                              config.training.seed, parsed.drop_short_ratio)
+                              config.training.seed, parsed.drop_short_ratio, parsed.clean_captions)
 
 
 def buckets(dataset: PlannedClipDataset, loader: Any) -> list | None:
