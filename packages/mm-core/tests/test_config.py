@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -101,3 +102,18 @@ def test_attribute_access_error_lists_keys():
     cfg = build_config(DEFAULTS)
     with pytest.raises(AttributeError, match="no key 'lrr'.*lr, train_iters"):
         _ = cfg.training.lrr
+
+
+def test_the_config_knows_which_file_or_override_set_each_key(tmp_path):
+    run = tmp_path / "run.yaml"
+    run.write_text("training:\n  lr: 0.5\n")
+    data = tmp_path / "data.json"
+    data.write_text('{"dataset_param": {"basic_parameters": {"json_path": "x.json"}}}')
+    config = build_config({"training": {"lr": 1.0, "seed": 1}, "data": {}}, [run], {"data": data},
+                          ["training.seed=3"])
+    assert config.source_of("training.lr") == str(run)
+    assert config.source_of("training.seed") == "override 'training.seed=3'"
+    assert config.source_of("data.dataset_param.basic_parameters.json_path") == str(data)
+    assert config.source_of("data.dataset_param.basic_parameters.json_path.deeper") == str(data)
+    assert config.source_of("training.train_iters") is None  # a default
+    assert copy.deepcopy(config).source_of("training.lr") == str(run)

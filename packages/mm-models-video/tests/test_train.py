@@ -116,3 +116,15 @@ def test_bad_samples_fail_on_request(tmp_path) -> None:
 def test_forward_step_passes_only_model_inputs(tiny_model) -> None:
     batch = {"video": torch.zeros(1, 3, 9, 32, 32), "prompt": ["x"], "index": torch.tensor([0])}
     assert forward_step(batch, tiny_model, None)["pred"].shape == (1, 4, 3, 4, 4)
+
+
+def test_a_missing_video_index_names_its_key_and_file_before_the_model_is_built(tmp_path, capsys) -> None:
+    from mm_core.cli import main
+
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps({"dataset_param": {"basic_parameters": {"json_path": str(tmp_path / "nope.json")}}}))
+    assert main(["run", "--plugin", "wan2_1", "--data", str(data), f"training.output_dir={tmp_path}"]) == 2
+    out, err = capsys.readouterr()
+    assert err == (f"error: video index {tmp_path / 'nope.json'} does not exist "
+                   f"(data.dataset_param.basic_parameters.json_path, set in {data})\n")
+    assert "parameters on" not in out  # no model was built or placed

@@ -65,3 +65,10 @@ def test_the_plan_heads_must_divide_by_the_ranks_that_exchange_them(cp, message)
 def test_plan_heads_must_be_a_positive_count():
     with pytest.raises(PluginError, match="ContextParallelPlan.heads must be a positive number of heads, got 0"):
         ContextParallelPlan(heads=0)
+
+
+def test_a_forward_that_gathers_what_it_never_split_is_one_plugin_error(tmp_path):
+    with pytest.raises(Exception, match="gather_sequence under context parallelism \\(parallel.cp.size 2\\) but "
+                                        "nothing was split in this forward: split the sequence first"):
+        spawn_training(2, ["mm_core.testing.toy", "cp_toy"], tmp_path,
+                       [*SEQUENCES, "parallel.cp.size=2", "model.split=forgotten"], sys_path=[TESTS])

@@ -65,7 +65,21 @@ class Config(dict):
             raise AttributeError(f"config has no key {name!r} (keys: {', '.join(self)})") from None
 
     def __deepcopy__(self, memo: dict) -> Config:
-        return wrap({k: copy.deepcopy(v, memo) for k, v in self.items()})
+        copied = wrap({k: copy.deepcopy(v, memo) for k, v in self.items()})
+        copied.__dict__.update(self.__dict__)
+        return copied
+
+    def source_of(self, dotted: str) -> str | None:
+        """The file (or override) that set the value at ``dotted``, or the nearest enclosing key it set.
+
+        None for a default, or on a section of the config (only the root knows where its keys came from).
+        """
+        sources = self.__dict__.get("_sources", {})
+        while dotted:
+            if dotted in sources:
+                return sources[dotted]
+            dotted = dotted.rpartition(".")[0]
+        return None
 
     def get_path(self, dotted: str, default: Any = None) -> Any:
         """The value at a dotted path such as ``training.lr``, or ``default``."""
@@ -246,11 +260,24 @@ def build_config(
         layers.append((str(path), content))
     layers += [(f"override {o!r}", parse_override(o)) for o in overrides]
     merged = dict(defaults)
+    sources: dict[str, str] = {}
     for source, layer in layers:
         layer = apply_aliases(layer, source)
         validate(layer, defaults, source)
         merged = deep_merge(merged, _switch_on_enabled_sections(layer, defaults))
-    return wrap(merged)
+        sources.update(dict.fromkeys(_leaf_keys(layer), source))
+    config = wrap(merged)
+    config.__dict__["_sources"] = sources
+    return config
+
+
+def _leaf_keys(layer: Mapping, prefix: str = "") -> list[str]:
+    """The dotted paths of a layer's values that are not mappings."""
+    keys = []
+    for key, value in layer.items():
+        dotted = f"{prefix}{key}"
+        keys += _leaf_keys(value, f"{dotted}.") if isinstance(value, Mapping) and value else [dotted]
+    return keys
 
 
 def dump(config: Mapping) -> str:

@@ -176,14 +176,15 @@ class Trainer:
         """Run the configured number of steps, evaluating, logging and checkpointing as configured."""
         rt, training, hook = self.rt, self.training, self.pm.hook
         accum = accumulation_steps(training, rt.dp_size)
+        # The datasets first: a typo in a data path is found before a large model is built and placed.
+        datasets = _call(hook.datasets_provider, "datasets_provider", config=self.cfg, runtime=rt)
+        if not (isinstance(datasets, (tuple, list)) and len(datasets) == 3):
+            raise PluginError("datasets_provider must return (train, valid, test)")
         model = _call(hook.model_provider, "model_provider", config=self.cfg, runtime=rt)
         plan = model_plan(hook, model, self.cfg)
         model = _call(
             hook.parallelize_model, "parallelize_model", model=model, plan=plan, config=self.cfg, runtime=rt
         )
-        datasets = _call(hook.datasets_provider, "datasets_provider", config=self.cfg, runtime=rt)
-        if not (isinstance(datasets, (tuple, list)) and len(datasets) == 3):
-            raise PluginError("datasets_provider must return (train, valid, test)")
         train_iter = DataIterator(datasets[0], "train", seed=training.seed,
                                   samples_per_batch=training.micro_batch_size * rt.dp_size)
         valid_iter = DataIterator(datasets[1], "valid", seed=training.seed) if datasets[1] is not None else None

@@ -50,11 +50,15 @@ class VideoTextDataset(Dataset):
 
     @classmethod
     def from_param(
-        cls, param: DatasetParam, tokenizer: Tokenizer | None = None, on_bad_sample: str = "skip", seed: int = 0
+        cls, param: DatasetParam, tokenizer: Tokenizer | None = None, on_bad_sample: str = "skip", seed: int = 0,
+        origin: str = "",
     ) -> VideoTextDataset:
-        """Build from a data.json ``dataset_param`` block: its index, num_frames, max size and train_fps."""
+        """Build from a data.json ``dataset_param`` block: its index, num_frames, max size and train_fps.
+
+        ``origin`` names the config key (and file) that gave the index, for the error when it is missing.
+        """
         return cls(
-            read_index(param.data_path, param.data_folder or None),
+            read_index(param.data_path, param.data_folder or None, origin),
             num_frames=param.num_frames,
             height=param.max_height,
             width=param.max_width,

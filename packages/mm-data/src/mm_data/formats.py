@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
+from mm_core.config import Config
 from mm_core.errors import ConfigError, DataError
 
 
@@ -61,16 +62,16 @@ def _record(entry: Any, data_folder: Path, where: str) -> VideoRecord:
     )
 
 
-def read_index(data_path: str | Path, data_folder: str | Path | None = None) -> list[VideoRecord]:
+def read_index(data_path: str | Path, data_folder: str | Path | None = None, origin: str = "") -> list[VideoRecord]:
     """Read a data.json (a list of entries), a .jsonl (one entry a line) or a data.txt ("folder,index" lines).
 
     Video paths are relative to ``data_folder`` (default: the index's folder); a data.txt names
-    the folder of each index it lists.
+    the folder of each index it lists. ``origin`` says which config key named the index, for its errors.
     """
     data_path = Path(data_path)
     folder = Path(data_folder) if data_folder else data_path.parent
     if not data_path.is_file():
-        raise DataError(f"video index {data_path} does not exist")
+        raise DataError(f"video index {data_path} does not exist" + (f" ({origin})" if origin else ""))
     text = data_path.read_text(encoding="utf-8")
     if data_path.suffix == ".txt":
         records = []
@@ -153,6 +154,17 @@ ACCEPTED = {
         "group_data", "initial_global_step_for_sampler", "collate_param", "split_batch",
     },
 }
+
+
+def index_origin(config: Config) -> str:
+    """Which key of which file named the data section's video index: ``data.dataset_param....json_path in FILE``."""
+    block = "data.dataset_param"
+    for key in (f"{block}.basic_parameters.data_path", f"{block}.basic_parameters.json_path",
+                f"{block}.data_path", f"{block}.json_path"):
+        source = config.source_of(key)
+        if source is not None and config.get_path(key) is not None:
+            return f"{key}, set in {source}"
+    return f"{block}.basic_parameters.data_path"
 
 
 def _unknown_key(key: str, known: Any, where: str) -> ConfigError:

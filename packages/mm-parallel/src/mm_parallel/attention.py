@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch.distributed import ProcessGroup
 from torch.distributed.device_mesh import DeviceMesh
 
+from mm_core.errors import PluginError
 from mm_parallel.context import ContextParallel, SequenceLayout, active_scope, build_context, true_length
 from mm_parallel.ring_attention import ring_attention
 from mm_parallel.ulysses import check_heads, heads_to_sequence, sequence_to_heads
@@ -72,9 +73,10 @@ def attention(
         k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
     seq = cp.layout(true_length(cp, seq_len, q.shape[2]))
     if seq.padded != q.shape[2] * cp.size:
-        raise ValueError(
-            f"a {seq.length}-token sequence is {seq.padded} padded tokens over {cp.size} cp ranks, "
-            f"not {q.shape[2]} per rank: shard it with mm_parallel.split_sequence"
+        raise PluginError(
+            f"attention got {q.shape[2]} tokens per rank, but a {seq.length}-token sequence is {seq.padded} padded "
+            f"tokens over {cp.size} cp ranks: split it with mm_parallel.split_sequence in the forward or split_inputs "
+            "/ split_outputs in the plugin's ContextParallelPlan"
         )
     if cp.ulysses_group is not None:
         check_heads(q.shape[1], cp.ulysses_size, cp.mode)

@@ -6,6 +6,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed import ProcessGroup
 
+from mm_core.errors import PluginError
 from mm_parallel.context import ContextParallel, active_scope, record_split, true_length
 
 
@@ -60,6 +61,13 @@ def gather_sequence(
     ``cp``: default the active scope's; ``length``: the true length, default the active scope's split (none: no
     padding). Without context parallelism ``x`` is returned as it is.
     """
+    scope = active_scope()
+    if cp is None and length is None and scope is not None and scope.cp.size > 1 and scope.length is None:
+        raise PluginError(
+            f"gather_sequence under context parallelism (parallel.cp.size {scope.cp.size}) but nothing was split in "
+            "this forward: split the sequence first, with mm_parallel.split_sequence in the forward or split_inputs / "
+            "split_outputs in the plugin's ContextParallelPlan"
+        )
     cp = _groups(cp)
     if cp is None:
         return x

@@ -12,7 +12,7 @@ from mm_core.config import Config
 from mm_core.runtime import Runtime
 from mm_data.datasets import VideoTextDataset, collate
 from mm_data.features import FeatureDataset, read_feature_index
-from mm_data.formats import DataConfig, read_index
+from mm_data.formats import DataConfig, index_origin, read_index
 from mm_data.sampler import bucket_keys, build_rank_loader
 from mm_models_video.data_section import parse_data_section
 from mm_models_video.synthetic import with_synthetic_data
@@ -41,7 +41,8 @@ def check_clip_fits(config: Config, model: WanT2V) -> None:
 def video_dataset(config: Config, data: DataConfig) -> VideoTextDataset:
     """The raw video-caption dataset the data section names (generated when it names none)."""
     param = with_synthetic_data(data.dataset_param, get_flavor(config.model.flavor).fps)
-    return VideoTextDataset.from_param(param, on_bad_sample=data.on_bad_sample, seed=config.training.seed)
+    return VideoTextDataset.from_param(param, on_bad_sample=data.on_bad_sample, seed=config.training.seed,
+                                       origin=index_origin(config))
 
 
 class FeatureCollate:
@@ -84,5 +85,5 @@ def example_prompt(config: Config) -> str:
         captions = [e["meta"].get("prompt") for e in read_feature_index(data.dataset_param.data_path)]
     else:
         param = with_synthetic_data(data.dataset_param, get_flavor(config.model.flavor).fps)
-        captions = [r.caption for r in read_index(param.data_path, param.data_folder or None)]
+        captions = [r.caption for r in read_index(param.data_path, param.data_folder or None, index_origin(config))]
     return next((c for c in captions if isinstance(c, str)), config.inference.prompt)
