@@ -8,6 +8,11 @@ import torch
 import torch.distributed as dist
 from torch.distributed import ProcessGroup
 
+from mm_core.data_iter import DataIterator
+from mm_core.defaults import to_device
+from mm_core.runtime import Runtime
+from mm_models_video.flow_matching import noise_seeds
+
 
 def broadcast_batch(batch: dict[str, Any] | None, group: ProcessGroup, device: torch.device) -> dict[str, Any]:
     """Rank 0 of ``group``'s batch on every rank of it, its tensors on ``device``."""
@@ -23,3 +28,18 @@ def broadcast_batch(batch: dict[str, Any] | None, group: ProcessGroup, device: t
         dist.broadcast(tensor, group=group, group_src=0)
         out[key] = tensor
     return out
+
+
+def read_seeded_batch(data_iterator: DataIterator, runtime: Runtime) -> dict[str, Any]:
+    """The next batch on the device, with per-sample noise seeds from (training seed, epoch, index) of its items.
+
+    With context parallelism only cp rank 0 reads it; the other ranks of its group receive it.
+    """
+    group = runtime.submesh("cp").get_group() if runtime.dims["cp"] > 1 else None
+    batch = None
+    if group is None or dist.get_rank(group) == 0:
+        batch = next(data_iterator)
+        batch["noise_seeds"] = noise_seeds(runtime.config.training.seed, batch["epoch"], batch["index"])
+    if group is None:
+        return to_device(batch, runtime.device)
+    return broadcast_batch(batch, group, runtime.device)

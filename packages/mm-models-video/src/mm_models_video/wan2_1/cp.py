@@ -1,17 +1,13 @@
-"""Context parallelism for Wan2.1: self-attention over the cp ranks' token shards, one batch read per cp group.
+"""Context parallelism for Wan2.1: self-attention over the cp ranks' token shards.
 
 Where the tokens are split and gathered is the plugin's ``ContextParallelPlan``; the engine does it.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
-import torch.distributed as dist
 from diffusers import WanTransformer3DModel
 from diffusers.models.transformers.transformer_wan import WanAttention, _get_qkv_projections
-from torch.distributed import ProcessGroup
 
 from mm_parallel import attention
 
@@ -62,18 +58,3 @@ def use_context_parallel_attention(predictor: WanTransformer3DModel) -> None:
     for block in predictor.blocks:
         block.attn1.set_processor(ContextParallelSelfAttention())
 
-
-def broadcast_batch(batch: dict[str, Any] | None, group: ProcessGroup, device: torch.device) -> dict[str, Any]:
-    """Rank 0 of ``group``'s batch on every rank of it: tensors broadcast on ``device``, the rest pickled."""
-    first = dist.get_rank(group) == 0
-    header: list[Any] = [None]
-    if first:
-        shapes = {k: (v.shape, v.dtype) for k, v in batch.items() if isinstance(v, torch.Tensor)}
-        header = [(shapes, {k: v for k, v in batch.items() if k not in shapes})]
-    dist.broadcast_object_list(header, group=group, group_src=0, device=device)
-    shapes, out = header[0]
-    for key, (shape, dtype) in shapes.items():
-        tensor = batch[key].to(device).contiguous() if first else torch.empty(shape, dtype=dtype, device=device)
-        dist.broadcast(tensor, group=group, group_src=0)
-        out[key] = tensor
-    return out

@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
-
-import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from mm_core.config import Config
 from mm_core.runtime import Runtime
-from mm_data.datasets import VideoTextDataset, collate
-from mm_data.features import FeatureDataset, read_feature_index
-from mm_data.formats import DataConfig, index_origin, read_index
-from mm_data.sampler import bucket_keys, build_rank_loader
+from mm_data.datasets import VideoTextDataset
+from mm_data.formats import DataConfig
+from mm_models_video import video_text_data as shared
 from mm_models_video.data_section import parse_data_section
-from mm_models_video.synthetic import with_synthetic_data
+from mm_models_video.video_text_data import FEATURE_TYPE
 from mm_models_video.wan2_1.flavors import get_flavor
 from mm_models_video.wan2_1.model import WanT2V
 from mm_models_video.wan2_1.schema import check_clip
-
-FEATURE_TYPE = "feature"
 
 
 def data_config(config: Config) -> DataConfig:
@@ -40,50 +33,16 @@ def check_clip_fits(config: Config, model: WanT2V) -> None:
 
 def video_dataset(config: Config, data: DataConfig) -> VideoTextDataset:
     """The raw video-caption dataset the data section names (generated when it names none)."""
-    param = with_synthetic_data(data.dataset_param, get_flavor(config.model.flavor).fps)
-    return VideoTextDataset.from_param(param, on_bad_sample=data.on_bad_sample, seed=config.training.seed,
-                                       origin=index_origin(config))
-
-
-class FeatureCollate:
-    """Collates feature samples, zero-padding their trimmed prompt embeddings to ``text_len`` tokens (picklable)."""
-
-    def __init__(self, text_len: int) -> None:
-        self.text_len = text_len
-
-    def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        padded = []
-        for item in items:
-            embeds = item["prompt_embeds"]
-            padded.append({**item, "prompt_embeds": F.pad(embeds, (0, 0, 0, self.text_len - len(embeds)))})
-        return collate(padded)
+    return shared.video_dataset(config, data, get_flavor(config.model.flavor).fps)
 
 
 def build_train_loader(config: Config, runtime: Runtime) -> DataLoader:
     """This rank's resumable dataloader over videos or features, per the data section; items carry their epoch."""
-    data = data_config(config)
-    loader = data.dataloader_param
-    dataset: Dataset
-    if data.dataset_param.dataset_type == FEATURE_TYPE:
-        dataset = FeatureDataset(data.dataset_param.data_path)
-        text_len = config.model.predictor.text_len or get_flavor(config.model.flavor).text_len
-        collate_fn, buckets = FeatureCollate(text_len), None
-    else:
-        dataset = video_dataset(config, data)
-        collate_fn = collate
-        buckets = bucket_keys(dataset.shapes(), loader.group_frame, loader.group_resolution)
-    return build_rank_loader(
-        dataset, loader, config.training.micro_batch_size, runtime, config.training.seed, collate_fn, buckets,
-        with_epoch=True,
-    )
+    text_len = config.model.predictor.text_len or get_flavor(config.model.flavor).text_len
+    return shared.build_video_text_loader(config, runtime, data_config(config), get_flavor(config.model.flavor).fps,
+                                          lambda: shared.FeatureCollate(text_len))
 
 
 def example_prompt(config: Config) -> str:
     """A caption from the training data (the configured inference prompt when there is none), for a first sample."""
-    data = data_config(config)
-    if data.dataset_param.dataset_type == FEATURE_TYPE:
-        captions = [e["meta"].get("prompt") for e in read_feature_index(data.dataset_param.data_path)]
-    else:
-        param = with_synthetic_data(data.dataset_param, get_flavor(config.model.flavor).fps)
-        captions = [r.caption for r in read_index(param.data_path, param.data_folder or None, index_origin(config))]
-    return next((c for c in captions if isinstance(c, str)), config.inference.prompt)
+    return shared.example_prompt(config, data_config(config), get_flavor(config.model.flavor).fps)

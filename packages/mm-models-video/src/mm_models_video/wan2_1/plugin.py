@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from mm_core import ContextParallelPlan, ParallelPlan, PipelinePlan, hookimpl
 from mm_core.config import Config
 from mm_core.data_iter import DataIterator
-from mm_core.defaults import to_device
 from mm_core.runtime import Runtime
-from mm_models_video.flow_matching import noise_seeds
+from mm_models_video.cp_batch import read_seeded_batch
 from mm_models_video.frozen import FROZEN
 from mm_models_video.wan2_1 import schema
 from mm_models_video.wan2_1.build import build_model
 from mm_models_video.wan2_1.convert import register_converters  # noqa: F401 (mm-convert hook)
-from mm_models_video.wan2_1.cp import broadcast_batch, use_context_parallel_attention
+from mm_models_video.wan2_1.cp import use_context_parallel_attention
 from mm_models_video.wan2_1.data import build_train_loader, check_clip_fits, example_prompt
 from mm_models_video.wan2_1.extract import extract_features as run_extraction
 from mm_models_video.wan2_1.infer import generate
@@ -107,14 +105,7 @@ def get_batch(data_iterator: DataIterator, runtime: Runtime) -> dict:
 
     With context parallelism only cp rank 0 reads it; the other ranks of its group receive it.
     """
-    group = runtime.submesh("cp").get_group() if runtime.dims["cp"] > 1 else None
-    batch = None
-    if group is None or dist.get_rank(group) == 0:
-        batch = next(data_iterator)
-        batch["noise_seeds"] = noise_seeds(runtime.config.training.seed, batch["epoch"], batch["index"])
-    if group is None:
-        return to_device(batch, runtime.device)
-    return broadcast_batch(batch, group, runtime.device)
+    return read_seeded_batch(data_iterator, runtime)
 
 
 def model_inputs(batch: dict) -> dict:
