@@ -91,3 +91,47 @@ def test_seeds_flags_plain_flags_and_mode_parse_alike():
              "[36]", "--parallel_config.vit_pp_layers", "[32]"]
     a, b = (build_options(options, parse_flags(flags), "mm_to_hf") for flags in (seeds, plain))
     assert a == b and a.parallel_config.llm_pp_layers == [36] and str(a.hf_config.hf_dir) == "hf"
+
+
+def test_options_before_the_subcommand_run_it_as_options_after_it(monkeypatch, capsys):
+    from dataclasses import dataclass
+
+    from mm_convert import cli, option, subcommand
+
+    @dataclass
+    class EchoOptions:
+        version: str = option("v1", help="a version")
+        out: str = option("x", help="an output")
+
+    class Echo(Converter):
+        name = "EchoConverter"
+        aliases = {"echo_alias": "echo"}
+
+        @subcommand(EchoOptions)
+        def echo(self, opts: EchoOptions) -> str:
+            """Say the options."""
+            return f"echo {opts.version} {opts.out}"
+
+    monkeypatch.setattr(cli, "collect_converters", lambda: {"EchoConverter": Echo})
+    forms = [
+        ["EchoConverter", "echo", "--version", "v1.3", "--cfg.out", "o"],
+        ["EchoConverter", "--version", "v1.3", "echo", "--cfg.out", "o"],  # the seeds' order
+        ["EchoConverter", "--version=v1.3", "--cfg.out", "o", "echo_alias"],
+        ["EchoConverter", "--version", "v1.3", "--mode", "echo", "--out", "o"],
+    ]
+    for argv in forms:
+        assert main(argv) == 0
+        assert capsys.readouterr().out == "echo v1.3 o\n", argv
+    assert "Say the options." in cli.run(["EchoConverter", "--version", "v1.3", "echo", "--help"])
+    assert cli.run(["EchoConverter", "--version", "v1.3"]).startswith("usage: mm-convert EchoConverter SUBCOMMAND")
+
+
+def test_the_seeds_opensoraplan_vae_convert_order_converts(tmp_path):
+    import torch
+
+    ckpt = tmp_path / "merged.ckpt"
+    torch.save({"ema_state_dict": {"w": torch.ones(2)}}, ckpt)
+    argv = ["OpenSoraPlanConverter", "--version", "v1.3", "vae_convert", "--cfg.source_path", str(ckpt),
+            "--cfg.target_path", str(tmp_path / "vae.pt")]
+    assert main(argv) == 0
+    assert (tmp_path / "vae.pt").is_file()

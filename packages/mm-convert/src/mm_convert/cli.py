@@ -63,6 +63,21 @@ def _split_mode(tokens: list[str]) -> tuple[str | None, list[str]]:
     return None, tokens
 
 
+def _split_subcommand(tokens: list[str]) -> tuple[str | None, list[str]]:
+    """The subcommand taken out of ``tokens``: the first word where an option would stand, else ``--mode NAME``.
+
+    Options may come before it (``--version v1.3 vae_convert --cfg.x 1``): each takes a value, so a word right after
+    an option without ``=`` is that option's value, not the subcommand.
+    """
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if not token.startswith("-"):
+            return token, tokens[:i] + tokens[i + 1:]
+        i += 1 if token in HELP or "=" in token else 2
+    return _split_mode(tokens)
+
+
 def run(argv: Sequence[str]) -> str:
     """Parse ``argv`` and run it; returns the text to print."""
     if not argv or argv[0] in HELP:
@@ -70,7 +85,7 @@ def run(argv: Sequence[str]) -> str:
     registry = collect_converters()
     converter = registry[_pick(argv[0], sorted(registry), "converter")]
     rest = list(argv[1:])
-    name, rest = (rest[0], rest[1:]) if rest and not rest[0].startswith("-") else _split_mode(rest)
+    name, rest = _split_subcommand(rest)
     if name is None:
         return converter_help(converter)
     name = _pick(name, [*converter.subcommands(), *converter.aliases], f"{converter.name} subcommand")
