@@ -13,6 +13,7 @@ from mm_models_video.cp_batch import read_seeded_batch
 from mm_models_video.frozen import FROZEN
 from mm_models_video.stepvideo import schema
 from mm_models_video.stepvideo.build import build_model
+from mm_models_video.stepvideo.convert import register_converters  # noqa: F401 (mm-convert hook)
 from mm_models_video.stepvideo.data import build_train_loader, check_clip_fits, example_prompt
 from mm_models_video.stepvideo.infer import generate
 from mm_models_video.stepvideo.model import Carry, StepVideo, run_block
