@@ -108,7 +108,7 @@ def test_a_plan_field_of_the_wrong_kind_fails_where_the_plugin_builds_it():
 
 @pytest.mark.parametrize(
     ("first", "then"),
-    [(2, 1), pytest.param(1, 2, marks=pytest.mark.slow)],
+    [pytest.param(2, 1, marks=pytest.mark.slow), pytest.param(1, 2, marks=pytest.mark.slow)],
     ids=["tp2-to-tp1", "tp1-to-tp2"],
 )
 def test_a_checkpoint_resumes_on_another_tp_size_exactly(single, tmp_path, first, then):

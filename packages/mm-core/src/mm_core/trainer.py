@@ -176,8 +176,10 @@ class Trainer:
         """Run the configured number of steps, evaluating, logging and checkpointing as configured."""
         rt, training, hook = self.rt, self.training, self.pm.hook
         accum = accumulation_steps(training, rt.dp_size)
-        # The datasets first: a typo in a data path is found before a large model is built and placed.
-        datasets = _call(hook.datasets_provider, "datasets_provider", config=self.cfg, runtime=rt)
+        # The datasets first: a typo in a data path is found before a large model is built and placed. They draw
+        # from a copy of the seeded random state, so the model's initial weights do not depend on the data.
+        with torch.random.fork_rng(devices=[]):
+            datasets = _call(hook.datasets_provider, "datasets_provider", config=self.cfg, runtime=rt)
         if not (isinstance(datasets, (tuple, list)) and len(datasets) == 3):
             raise PluginError("datasets_provider must return (train, valid, test)")
         model = _call(hook.model_provider, "model_provider", config=self.cfg, runtime=rt)
