@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 from mm_core.config import Config
@@ -127,3 +128,9 @@ class NoiseToDataFlowMatching(FlowMatching):
     ) -> torch.Tensor:
         """One Euler step of dx/dt = velocity from noise level ``sigma`` to ``sigma_next`` (time 1 - σ), in float32."""
         return sample.float() + velocity.float() * (sigma - sigma_next)
+
+
+def velocity_loss(output: dict) -> tuple[torch.Tensor, dict]:
+    """The flow-matching loss of a composite's output: MSE between its ``pred`` and ``target`` velocities, in fp32,
+    and the latent ``tokens`` it counts."""
+    return F.mse_loss(output["pred"].float(), output["target"].float()), {"tokens": float(output["tokens"])}

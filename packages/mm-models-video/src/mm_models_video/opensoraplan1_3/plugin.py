@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 
 from mm_core import ContextParallelPlan, ParallelPlan, PipelinePlan, hookimpl
 from mm_core.config import Config
 from mm_core.data_iter import DataIterator
-from mm_core.defaults import to_device
 from mm_core.errors import ConfigError
 from mm_core.runtime import Runtime
 from mm_models_video import clip_shape
-from mm_models_video.cp_batch import broadcast_batch
-from mm_models_video.flow_matching import noise_seeds
+from mm_models_video.cp_batch import read_seeded_batch
 from mm_models_video.frozen import FROZEN
+from mm_models_video.infer_hint import print_infer_hint
 from mm_models_video.opensoraplan1_3 import schema
 from mm_models_video.opensoraplan1_3.build import build_model
 from mm_models_video.opensoraplan1_3.convert import register_converters  # noqa: F401 (mm-convert hook)
@@ -124,14 +122,7 @@ def get_batch(data_iterator: DataIterator, runtime: Runtime) -> dict:
 
     With context parallelism only cp rank 0 reads it; the other ranks of its group receive it.
     """
-    group = runtime.submesh("cp").get_group() if runtime.dims["cp"] > 1 else None
-    batch = None
-    if group is None or dist.get_rank(group) == 0:
-        batch = next(data_iterator)
-        batch["noise_seeds"] = noise_seeds(runtime.config.training.seed, batch["epoch"], batch["index"])
-    if group is None:
-        return to_device(batch, runtime.device)
-    return broadcast_batch(batch, group, runtime.device)
+    return read_seeded_batch(data_iterator, runtime)
 
 
 def model_inputs(batch: dict) -> dict:
@@ -156,16 +147,10 @@ def loss_func(output: dict, batch: dict, runtime: Runtime) -> tuple[torch.Tensor
 @hookimpl
 def after_training(config: Config, runtime: Runtime, checkpoint) -> None:
     """On rank 0, say where the checkpoint is and which ``mm infer`` command turns it into a video."""
-    if not runtime.is_main or checkpoint is None:
-        return
-    prompt = example_prompt(config).replace('"', '\\"')
-    output = runtime.output_dir / "sample.mp4"
-    steps = " --steps 20" if config.model.flavor == "tiny" else ""
-    image = " --image first_frame.png" if config.model.task == "i2v" else ""
-    print(f"opensoraplan1_3 checkpoint: {checkpoint}")
-    print("make a video with:")
-    print(f'  mm infer --plugin opensoraplan1_3 --checkpoint {checkpoint} --prompt "{prompt}"{image}{steps} '
-          f"--output {output}")
+    if runtime.is_main and checkpoint is not None:
+        steps = " --steps 20" if config.model.flavor == "tiny" else ""
+        image = " --image first_frame.png" if config.model.task == "i2v" else ""
+        print_infer_hint("opensoraplan1_3", runtime, checkpoint, example_prompt(config), image + steps)
 
 
 @hookimpl

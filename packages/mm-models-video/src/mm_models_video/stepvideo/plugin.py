@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from mm_core import ContextParallelPlan, ParallelPlan, PipelinePlan, hookimpl
 from mm_core.config import Config
 from mm_core.data_iter import DataIterator
 from mm_core.runtime import Runtime
 from mm_models_video.cp_batch import read_seeded_batch
+from mm_models_video.flow_matching import velocity_loss
 from mm_models_video.frozen import FROZEN
+from mm_models_video.infer_hint import print_infer_hint
 from mm_models_video.stepvideo import schema
 from mm_models_video.stepvideo.build import build_model
 from mm_models_video.stepvideo.convert import register_converters  # noqa: F401 (mm-convert hook)
@@ -116,21 +117,15 @@ def forward_step(batch: dict, model: torch.nn.Module, runtime: Runtime) -> dict:
 @hookimpl
 def loss_func(output: dict, batch: dict, runtime: Runtime) -> tuple[torch.Tensor, dict]:
     """Flow-matching loss: MSE between the predicted and the true velocity (x0 - ε); counts latent tokens."""
-    loss = F.mse_loss(output["pred"].float(), output["target"].float())
-    return loss, {"tokens": float(output["tokens"])}
+    return velocity_loss(output)
 
 
 @hookimpl
 def after_training(config: Config, runtime: Runtime, checkpoint) -> None:
     """On rank 0, say where the checkpoint is and which ``mm infer`` command turns it into a video."""
-    if not runtime.is_main or checkpoint is None:
-        return
-    prompt = example_prompt(config).replace('"', '\\"')
-    output = runtime.output_dir / "sample.mp4"
-    image = " --image first_frame.png" if config.model.task == "i2v" else ""
-    print(f"stepvideo checkpoint: {checkpoint}")
-    print("make a video with:")
-    print(f'  mm infer --plugin stepvideo --checkpoint {checkpoint} --prompt "{prompt}"{image} --output {output}')
+    if runtime.is_main and checkpoint is not None:
+        image = " --image first_frame.png" if config.model.task == "i2v" else ""
+        print_infer_hint("stepvideo", runtime, checkpoint, example_prompt(config), image)
 
 
 @hookimpl
