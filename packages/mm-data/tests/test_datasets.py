@@ -103,9 +103,7 @@ def test_worker_processes_give_the_same_batches(shapes_dir: Path) -> None:
     dataset = VideoTextDataset(read_index(shapes_dir / "data.json"), 5, 16, 16)
 
     def batches(num_workers: int) -> list[dict]:
-        # Spawned: decord is not fork-safe once this process has decoded with it (earlier tests did).
-        loader = build_dataloader(dataset, 2, 0, 1, seed=1, num_workers=num_workers, collate_fn=collate,
-                                  multiprocessing_context="spawn")
+        loader = build_dataloader(dataset, 2, 0, 1, seed=1, num_workers=num_workers, collate_fn=collate)
         return list(loader)
 
     for a, b in zip(batches(0), batches(2), strict=True):

@@ -147,22 +147,19 @@ def build_dataloader(
     prefetch_factor: int | None = None,
     persistent_workers: bool = False,
     with_epoch: bool = False,
-    multiprocessing_context: str | None = None,
 ) -> DataLoader:
     """A DataLoader over ``dataset`` whose batch sampler is a ResumableBatchSampler for this rank.
 
-    ``prefetch_factor``, ``persistent_workers`` and ``multiprocessing_context`` (how workers start: fork by default
-    on Linux; ``spawn`` or ``forkserver`` when this process decoded video with decord, which is not fork-safe)
-    apply to worker processes; with ``num_workers=0`` there are none, and they are ignored. With ``with_epoch``
-    each (dict) item also carries the epoch it was drawn in, as ``"epoch"`` (see :class:`EpochTagged`).
+    ``prefetch_factor`` and ``persistent_workers`` apply to worker processes; with ``num_workers=0`` there
+    are none, and they are ignored. With ``with_epoch`` each (dict) item also carries the epoch it was drawn
+    in, as ``"epoch"`` (see :class:`EpochTagged`).
     """
     if prefetch_factor is not None and prefetch_factor < 1:
         raise ConfigError(f"dataloader_param.prefetch_factor must be at least 1, got {prefetch_factor}")
     sampler = ResumableBatchSampler(
         len(dataset), batch_size, dp_rank, dp_size, seed, shuffle, drop_last, buckets, with_epoch
     )
-    workers = {"prefetch_factor": prefetch_factor, "persistent_workers": persistent_workers,
-               "multiprocessing_context": multiprocessing_context} if num_workers else {}
+    workers = {"prefetch_factor": prefetch_factor, "persistent_workers": persistent_workers} if num_workers else {}
     return DataLoader(
         EpochTagged(dataset) if with_epoch else dataset,
         batch_sampler=sampler,

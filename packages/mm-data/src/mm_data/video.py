@@ -121,14 +121,18 @@ def _read_decord(
 ) -> torch.Tensor:
     try:
         reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
-        total, fps = len(reader), reader.get_avg_fps()
     except (RuntimeError, decord.DECORDError) as exc:
         raise _undecodable(path, exc) from None
-    indices = _sample(path, total, fps, num_frames, target_fps, start, generator)
     try:
+        total, fps = len(reader), reader.get_avg_fps()
+        indices = _sample(path, total, fps, num_frames, target_fps, start, generator)
         frames = reader.get_batch(indices).asnumpy()
     except (RuntimeError, decord.DECORDError) as exc:
         raise _undecodable(path, exc) from None
+    finally:
+        # Freed here, not by a traceback that keeps this frame: a reader still alive when a DataLoader forks its
+        # workers is destroyed in a worker, where its decoding threads do not exist, and the destructor hangs.
+        del reader
     return torch.from_numpy(frames)
 
 
