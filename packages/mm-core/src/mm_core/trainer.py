@@ -6,6 +6,7 @@ import contextlib
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -264,7 +265,10 @@ class Trainer:
         lr = optimizer.param_groups[0]["lr"]
         if not skipped:
             optimizer.step()
-        scheduler.step()
+        with warnings.catch_warnings():
+            # A skipped update still advances the schedule; torch warns of a scheduler step without an optimizer step.
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+            scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         values = {"loss": mean_loss, "lr": lr, "skipped": skipped}
         if norm is not None:
