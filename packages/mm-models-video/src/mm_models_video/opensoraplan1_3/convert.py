@@ -10,7 +10,6 @@ the last). ``resplit`` re-cuts such a checkpoint (``tp_size 1``, ``pp_layers []`
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,13 +29,11 @@ from mm_convert import (
     option,
     parse_layout,
     read_megatron,
-    read_safetensors,
     rename,
     run_config,
     staged_output,
     subcommand,
     write_megatron,
-    write_safetensors,
 )
 from mm_convert.dcp_io import read_dcp
 from mm_convert.megatron_layout import STALE
@@ -48,10 +45,13 @@ from mm_models_video.opensoraplan1_3.inpaint import OpenSoraInpaint
 from mm_models_video.opensoraplan1_3.schema import predictor_overrides
 from mm_models_video.opensoraplan1_3.transformer import OpenSoraT2V
 from mm_models_video.pretrained import source
+from mm_models_video.transformer_folder import (
+    read_checked,
+    read_config,
+    write_folder,
+)
 
 VERSIONS = ("v1.3",)
-WEIGHTS = "diffusion_pytorch_model"
-STALE_WEIGHTS = (f"{WEIGHTS}*.safetensors", f"{WEIGHTS}.safetensors.index.json")
 
 _ATTENTION = {"to_q": "proj_q", "to_k": "proj_k", "to_v": "proj_v", "to_out.0": "proj_out"}
 # Modules outside the blocks, the same in both layouts.
@@ -121,13 +121,6 @@ def merge_tp(sources: list[TensorSource]) -> TensorSource:
     return TensorSource(metas, lambda key: whole(key, [s[key] for s in sources]), first.where)
 
 
-def _read_config(folder: Path) -> dict:
-    path = Path(folder) / "config.json"
-    if not path.is_file():
-        raise ConvertError(f"{folder} has no config.json")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 def _meta_transformer(config: dict) -> OpenSoraT2V:
     """The transformer a release config.json describes (the inpainting one when it names it), on the meta device."""
     inpaint = "Inpaint" in str(config.get("_class_name", "")) or "vae_scale_factor_t" in config
@@ -139,23 +132,9 @@ def _meta_transformer(config: dict) -> OpenSoraT2V:
         raise ConvertError(f"not an OpenSoraPlan 1.3 transformer config: {exc}") from exc
 
 
-def _shapes(model: torch.nn.Module) -> dict[str, torch.Size]:
-    return {k: v.shape for k, v in model.state_dict().items()}
-
-
-def _release_source(folder: Path) -> tuple[TensorSource, dict]:
-    config = _read_config(folder)
-    tensors = read_safetensors(folder)
-    tensors.check(_shapes(_meta_transformer(config)), f"its config.json ({folder / 'config.json'})")
-    return tensors, config
-
-
 def _write_release(target: Path, tensors: TensorSource, config: dict, shard_size: str) -> None:
-    model = _meta_transformer(config)
-    tensors.check(_shapes(model), "an OpenSoraPlan 1.3 transformer with the given config")
-    with staged_output(target, stale=STALE_WEIGHTS) as out:
-        write_safetensors(out, tensors, WEIGHTS, shard_size)
-        model.save_config(out)
+    write_folder(target, tensors, _meta_transformer(config), "an OpenSoraPlan 1.3 transformer with the given config",
+                 shard_size)
 
 
 def _check_version(version: str) -> None:
@@ -246,7 +225,7 @@ class OpenSoraPlanConverter(Converter):
     def hf_to_mm(self, opts: HfToMmOptions) -> str:
         """The release's transformer -> MindSpeed-MM checkpoint, split by tp_size and cut by pp_layers."""
         _check_version(opts.version)
-        tensors, config = _release_source(Path(opts.source_path))
+        tensors, config = read_checked(Path(opts.source_path), _meta_transformer)
         parallel = opts.target_parallel_config
         layout = _layout(parallel.pp_layers, config.get("num_layers", 1))
         with staged_output(opts.target_path, stale=STALE) as out:
@@ -274,7 +253,7 @@ class OpenSoraPlanConverter(Converter):
         _check_version(opts.version)
         checkpoint = read_megatron(opts.source_path, MM_PIPELINE)
         tensors = RELEASE_TO_MM.to_hf(merge_tp(checkpoint.sources))
-        _write_release(Path(opts.target_path), tensors, _read_config(Path(opts.ckpt_path)), opts.shard_size)
+        _write_release(Path(opts.target_path), tensors, read_config(Path(opts.ckpt_path)), opts.shard_size)
         return f"mm_to_hf {opts.source_path} -> {opts.target_path}"
 
     @subcommand(OpenSoraExportOptions)
@@ -291,7 +270,7 @@ class OpenSoraPlanConverter(Converter):
 def _predictor_config(model: Any) -> dict:
     path = source(model, "predictor", "transformer")
     if path is not None and Path(path).is_dir():
-        return _read_config(Path(path))
+        return read_config(Path(path))
     config = {**get_flavor(model.flavor).predictor, **predictor_overrides(model.predictor)}
     if model.task == "i2v":
         config["vae_scale_factor_t"] = model.predictor.vae_scale_factor_t or 4

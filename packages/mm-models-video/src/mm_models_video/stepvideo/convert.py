@@ -11,7 +11,6 @@ release's layout and ``export`` writes an mm training run's transformer so.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,13 +32,11 @@ from mm_convert import (
     option,
     parse_layout,
     read_megatron,
-    read_safetensors,
     rename,
     run_config,
     staged_output,
     subcommand,
     write_megatron,
-    write_safetensors,
 )
 from mm_convert.dcp_io import read_dcp
 from mm_convert.megatron_layout import STALE
@@ -48,10 +45,13 @@ from mm_models_video.pretrained import source
 from mm_models_video.stepvideo.flavors import get_flavor
 from mm_models_video.stepvideo.schema import predictor_arguments
 from mm_models_video.stepvideo.transformer import StepVideoModel
+from mm_models_video.transformer_folder import (
+    read_checked,
+    read_config,
+    write_folder,
+)
 
-WEIGHTS = "diffusion_pytorch_model"
-STALE_WEIGHTS = (f"{WEIGHTS}*.safetensors", f"{WEIGHTS}.safetensors.index.json")
-
+STEP_CONFIG_HINT = "a Step-Video transformer/ folder holds one"
 # Modules outside the blocks, the same in both layouts.
 _TOP = ("pos_embed.proj", "adaln_single.emb.timestep_embedder.linear_1", "adaln_single.emb.timestep_embedder.linear_2",
         "adaln_single.emb.motion_score_embedder.linear_1", "adaln_single.emb.motion_score_embedder.linear_2",
@@ -160,13 +160,6 @@ def merge_tp(sources: list[TensorSource]) -> TensorSource:
     return TensorSource(metas, lambda key: whole(key, lambda s: s[key]), first.where)
 
 
-def _read_config(folder: Path) -> dict:
-    path = Path(folder) / "config.json"
-    if not path.is_file():
-        raise ConvertError(f"{folder} has no config.json (a Step-Video transformer/ folder holds one)")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 def _meta_transformer(config: dict) -> StepVideoModel:
     try:
         with torch.device("meta"):
@@ -175,16 +168,9 @@ def _meta_transformer(config: dict) -> StepVideoModel:
         raise ConvertError(f"not a Step-Video transformer config: {exc}") from exc
 
 
-def _shapes(model: torch.nn.Module) -> dict[str, torch.Size]:
-    return {k: v.shape for k, v in model.state_dict().items()}
-
-
 def _write_release(target: Path, tensors: TensorSource, config: dict, shard_size: str) -> None:
-    model = _meta_transformer(config)
-    tensors.check(_shapes(model), "a Step-Video transformer with the given config")
-    with staged_output(target, stale=STALE_WEIGHTS) as out:
-        write_safetensors(out, tensors, WEIGHTS, shard_size)
-        model.save_config(out)
+    write_folder(target, tensors, _meta_transformer(config), "a Step-Video transformer with the given config",
+                 shard_size)
 
 
 def _layout(pp_layers: list, num_layers: int) -> list[list[int]]:
@@ -244,9 +230,7 @@ class StepVideoConverter(Converter):
     def hf_to_mm(self, opts: HfToMmOptions) -> str:
         """The release's transformer -> MindSpeed-MM checkpoint, split by tp_size and cut by pp_layers."""
         folder = Path(opts.source_path)
-        config = _read_config(folder)
-        tensors = read_safetensors(folder)
-        tensors.check(_shapes(_meta_transformer(config)), f"its config.json ({folder / 'config.json'})")
+        tensors, config = read_checked(folder, _meta_transformer, STEP_CONFIG_HINT)
         parallel = opts.target_parallel_config
         layout = _layout(parallel.pp_layers, config.get("num_layers", 48))
         mm = release_rules(config.get("num_attention_heads", 48)).to_mm(tensors)
@@ -269,7 +253,7 @@ class StepVideoConverter(Converter):
     @subcommand(MmToHfOptions)
     def mm_to_hf(self, opts: MmToHfOptions) -> str:
         """MindSpeed-MM checkpoint (any TP/PP layout) -> the release's transformer folder."""
-        config = _read_config(Path(opts.ckpt_path))
+        config = read_config(Path(opts.ckpt_path), STEP_CONFIG_HINT)
         checkpoint = read_megatron(opts.source_path, MM_PIPELINE)
         tensors = release_rules(config.get("num_attention_heads", 48)).to_hf(merge_tp(checkpoint.sources))
         _write_release(Path(opts.target_path), tensors, config, opts.shard_size)
@@ -288,7 +272,7 @@ class StepVideoConverter(Converter):
 def _predictor_config(model: Any) -> dict:
     path = source(model, "predictor", "transformer")
     if path is not None and Path(path).is_dir():
-        return _read_config(Path(path))
+        return read_config(Path(path), STEP_CONFIG_HINT)
     return predictor_arguments(model, get_flavor(model.flavor))
 
 

@@ -19,7 +19,6 @@ from mm_convert import (
     PipelineSpec,
     RuleSet,
     Stack,
-    TensorSource,
     find_training_checkpoint,
     option,
     parse_layout,
@@ -37,11 +36,16 @@ from mm_convert.dcp_io import read_dcp
 from mm_convert.megatron_layout import STALE
 from mm_core import hookimpl
 from mm_models_video.pretrained import source
+from mm_models_video.transformer_folder import (
+    STALE_WEIGHTS,
+    WEIGHTS,
+    read_checked,
+    read_config,
+    write_checked,
+    write_folder,
+)
 from mm_models_video.wan2_1.build import predictor_overrides
 from mm_models_video.wan2_1.flavors import get_flavor
-
-WEIGHTS = "diffusion_pytorch_model"
-STALE_WEIGHTS = (f"{WEIGHTS}*.safetensors", f"{WEIGHTS}.safetensors.index.json")
 
 # diffusers WanTransformer3DModel module -> Wan-AI original / MindSpeed-MM module, outside the blocks.
 _EMBEDDERS = {
@@ -137,13 +141,6 @@ def diffusers_to_original_config(config: dict) -> dict:
     }
 
 
-def _read_config(folder: Path) -> dict:
-    path = Path(folder) / "config.json"
-    if not path.is_file():
-        raise ConvertError(f"{folder} has no config.json")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 def _meta_transformer(config: dict) -> WanTransformer3DModel:
     """The transformer a diffusers config describes, on the meta device (no memory, any size)."""
     arguments = {k: v for k, v in config.items() if not k.startswith("_")}
@@ -154,28 +151,7 @@ def _meta_transformer(config: dict) -> WanTransformer3DModel:
         raise ConvertError(f"not a WanTransformer3DModel config: {exc}") from exc
 
 
-def _shapes(model: torch.nn.Module) -> dict[str, torch.Size]:
-    return {k: v.shape for k, v in model.state_dict().items()}
-
-
-def _diffusers_source(folder: Path) -> tuple[TensorSource, dict]:
-    """A diffusers transformer folder's tensors, checked against its config.json, and that config."""
-    config = _read_config(folder)
-    tensors = read_safetensors(folder)
-    tensors.check(_shapes(_meta_transformer(config)), f"its config.json ({folder / 'config.json'})")
-    return tensors, config
-
-
-def _write_transformer(folder: Path, tensors: TensorSource, config: dict, shard_size: str) -> None:
-    model = _meta_transformer(config)
-    tensors.check(_shapes(model), "a WanTransformer3DModel with the given config")
-    write_safetensors(folder, tensors, WEIGHTS, shard_size)
-    model.save_config(folder)
-
-
-def _write_diffusers(target: Path, tensors: TensorSource, config: dict, shard_size: str) -> None:
-    with staged_output(target, stale=STALE_WEIGHTS) as out:
-        _write_transformer(out, tensors, config, shard_size)
+WAN_MODEL = "a WanTransformer3DModel with the given config"
 
 
 @dataclass
@@ -241,7 +217,7 @@ class Wan21Converter(Converter):
     @subcommand(HfToMmOptions)
     def hf_to_mm(self, opts: HfToMmOptions) -> str:
         """diffusers transformer -> MindSpeed-MM checkpoint cut into pp_vpp_layers (convert_ckpt.py convert_to_mm)."""
-        tensors, config = _diffusers_source(Path(opts.source_path))
+        tensors, config = read_checked(Path(opts.source_path), _meta_transformer)
         layers = config["num_layers"] if opts.pp_vpp_layers is None else opts.pp_vpp_layers
         layout = parse_layout(layers, "--cfg.pp_vpp_layers")
         with staged_output(opts.target_path, stale=STALE) as out:
@@ -255,7 +231,8 @@ class Wan21Converter(Converter):
         if len(checkpoint.sources) != 1:
             raise ConvertError(f"{opts.source_path} has {len(checkpoint.sources)} tensor-parallel ranks; Wan2.1 uses 1")
         tensors = DIFFUSERS_TO_MM.to_hf(checkpoint.sources[0])
-        _write_diffusers(Path(opts.target_path), tensors, _read_config(Path(opts.ckpt_path)), opts.shard_size)
+        model = _meta_transformer(read_config(Path(opts.ckpt_path)))
+        write_folder(Path(opts.target_path), tensors, model, WAN_MODEL, opts.shard_size)
         return f"mm_to_hf {opts.source_path} (layers per stage {checkpoint.layouts['dit']}) -> {opts.target_path}"
 
     @subcommand(ResplitOptions)
@@ -268,15 +245,15 @@ class Wan21Converter(Converter):
     @subcommand(LayoutOptions)
     def original_to_hf(self, opts: LayoutOptions) -> str:
         """Wan-AI original checkpoint (Wan2.1-T2V-1.3B) -> diffusers transformer folder."""
-        config = original_to_diffusers_config(_read_config(Path(opts.source_path)))
+        config = original_to_diffusers_config(read_config(Path(opts.source_path)))
         tensors = DIFFUSERS_TO_ORIGINAL.to_hf(read_safetensors(opts.source_path))
-        _write_diffusers(Path(opts.target_path), tensors, config, opts.shard_size)
+        write_folder(Path(opts.target_path), tensors, _meta_transformer(config), WAN_MODEL, opts.shard_size)
         return f"original_to_hf {opts.source_path} -> {opts.target_path}"
 
     @subcommand(LayoutOptions)
     def hf_to_original(self, opts: LayoutOptions) -> str:
         """diffusers transformer folder -> Wan-AI original checkpoint layout."""
-        tensors, config = _diffusers_source(Path(opts.source_path))
+        tensors, config = read_checked(Path(opts.source_path), _meta_transformer)
         with staged_output(opts.target_path, stale=STALE_WEIGHTS) as out:
             write_safetensors(out, DIFFUSERS_TO_ORIGINAL.to_mm(tensors), WEIGHTS, opts.shard_size)
             (out / "config.json").write_text(json.dumps(diffusers_to_original_config(config), indent=2) + "\n")
@@ -294,7 +271,7 @@ class Wan21Converter(Converter):
         transformer = _predictor_config(config.model)
         copied = []
         with staged_output(opts.target_path) as out:
-            _write_transformer(out / "transformer", tensors, transformer, opts.shard_size)
+            write_checked(out / "transformer", tensors, _meta_transformer(transformer), WAN_MODEL, opts.shard_size)
             for name in BASE_COMPONENTS if base is not None else ():
                 found = Path(base) / name
                 if found.is_dir():
@@ -320,7 +297,7 @@ def _predictor_config(model: Any) -> dict:
         return {**flavor.predictor, **predictor_overrides(model.predictor, flavor)}
     if not Path(path).is_dir():
         raise ConvertError(f"the run's transformer came from {path}, not a local folder to read its config.json from")
-    return _read_config(Path(path))
+    return read_config(Path(path))
 
 
 @hookimpl
