@@ -97,13 +97,14 @@ class CheckpointManager:
             tmp.mkdir(parents=True)
         rt.barrier()
         free = shutil.disk_usage(self.root).free
+        too_full = _any_rank(free < need, rt.device)
         error: BaseException | None = None
-        if not _any_rank(free < need, rt.device):
+        if not too_full:
             try:
                 self._write(tmp, step, state, scheduler, data_iter)
             except (Exception, CheckpointException) as exc:  # CheckpointException is a BaseException
                 error = exc
-        if _any_rank(error is not None or free < need, rt.device):
+        if too_full or _any_rank(error is not None, rt.device):
             if rt.is_main:
                 shutil.rmtree(tmp, ignore_errors=True)
             raise CheckpointError(self._write_failure(step, error, need, free))

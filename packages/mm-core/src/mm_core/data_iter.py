@@ -111,7 +111,7 @@ class DataIterator(Iterator):
             why = f"it stopped after {consumed} samples of epoch {self.epoch}"
         else:
             why = f"an epoch holds {saved_epoch} samples in batches of {saved} but {epoch} in batches of {new}"
-        sizes = " or ".join(map(str, self._exact_sizes(consumed, saved, saved_epoch)))
+        sizes = " or ".join(map(str, [saved] if grouped else self._exact_sizes(consumed, saved, saved_epoch)))
         raise DataError(
             f"the {self.name} data cannot continue exactly: the checkpoint read {saved} samples per micro-step "
             f"(micro_batch_size × data-parallel size), this run reads {new}, and {why}; resume with "
@@ -119,9 +119,10 @@ class DataIterator(Iterator):
         )
 
     def _exact_sizes(self, consumed: int, saved: int, saved_epoch: int | None) -> list[int]:
-        """Samples per micro-step that would continue exactly (the saved one, and others the sampler can tell)."""
+        """Samples per micro-step that would continue exactly in an ungrouped stream (the saved one, and others the
+        sampler can tell)."""
         epoch_samples = _sampler_has(self.iterable, "epoch_samples")
-        if not callable(epoch_samples) or saved_epoch is None or _sampler_has(self.iterable, "grouped"):
+        if not callable(epoch_samples) or saved_epoch is None:
             return [saved]
         return [size for size in range(1, saved_epoch + 1)
                 if consumed % size == 0 and epoch_samples(size) == saved_epoch][:8]
