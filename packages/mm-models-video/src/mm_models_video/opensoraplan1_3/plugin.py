@@ -21,6 +21,7 @@ from mm_models_video.opensoraplan1_3.diffusion import diffusion_loss
 from mm_models_video.opensoraplan1_3.infer import generate
 from mm_models_video.opensoraplan1_3.inpaint import OpenSoraPlanI2V
 from mm_models_video.opensoraplan1_3.model import Carry, OpenSoraPlanT2V, run_block
+from mm_models_video.opensoraplan1_3.tp import tensor_parallel_plan
 
 # The embedded run: a tiny OpenSoraPlan on generated clips, about a minute on two CPU cores.
 TRAINING = {
@@ -83,7 +84,8 @@ def model_provider(config: Config, runtime: Runtime) -> OpenSoraPlanT2V:
 
 @hookimpl
 def parallel_plan(model: OpenSoraPlanT2V, config: Config) -> ParallelPlan:
-    """FSDP2 shards each block; CP splits the tokens entering the blocks; PP cuts the block list.
+    """FSDP2 shards each block; CP splits the tokens entering the blocks; PP cuts the block list; TP splits each
+    block's heads and FFN (``tp``).
 
     CP splits the tokens before the first block and the RoPE tables (computed for the whole grid), and gathers
     after ``proj_out``. Under PP the first stage encodes, noises and embeds (``embed``), the last predicts.
@@ -107,6 +109,7 @@ def parallel_plan(model: OpenSoraPlanT2V, config: Config) -> ParallelPlan:
             post_modules=[f"predictor.{name}" for name in PP_POST],
             num_layers=config.model.predictor.pipeline_num_layers,
         ),
+        tp=tensor_parallel_plan(model.predictor),
     )
 
 
