@@ -13,9 +13,9 @@ from mm_core.testing import spawn_training
 QUIET = ["logging.progress_bar=false"]
 
 
-def stepvideo_config(*overrides: str, task: str = "run") -> Config:
-    """The effective stepvideo config with ``overrides``, as ``mm`` builds it."""
-    return make_config(load_plugins(["stepvideo"]), task, [], None, [*QUIET, *overrides])
+def stepvideo_config(*overrides: str, task: str = "run", sections: dict | None = None) -> Config:
+    """The effective stepvideo config with ``overrides`` (and section files, e.g. ``{"data": path}``), as ``mm``."""
+    return make_config(load_plugins(["stepvideo"]), task, [], sections, [*QUIET, *overrides])
 
 # Three steps of four single-clip micro-batches: every data-parallel size up to 4 sees the same global batch.
 SHORT_RUN = [

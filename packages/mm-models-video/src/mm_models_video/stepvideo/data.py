@@ -7,6 +7,8 @@ from torch.utils.data import DataLoader
 from mm_core.config import Config
 from mm_core.errors import ConfigError
 from mm_core.runtime import Runtime
+from mm_data.datasets import VideoTextDataset
+from mm_data.features import read_feature_index
 from mm_data.formats import DataConfig
 from mm_models_video import clip_shape
 from mm_models_video import video_text_data as shared
@@ -15,6 +17,10 @@ from mm_models_video.stepvideo.flavors import get_flavor
 from mm_models_video.stepvideo.schema import check_model
 from mm_models_video.stepvideo.vae import FRAME_LEN, SPATIAL_STRIDE
 from mm_models_video.video_text_data import FEATURE_TYPE
+
+# What the transformer reads from a feature sample; TI2V's first-frame condition is IMAGE_KEY.
+FEATURE_KEYS = ("latents", "prompt_embeds", "clip_embeds")
+IMAGE_KEY = "image_latents"
 
 
 def data_config(config: Config) -> DataConfig:
@@ -45,6 +51,23 @@ def check_clip_fits(config: Config, patch_size: int) -> None:
         check_clip(param.num_frames, param.max_height, param.max_width, patch_size, "data.dataset_param")
 
 
+def video_dataset(config: Config, data: DataConfig) -> VideoTextDataset:
+    """The raw video-caption dataset the data section names (generated when it names none)."""
+    return shared.video_dataset(config, data, get_flavor(config.model.flavor).fps)
+
+
+def check_features(config: Config, data: DataConfig) -> None:
+    """A ConfigError unless the feature store holds what the task trains on (TI2V: the first-frame condition)."""
+    path = data.dataset_param.data_path
+    entries = read_feature_index(path)
+    wanted = [*FEATURE_KEYS, IMAGE_KEY] if config.model.task == "i2v" else list(FEATURE_KEYS)
+    missing = [key for key in wanted if entries and key not in entries[0]["keys"]]
+    if missing:
+        hint = " (extract with model.task=i2v)" if missing == [IMAGE_KEY] else ""
+        raise ConfigError(f"data.dataset_param.data_path: the features in {path} hold no {', '.join(missing)}, "
+                          f"which model.task={config.model.task} trains on{hint}")
+
+
 def build_train_loader(config: Config, runtime: Runtime) -> DataLoader:
     """This rank's resumable dataloader over videos or features, per the data section; items carry their epoch.
 
@@ -52,8 +75,11 @@ def build_train_loader(config: Config, runtime: Runtime) -> DataLoader:
     """
     flavor = get_flavor(config.model.flavor)
     llm_len = config.model.tokenizer.llm.model_max_length or flavor.llm_len
+    data = data_config(config)
+    if data.dataset_param.dataset_type == FEATURE_TYPE:
+        check_features(config, data)
     return shared.build_video_text_loader(
-        config, runtime, data_config(config), flavor.fps,
+        config, runtime, data, flavor.fps,
         lambda: shared.FeatureCollate(llm_len, mask_key="prompt_mask", float_keys=("prompt_embeds", "clip_embeds")),
     )
 

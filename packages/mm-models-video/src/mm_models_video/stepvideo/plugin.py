@@ -16,6 +16,7 @@ from mm_models_video.stepvideo import schema
 from mm_models_video.stepvideo.build import build_model
 from mm_models_video.stepvideo.convert import register_converters  # noqa: F401 (mm-convert hook)
 from mm_models_video.stepvideo.data import build_train_loader, check_clip_fits, example_prompt
+from mm_models_video.stepvideo.extract import extract_features as run_extraction
 from mm_models_video.stepvideo.infer import generate
 from mm_models_video.stepvideo.model import Carry, StepVideo, run_block
 
@@ -132,3 +133,9 @@ def after_training(config: Config, runtime: Runtime, checkpoint) -> None:
 def inference(config: Config, runtime: Runtime) -> str:
     """``mm infer``: generate videos from the inference section's prompt (and ``--image`` for TI2V) as mp4."""
     return generate(config, runtime)
+
+
+@hookimpl
+def extract_features(config: Config, runtime: Runtime) -> str:
+    """``mm extract``: encode the data section's videos and captions once into feature shards."""
+    return run_extraction(config, runtime)
