@@ -132,3 +132,24 @@ def test_selective_recompute_keeps_varlen_attention_on_cuda():
     selective_calls, selective_grad = _varlen_step("selective", "cuda")
     assert plain_calls == selective_calls == 3
     torch.testing.assert_close(selective_grad, plain_grad, rtol=1e-2, atol=1e-2)
+
+
+def test_megatron_recompute_flags_wrap_the_first_layers_of_the_plan_and_leave_the_losses(tmp_path):
+    from mm_core.config import wrap
+    from mm_parallel.recompute import recompute_settings
+
+    config = wrap(toy.default_config("run"))
+    plan = toy.parallel_plan(toy.build(config.model), config)
+    fsdp = {"recompute_modules": [], "recompute_mode": "selective"}
+    block = wrap({"fsdp2": fsdp, "recompute": {"granularity": "full", "method": "block", "num_layers": 2}})
+    assert recompute_settings(block, plan) == (("blocks.{0-1}",), "full")
+    uniform = wrap({"fsdp2": fsdp, "recompute": {"granularity": "full", "method": "uniform", "num_layers": 1}})
+    assert recompute_settings(uniform, plan) == (("blocks.{*}",), "full")
+    both = wrap({"fsdp2": {**fsdp, "recompute_modules": ["blocks.0"]}, "recompute": block.recompute})
+    with pytest.raises(ConfigError, match="both set; give one"):
+        recompute_settings(both, plan)
+    plain = run_training([toy], tmp_path / "plain", ["training.train_iters=3"])
+    megatron = ["parallel.recompute.granularity=full", "parallel.recompute.method=block",
+                "parallel.recompute.num_layers=2"]
+    flagged = run_training([toy], tmp_path / "flagged", ["training.train_iters=3", *megatron])
+    assert flagged.losses == plain.losses

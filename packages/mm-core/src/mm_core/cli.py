@@ -16,6 +16,7 @@ from mm_core import plugins
 from mm_core.config import Config, dump
 from mm_core.entry_points import summary
 from mm_core.errors import ConfigError, MMError, PluginError
+from mm_core.launch_flags import LaunchFlags, translate
 
 log = logging.getLogger("mm")
 
@@ -48,7 +49,9 @@ def prepare(args: argparse.Namespace, task: str, extra: Sequence[str] = ()) -> t
     """Load the plugins and build the validated effective config for ``task``."""
     pm = plugins.load_plugins(args.plugin)
     sections = {sec: getattr(args, flag) for flag, sec in SECTION_FLAGS.items() if getattr(args, flag)}
-    overrides = list(args.overrides) + list(extra)
+    launch: LaunchFlags = getattr(args, "launch_flags", None) or LaunchFlags()
+    launch.warn()
+    overrides = launch.overrides(plugins.merged_defaults(pm, task)) + list(args.overrides) + list(extra)
     if getattr(args, "resume", False):
         overrides.append("training.resume=true")
     return pm, plugins.make_config(pm, task, args.config, sections, overrides, plugin_name=args.plugin[-1])
@@ -214,11 +217,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        launch = LaunchFlags()
+        if argv and argv[0] in (*COMMANDS, *WITH_EXTRA) and argv[0] != "plugins":
+            launch = translate(argv[1:])
+            argv = [argv[0], *launch.argv]
         if argv and argv[0] in WITH_EXTRA:
             rest, free = split_free_flags(argv[1:], KNOWN_FLAGS)
             args = parser.parse_args([argv[0], *rest])
+            args.launch_flags = launch
             return WITH_EXTRA[args.command](args, free)
         args, extra = parser.parse_known_args(argv)
+        args.launch_flags = launch
         # Overrides may follow a flag (`mm run ... --resume training.lr=1e-5`): argparse leaves those over.
         stray = [token for token in extra if token.startswith("-") or "=" not in token]
         if stray or (extra and not hasattr(args, "overrides")):

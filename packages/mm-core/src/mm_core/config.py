@@ -20,6 +20,8 @@ CHOICES = {
     "parallel.cp.mode": ("ulysses", "ring", "usp"),
     "parallel.pp.schedule": ("1f1b", "interleaved_1f1b", "gpipe"),
     "data.on_bad_sample": ("skip", "error"),
+    "parallel.recompute.granularity": (None, "full", "selective"),
+    "parallel.recompute.method": ("uniform", "block"),
 }
 
 # Megatron's flag names, accepted where the config has their key (the seeds launch with them).
@@ -28,6 +30,9 @@ ALIASES = {
     "parallel.sequence-parallel": "parallel.tp.sequence_parallel",
     "parallel.tp.tensor-model-parallel-size": "parallel.tp.size",
     "parallel.tp.sequence-parallel": "parallel.tp.sequence_parallel",
+    "model.lora-r": "model.lora.rank",
+    "model.lora-alpha": "model.lora.alpha",
+    "model.lora-target-modules": "model.lora.target_modules",
 }
 
 
@@ -200,7 +205,8 @@ def validate(layer: Mapping, schema: Mapping, source: str, prefix: str = "") -> 
                 f"got {_type_name(value)} {value!r}"
             )
         if dotted in CHOICES and value not in CHOICES[dotted]:
-            raise ConfigError(f"{source}: {dotted} must be one of {', '.join(CHOICES[dotted])}, got {value!r}")
+            allowed = ", ".join(map(str, CHOICES[dotted]))
+            raise ConfigError(f"{source}: {dotted} must be one of {allowed}, got {value!r}")
         if isinstance(default, Mapping) and default and isinstance(value, Mapping):
             validate(value, default, source, prefix=f"{dotted}.")
 

@@ -17,6 +17,7 @@ CORE_DEFAULTS: dict[str, Any] = {
         "cp": {"size": 1, "mode": "ulysses", "ulysses_degree": None, "window_size": None},
         "pp": {"size": 1, "schedule": "1f1b", "pipeline_num_layers": None, "virtual_stages": 1},
         "tp": {"size": 1, "sequence_parallel": False},
+        "recompute": {"granularity": None, "method": "uniform", "num_layers": None},
     },
     "training": {
         "output_dir": None,
@@ -27,6 +28,8 @@ CORE_DEFAULTS: dict[str, Any] = {
         "lr": 1.0e-4,
         "min_lr": 0.0,
         "lr_warmup_iters": 0,
+        "lr_warmup_fraction": None,
+        "lr_warmup_init": 0.0,
         "lr_decay_style": "cosine",
         "lr_decay_iters": None,
         "weight_decay": 0.0,

@@ -7,6 +7,7 @@ import math
 import torch
 
 from mm_core.config import Config
+from mm_core.errors import ConfigError
 
 
 def build_optimizer(model: torch.nn.Module, training: Config, device: torch.device) -> torch.optim.AdamW:
@@ -29,11 +30,26 @@ def build_optimizer(model: torch.nn.Module, training: Config, device: torch.devi
     )
 
 
+def warmup_iters(training: Config) -> int:
+    """The warmup length: ``lr_warmup_fraction`` of the decay span when set (Megatron's flag), else
+    ``lr_warmup_iters``."""
+    fraction = training.get("lr_warmup_fraction")
+    if fraction is None:
+        return training.lr_warmup_iters
+    if not 0.0 <= fraction <= 1.0:
+        raise ConfigError(f"training.lr_warmup_fraction must be between 0 and 1, got {fraction}")
+    return round(fraction * (training.lr_decay_iters or training.train_iters))
+
+
 def lr_factor(step: int, training: Config) -> float:
-    """Multiplier of ``training.lr`` at optimizer step ``step`` (0-based)."""
-    warmup = training.lr_warmup_iters
+    """Multiplier of ``training.lr`` at optimizer step ``step`` (0-based).
+
+    Warmup rises linearly from ``lr_warmup_init`` (0 by default) to ``lr``, reaching it on the last warmup step.
+    """
+    warmup = warmup_iters(training)
     if warmup and step < warmup:
-        return (step + 1) / warmup
+        start = training.get("lr_warmup_init", 0.0) / training.lr if training.lr else 0.0
+        return start + (1.0 - start) * (step + 1) / warmup
     style = training.lr_decay_style
     if style == "constant":
         return 1.0
@@ -47,4 +63,5 @@ def lr_factor(step: int, training: Config) -> float:
 
 def build_scheduler(optimizer: torch.optim.Optimizer, training: Config) -> torch.optim.lr_scheduler.LambdaLR:
     """A LambdaLR following :func:`lr_factor`."""
+    warmup_iters(training)  # a bad warmup setting fails here, before the first step
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, training))

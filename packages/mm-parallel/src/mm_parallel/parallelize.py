@@ -15,7 +15,7 @@ from mm_parallel.context_plan import apply_context_parallel
 from mm_parallel.fsdp2 import apply_fsdp2, check_options, data_parallel_mesh, resolve
 from mm_parallel.meta_init import is_meta, materialize
 from mm_parallel.pipeline import apply_pipeline
-from mm_parallel.recompute import apply_recompute
+from mm_parallel.recompute import apply_recompute, recompute_settings
 from mm_parallel.tensor_parallel import apply_tensor_parallel, shard_sequence
 
 log = logging.getLogger("mm")
@@ -40,9 +40,8 @@ def parallelize(model: torch.nn.Module, plan: ParallelPlan, config: Config, runt
     plan = apply_context_parallel(model, plan, config, runtime)
     if tensor_parallel and config.parallel.tp.sequence_parallel:
         shard_sequence(model, plan.tp, runtime.submesh("tp"))
-    model = apply_recompute(
-        model, modules=fsdp.recompute_modules, use_reentrant=fsdp.use_reentrant, mode=fsdp.recompute_mode
-    )
+    recompute_modules, recompute_mode = recompute_settings(config.parallel, plan)
+    model = apply_recompute(model, modules=recompute_modules, use_reentrant=fsdp.use_reentrant, mode=recompute_mode)
     if compile_options.enable:
         options = {k: v for k, v in compile_options.items() if k not in ("enable", "modules")}
         apply_compile(model, compile_options.modules or plan.fsdp_modules, **options)

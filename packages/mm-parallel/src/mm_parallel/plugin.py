@@ -30,8 +30,8 @@ def parallelize_model(
     asked."""
     fsdp = config.parallel.fsdp2
     par = config.parallel
-    wanted = (fsdp.enable or fsdp.recompute_modules or par.compile.enable or par.cp.size > 1 or par.pp.size > 1
-              or par.tp.size > 1)
+    wanted = (fsdp.enable or fsdp.recompute_modules or par.recompute.granularity or par.compile.enable
+              or par.cp.size > 1 or par.pp.size > 1 or par.tp.size > 1)
     if not (wanted or is_meta(model)):
         return None
     return parallelize(model, plan, config, runtime)

@@ -9,7 +9,8 @@ costliest op to redo on long sequences and its outputs are small next to the MLP
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import logging
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.attention.varlen  # noqa: F401  (registers torch.ops.torch_attn._varlen_attn)
@@ -17,8 +18,12 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import Checkpoi
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.checkpoint import create_selective_checkpoint_contexts
 
+from mm_core.config import Config
 from mm_core.errors import ConfigError
+from mm_core.plan import ParallelPlan
 from mm_parallel.patterns import expand, outermost, replace_module
+
+log = logging.getLogger("mm")
 
 RECOMPUTE_MODES = ("full", "selective")
 
@@ -71,3 +76,32 @@ def apply_recompute(
     for _, module in outermost(expand(modules, model, "parallel.fsdp2.recompute_modules")):
         replace_module(model, module, checkpoint_wrapper(module, **options))
     return model
+
+
+def recompute_settings(parallel: Config, plan: ParallelPlan) -> tuple[Sequence[str], str]:
+    """The recompute patterns and mode: ``parallel.fsdp2.recompute_modules``, or Megatron's flags in
+    ``parallel.recompute`` (``--recompute-granularity full --recompute-method block --recompute-num-layers N``)
+    turned into patterns over the plan's layer list."""
+    fsdp, megatron = parallel.fsdp2, parallel.recompute
+    if not megatron.granularity:
+        return fsdp.recompute_modules, fsdp.recompute_mode
+    if fsdp.recompute_modules:
+        raise ConfigError("parallel.recompute (Megatron's --recompute-* flags) and parallel.fsdp2.recompute_modules "
+                          "are both set; give one")
+    if megatron.granularity == "selective":
+        log.warning("warning: --recompute-granularity selective recomputes Megatron's unfused core attention; "
+                    "mm's attention kernels never store it, so nothing is recomputed "
+                    "(parallel.fsdp2.recompute_mode=selective recomputes everything but attention)")
+        return (), fsdp.recompute_mode
+    if plan.pipeline is None:
+        raise ConfigError("parallel.recompute: this plugin's parallel plan names no layer list to recompute; "
+                          "name the modules in parallel.fsdp2.recompute_modules instead")
+    layers = plan.pipeline.layers
+    path = list(layers.values())[-1] if isinstance(layers, Mapping) else layers
+    if megatron.method == "uniform":
+        return (f"{path}.{{*}}",), "full"
+    count = megatron.num_layers
+    if not isinstance(count, int) or count < 1:
+        raise ConfigError(f"parallel.recompute.num_layers must be a positive number of layers with method block, "
+                          f"got {count!r}")
+    return (f"{path}.{{0-{count - 1}}}",), "full"
