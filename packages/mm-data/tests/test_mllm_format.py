@@ -7,6 +7,7 @@ import json
 import pytest
 
 from mm_core.errors import DataError
+from mm_data.bad_samples import BadSamples
 from mm_data.mllm_format import llava_to_mllm, read_mllm_dataset
 
 
@@ -60,6 +61,19 @@ def test_malformed_records_are_one_line_errors(tmp_path, entry, message):
     index = _write(tmp_path / "bad.json", [entry])
     with pytest.raises(DataError, match=message):
         read_mllm_dataset(str(index), tmp_path)
+
+
+def test_malformed_records_are_skipped_and_counted_under_skip(tmp_path):
+    good = {"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]}
+    index = tmp_path / "d.jsonl"
+    lines = [json.dumps(good), json.dumps({"messages": []}), "{not json", json.dumps(good)]
+    index.write_text("\n".join(lines), encoding="utf-8")
+    bad = BadSamples("skip")
+    assert len(read_mllm_dataset(str(index), tmp_path, bad=bad)) == 2
+    assert bad.count == 2
+    assert "d.jsonl:2" in bad.reasons[0] and "d.jsonl:3: not valid JSON" in bad.reasons[1]
+    with pytest.raises(DataError, match="d.jsonl:2"):
+        read_mllm_dataset(str(index), tmp_path, bad=BadSamples("error"))
 
 
 def test_missing_file_is_a_data_error(tmp_path):

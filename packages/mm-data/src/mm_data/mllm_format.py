@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mm_core.errors import DataError
+from mm_data.bad_samples import BadSamples
 
 PLACEHOLDERS = {"<image>": "image", "<video>": "video"}
 _PLACEHOLDER_RE = re.compile("(" + "|".join(re.escape(p) for p in PLACEHOLDERS) + ")")
@@ -128,12 +129,14 @@ def parse_record(entry: Any, dataset_dir: Path, attr: Mapping[str, Any], where: 
 
 
 def _entries(path: Path) -> Iterable[tuple[str, Any]]:
+    """``(where, entry)`` per record; a .jsonl line that is not JSON comes as a DataError to skip or raise."""
     if not path.is_file():
         raise DataError(f"dataset file {path} does not exist")
     text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        return [(f"{path}:{n}", _json_line(line, f"{path}:{n}")) for n, line in enumerate(text.splitlines(), 1)
+                if line.strip()]
     try:
-        if path.suffix == ".jsonl":
-            return [(f"{path}:{n}", json.loads(line)) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
         loaded = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataError(f"dataset file {path} is not valid JSON: {exc}") from None
@@ -142,18 +145,36 @@ def _entries(path: Path) -> Iterable[tuple[str, Any]]:
     return [(f"{path} record {n}", entry) for n, entry in enumerate(loaded)]
 
 
+def _json_line(line: str, where: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        return DataError(f"{where}: not valid JSON: {exc}")
+
+
 def read_mllm_dataset(
     dataset: str,
     dataset_dir: str | Path = ".",
     attr: Mapping[str, Any] | None = None,
     max_samples: int | None = None,
+    bad: BadSamples | None = None,
 ) -> list[MllmRecord]:
-    """Read the comma-separated mllm_format files of ``dataset``; media paths resolve against ``dataset_dir``."""
+    """Read the comma-separated mllm_format files of ``dataset``; media paths resolve against ``dataset_dir``.
+
+    A malformed record goes to ``bad`` (skipped and counted under ``on_bad_sample: skip``, as MindSpeed-MM
+    skips it); without ``bad`` it is an error.
+    """
     attr = {**DEFAULT_ATTR, **{k: v for k, v in (attr or {}).items() if k in DEFAULT_ATTR}}
+    bad = bad or BadSamples("error")
     records: list[MllmRecord] = []
     for name in (part.strip() for part in dataset.split(",")):
-        if name:
-            records += [parse_record(entry, Path(dataset_dir), attr, where) for where, entry in _entries(Path(name))]
+        for where, entry in _entries(Path(name)) if name else ():
+            try:
+                if isinstance(entry, DataError):
+                    raise entry
+                records.append(parse_record(entry, Path(dataset_dir), attr, where))
+            except DataError as exc:
+                bad.skip(exc)
     if not records:
         raise DataError(f"dataset {dataset!r} holds no records")
     return records[:max_samples] if max_samples else records

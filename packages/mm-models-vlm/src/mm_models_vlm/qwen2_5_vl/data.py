@@ -11,6 +11,7 @@ from transformers import Qwen2_5_VLConfig
 
 from mm_core.config import Config
 from mm_core.errors import ConfigError
+from mm_data.bad_samples import BadSamples
 from mm_data.mllm_format import read_mllm_dataset
 from mm_data.sampler import build_dataloader
 from mm_models_vlm.qwen2_5_vl.batch import Batch, collate_padded
@@ -66,7 +67,11 @@ def build_dataset(config: Config, runtime) -> ConversationDataset:
         dataset = str(make_shapes_dataset(cache_root(config) / "data"))
         dataset_dir = str(Path(dataset).parent)
     attr = dict(config.data.dataset_param.attr)
-    records = read_mllm_dataset(dataset, dataset_dir, attr, bp.max_samples)
+    malformed = BadSamples(config.data.on_bad_sample)
+    records = read_mllm_dataset(dataset, dataset_dir, attr, bp.max_samples, malformed)
+    if malformed.count and runtime.is_main:
+        log.warning("qwen2_5_vl data: skipped %d malformed record(s) of %s (first: %s)", malformed.count, dataset,
+                    malformed.reasons[0])
     settings, proc_dir = encode_settings(config), processor_dir(config)
     files = [f.strip() for f in dataset.split(",") if f.strip()]
     key = cache_key(files, {"dataset_dir": str(Path(dataset_dir).absolute()), "attr": attr,
