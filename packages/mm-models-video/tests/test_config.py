@@ -65,7 +65,7 @@ def test_the_data_section_is_parsed_once_per_content() -> None:
     ("override", "message"),
     [
         ("model.flavor=7b", r"model.flavor '7b' is not a Wan2.1 flavor \(known: tiny, 1.3b, 14b\)"),
-        ("model.predictor.model_type=i2v", r"model.predictor.model_type must be 't2v'"),
+        ("model.predictor.model_type=i2v", r"model.predictor.model_type 'i2v' differs from model.task 't2v'"),
         ("model.ae.dtype=int8", r"model.ae.dtype must be one of"),
         ("model.predictor.qk_norm_type=layernorm", r"model.predictor.qk_norm_type must be 'rmsnorm'"),
         ("model.predictor.hidden_size=102", r"model.predictor.hidden_size 102 is not divisible by num_heads 4"),

@@ -1,4 +1,5 @@
-"""The frozen Wan VAE and UMT5 text encoder: their architectures, built from pretrained weights or fixed-seed ones."""
+"""The frozen Wan VAE, UMT5 text encoder and CLIP image encoder: their architectures, from pretrained weights or
+fixed-seed ones."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Any
 
 import torch
 from diffusers import AutoencoderKLWan
-from transformers import UMT5Config, UMT5EncoderModel
+from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
 
 from mm_core.config import Config
 from mm_models_video.pretrained import fixed_init, load_pretrained
@@ -52,6 +53,48 @@ TINY_UMT5 = {
     "feed_forward_proj": "gated-gelu",
     "dropout_rate": 0.0,
 }
+
+# The image encoder of Wan2.1 I2V: OpenCLIP ViT-H/14 at 224 pixels, 257 tokens of 1280 (diffusers' image_encoder/).
+CLIP_VIT_H = {
+    "hidden_size": 1280,
+    "intermediate_size": 5120,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 16,
+    "image_size": 224,
+    "patch_size": 14,
+    "projection_dim": 1024,
+    "hidden_act": "gelu",
+}
+TINY_CLIP = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "image_size": 32,
+    "patch_size": 8,
+    "projection_dim": 32,
+    "hidden_act": "gelu",
+}
+
+
+def clip_tokens(config: CLIPVisionConfig) -> int:
+    """The tokens a CLIP vision tower gives per image: its patches and the class token."""
+    return (config.image_size // config.patch_size) ** 2 + 1
+
+
+def build_image_encoder(path: str | None, dtype: torch.dtype, architecture: dict[str, Any]) -> CLIPVisionModel:
+    """The CLIP vision tower from the transformers folder ``path``, else the CLIPVisionConfig keys ``architecture``."""
+    if path:
+        return load_pretrained(CLIPVisionModel, path, "model.image_encoder.from_pretrained", dtype=dtype)
+    return fixed_init(lambda: CLIPVisionModel(CLIPVisionConfig(**architecture)), dtype)
+
+
+def build_image_processor(path: str | None, architecture: dict[str, Any]) -> CLIPImageProcessor:
+    """The CLIP preprocessing (resize, center crop, normalize) from ``path``, else sized for ``architecture``."""
+    if path:
+        return load_pretrained(CLIPImageProcessor, path, "model.image_processor.from_pretrained")
+    size = architecture["image_size"]
+    return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
 
 
 def build_vae(ae: Config, path: str | None, dtype: torch.dtype, architecture: dict[str, Any]) -> AutoencoderKLWan:

@@ -116,25 +116,49 @@ class WanT2V(FrozenEncoders):
     ) -> Carry:
         """Everything before the transformer blocks: encode, noise, then the predictor's RoPE and embeddings.
 
-        The predictor's part is diffusers' ``WanTransformer3DModel.forward`` up to its block loop (Wan2.1:
-        one timestep per sample, no image condition).
+        The predictor's part is :meth:`embed_tokens` (Wan2.1: one timestep per sample).
         """
         if latents is None:
             latents = self.encode_video(video)
         if prompt_embeds is None:
             prompt_embeds = self.encode_text(prompt)
+        noise, timestep_indices = self.draw_noise(latents, noise, timestep_indices, noise_seeds)
+        noised, timesteps = self.diffusion.add_noise(latents, noise, timestep_indices)
+        return self.embed_tokens(noised, timesteps, prompt_embeds, self.diffusion.target(latents, noise))
+
+    def draw_noise(
+        self,
+        latents: torch.Tensor,
+        noise: torch.Tensor | None,
+        timestep_indices: torch.Tensor | None,
+        noise_seeds: Sequence[int] | torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The noise and timestep indices given, else drawn from ``noise_seeds``, else from the global RNG."""
         if noise is None and timestep_indices is None and noise_seeds is not None:
             noise, timestep_indices = self.diffusion.draw(latents, noise_seeds)
         if noise is None:
             noise = torch.randn_like(latents)
         if timestep_indices is None:
             timestep_indices = self.diffusion.sample_indices(latents.shape[0])
-        noised, timesteps = self.diffusion.add_noise(latents, noise, timestep_indices)
+        return noise, timestep_indices
+
+    def embed_tokens(
+        self,
+        hidden_states: torch.Tensor,
+        timesteps: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        target: torch.Tensor,
+        image_embeds: torch.Tensor | None = None,
+    ) -> Carry:
+        """The predictor's RoPE, patch and condition embeddings of its input latents: diffusers'
+        ``WanTransformer3DModel.forward`` up to its block loop (the image tokens, if any, before the text)."""
         predictor = self.predictor
-        rope_cos, rope_sin = predictor.rope(noised)
-        hidden = predictor.patch_embedding(noised).flatten(2).transpose(1, 2).contiguous()
-        temb, timestep_proj, context, _ = predictor.condition_embedder(timesteps, prompt_embeds, None)
-        target = self.diffusion.target(latents, noise)
+        rope_cos, rope_sin = predictor.rope(hidden_states)
+        hidden = predictor.patch_embedding(hidden_states).flatten(2).transpose(1, 2).contiguous()
+        embedded = predictor.condition_embedder(timesteps, prompt_embeds, image_embeds)
+        temb, timestep_proj, context, image_context = embedded
+        if image_context is not None:
+            context = torch.cat([image_context, context], dim=1)
         return Carry(hidden, context, timestep_proj.unflatten(1, (6, -1)), rope_cos, rope_sin, temb, target)
 
     def patch_grid(self, latents: torch.Tensor) -> tuple[int, int, int]:

@@ -9,22 +9,30 @@ import torch
 
 from mm_core.config import Config
 from mm_core.dtypes import parse_dtype
+from mm_core.errors import ConfigError
 from mm_models_video import clip_shape, sections
-from mm_models_video.wan2_1.flavors import Flavor, get_flavor
+from mm_models_video.wan2_1.flavors import Flavor, get_flavor, get_task
 from mm_models_video.wan2_1.model import WanT2V
 
 MODEL: dict[str, Any] = {
     "flavor": "tiny",
     "from_pretrained": None,
     "task": "t2v",
-    "ae": copy.deepcopy(sections.AE),
+    # MindSpeed-MM's feature extraction names the I2V image encoder in ae.i2v_processor.
+    "ae": {
+        **copy.deepcopy(sections.AE),
+        "i2v_processor": {"processor_id": "wan_i2v_processor", "image_encoder": None, "i2v_vae_encode_tiling": "auto"},
+    },
     "text_encoder": copy.deepcopy(sections.TEXT_ENCODER),
     "tokenizer": {"autotokenizer_name": "AutoTokenizer", "hub_backend": "hf", "from_pretrained": None},
+    # I2V only: the CLIP vision tower (diffusers' image_encoder/) and its preprocessing (image_processor/).
+    "image_encoder": {"from_pretrained": None, "dtype": None},
+    "image_processor": {"from_pretrained": None},
     "predictor": {
         "model_id": "wandit",
         "from_pretrained": None,
         "dtype": None,
-        "model_type": "t2v",
+        "model_type": None,  # MindSpeed-MM's copy of model.task
         "patch_size": None,
         "text_len": None,
         "in_dim": None,
@@ -33,6 +41,7 @@ MODEL: dict[str, Any] = {
         "freq_dim": None,
         "text_dim": None,
         "img_dim": None,
+        "clip_token_len": None,
         "out_dim": None,
         "num_heads": None,
         "num_layers": None,
@@ -49,15 +58,19 @@ MODEL: dict[str, Any] = {
 # means the generated moving-shapes dataset.
 DATA: dict[str, Any] = {"dataset_param": {}, "dataloader_param": {}, "on_bad_sample": "skip"}
 
+# prompt (and image, for I2V) may name a .txt file of lines; None values take the flavor's and task's defaults.
 INFERENCE: dict[str, Any] = {
     "checkpoint": None,
     "prompt": "a red circle moving right on a blue background",
     "negative_prompt": "",
+    "image": None,
     "num_frames": None,
     "height": None,
     "width": None,
     "steps": 50,
     "guidance_scale": 5.0,
+    "flow_shift": None,
+    "num_inference_videos_per_sample": 1,
     "seed": 0,
     "fps": None,
     "output": "wan2_1.mp4",
@@ -67,12 +80,11 @@ EXTRACT: dict[str, Any] = {"output_dir": None, "shard_size": 64, "batch_size": 1
 
 # Values model.json keys must have: mm implements exactly these components.
 FIXED = {
-    "task": "t2v",
     **sections.FIXED,
+    "ae.i2v_processor.processor_id": "wan_i2v_processor",
     "tokenizer.autotokenizer_name": "AutoTokenizer",
     "tokenizer.hub_backend": "hf",
     "predictor.model_id": "wandit",
-    "predictor.model_type": "t2v",
 }
 
 
@@ -84,8 +96,11 @@ def dtype_of(name: str | None, flavor: Flavor, key: str) -> torch.dtype:
 def check_model(model: Config) -> Flavor:
     """Check the model section beyond its schema; returns its flavor."""
     flavor = get_flavor(model.flavor)
+    task = get_task(model.task)
     sections.check_fixed(model, FIXED, "mm's wan2_1 implements only that")
-    for part in ("ae", "text_encoder", "predictor"):
+    if model.predictor.model_type not in (None, task):
+        raise ConfigError(f"model.predictor.model_type {model.predictor.model_type!r} differs from model.task {task!r}")
+    for part in ("ae", "text_encoder", "image_encoder", "predictor"):
         dtype_of(model[part].dtype, flavor, f"model.{part}.dtype")
     return flavor
 
