@@ -61,3 +61,29 @@ def test_store_errors(tmp_path: Path) -> None:
     (tmp_path / "shard-00000.safetensors").write_bytes(b"garbage")
     with pytest.raises(DataError, match=r"feature shard .*shard-00000.safetensors cannot be read"):
         FeatureDataset(tmp_path)[0]
+
+
+def test_mindspeed_mm_store_reads_in_mm_names_and_refuses_pickled_code(tmp_path):
+    import collections
+    import json as _json
+
+    from mm_data.features import MindSpeedFeatureDataset, feature_prompts, open_feature_store
+
+    (tmp_path / "features").mkdir()
+    mask = torch.tensor([1, 1, 1, 0, 0])
+    torch.save({"video": torch.ones(4, 2, 3, 3), "prompt_ids": torch.arange(10.0).reshape(5, 2), "prompt_mask": mask,
+                "i2v_latents": torch.zeros(2)}, tmp_path / "features" / "a.pt")
+    torch.save({"video": torch.ones(1), "extra": collections.OrderedDict(x=1)}, tmp_path / "features" / "b.pt")
+    torch.save(collections.Counter(a=1), tmp_path / "features" / "c.pt")
+    lines = [{"file": "features/a.pt", "captions": ["a cat"]}, {"file": "features/b.pt", "cap": "x"},
+             {"file": "features/c.pt"}, {"file": "features/missing.pt"}]
+    (tmp_path / "data.jsonl").write_text("".join(_json.dumps(line) + "\n" for line in lines))
+    store = open_feature_store(tmp_path / "data.jsonl")
+    assert isinstance(store, MindSpeedFeatureDataset) and len(store) == 4
+    item = store[0]
+    assert item["prompt_embeds"].tolist() == [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
+    assert item["latents"].shape == (4, 2, 3, 3) and item["i2v_latents"].shape == (2,) and item["prompt"] == "a cat"
+    assert feature_prompts(tmp_path) == ["a cat", "x", None, None]
+    for index, message in ((2, "holds no 'video' latents"), (3, "missing.pt cannot be read")):
+        with pytest.raises(DataError, match=message):
+            store[index]

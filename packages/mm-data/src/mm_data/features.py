@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -127,3 +128,78 @@ class FeatureDataset(Dataset):
         item: dict[str, Any] = {key: shard.get_tensor(f"{entry['sample']}/{key}") for key in entry["keys"]}
         item.update(entry["meta"])
         return item
+
+
+CAPTION_KEYS = ("captions", "cap", "caption", "prompt")
+
+
+def is_mindspeed_index(entries: list[dict[str, Any]]) -> bool:
+    """Whether index entries are MindSpeed-MM's (``{"file": "features/x.pt", ...}``) rather than mm's shards."""
+    return bool(entries) and "file" in entries[0] and "shard" not in entries[0]
+
+
+def _caption(entry: Mapping[str, Any]) -> str | None:
+    value = next((entry[k] for k in CAPTION_KEYS if k in entry), None)
+    if isinstance(value, list):
+        value = value[0] if value else None
+    return value if isinstance(value, str) else None
+
+
+def _trim(embeds: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """A prompt's embeddings [L, D] up to its mask's length (MindSpeed-MM stores them padded)."""
+    if embeds.ndim == 3 and embeds.shape[0] == 1:
+        embeds, mask = embeds[0], None if mask is None else mask.reshape(-1)
+    return embeds if mask is None else embeds[: int(mask.reshape(-1).bool().sum())]
+
+
+class MindSpeedFeatureDataset(Dataset):
+    """MindSpeed-MM's feature store: ``data.jsonl`` lines ``{"file": "features/x.pt", ...}`` under ``data_folder``,
+    one torch file per sample holding ``video`` (latents), ``prompt_ids`` / ``prompt_mask`` (the text encoder's
+    padded embeddings and mask; lists for two text encoders) and, for I2V, more latents.
+
+    Item ``i`` is in mm's names: ``latents``, ``prompt_embeds`` trimmed to the mask (a second encoder's as
+    ``prompt_embeds_2``), the other tensors as stored, and ``prompt`` from the line's caption. Files load with
+    ``weights_only`` (tensors only, no code).
+    """
+
+    def __init__(self, path: str | Path, data_folder: str | Path | None = None) -> None:
+        path = Path(path)
+        self.root = Path(data_folder) if data_folder else (path if path.is_dir() else path.parent)
+        self.entries = read_feature_index(path)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        entry = self.entries[index]
+        file = self.root / entry["file"]
+        try:
+            data = torch.load(file, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+            raise DataError(f"feature file {file} cannot be read: {exc}") from None
+        if not isinstance(data, dict) or "video" not in data:
+            raise DataError(f"feature file {file} holds no 'video' latents (expected MindSpeed-MM's feature layout)")
+        item: dict[str, Any] = {"latents": data.pop("video")}
+        texts, masks = data.pop("prompt_ids", None), data.pop("prompt_mask", None)
+        if isinstance(texts, torch.Tensor):
+            texts, masks = [texts], [masks]
+        for n, (embeds, mask) in enumerate(zip(texts or [], masks or [None] * len(texts or []))):
+            item["prompt_embeds" if n == 0 else f"prompt_embeds_{n + 1}"] = _trim(embeds, mask)
+        item.update(data)
+        item["prompt"] = _caption(entry)
+        return item
+
+
+def open_feature_store(path: str | Path, data_folder: str | Path | None = None) -> Dataset:
+    """The feature store at ``path`` (a folder or its data.jsonl), mm's shards or MindSpeed-MM's per-sample files."""
+    if is_mindspeed_index(read_feature_index(path)):
+        return MindSpeedFeatureDataset(path, data_folder)
+    return FeatureDataset(path)
+
+
+def feature_prompts(path: str | Path) -> list[str | None]:
+    """The caption of each sample of a feature store, in either layout."""
+    entries = read_feature_index(path)
+    if is_mindspeed_index(entries):
+        return [_caption(e) for e in entries]
+    return [e.get("meta", {}).get("prompt") for e in entries]

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 from mm_core.config import Config
 from mm_core.runtime import Runtime
 from mm_data.datasets import VideoTextDataset, collate
-from mm_data.features import FeatureDataset, read_feature_index
+from mm_data.features import feature_prompts, open_feature_store
 from mm_data.formats import DataConfig, index_origin, read_index
 from mm_data.sampler import bucket_keys, build_rank_loader
 from mm_models_video.synthetic import with_synthetic_data
@@ -57,7 +57,7 @@ def build_video_text_loader(config: Config, runtime: Runtime, data: DataConfig, 
     loader = data.dataloader_param
     dataset: Dataset
     if data.dataset_param.dataset_type == FEATURE_TYPE:
-        dataset = FeatureDataset(data.dataset_param.data_path)
+        dataset = open_feature_store(data.dataset_param.data_path, data.dataset_param.data_folder or None)
         collate_fn, buckets = feature_collate(), None
     else:
         dataset = video_dataset(config, data, fps)
@@ -72,7 +72,7 @@ def build_video_text_loader(config: Config, runtime: Runtime, data: DataConfig, 
 def example_prompt(config: Config, data: DataConfig, fps: float) -> str:
     """A caption from the training data (the configured inference prompt when there is none), for a first sample."""
     if data.dataset_param.dataset_type == FEATURE_TYPE:
-        captions = [e["meta"].get("prompt") for e in read_feature_index(data.dataset_param.data_path)]
+        captions = feature_prompts(data.dataset_param.data_path)
     else:
         param = with_synthetic_data(data.dataset_param, fps)
         captions = [r.caption for r in read_index(param.data_path, param.data_folder or None, index_origin(config))]
