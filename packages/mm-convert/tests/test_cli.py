@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -135,3 +136,39 @@ def test_the_seeds_opensoraplan_vae_convert_order_converts(tmp_path):
             "--cfg.target_path", str(tmp_path / "vae.pt")]
     assert main(argv) == 0
     assert (tmp_path / "vae.pt").is_file()
+
+
+def test_mindspeed_mm_s_option_names_config_file_print_config_and_converter_name(monkeypatch, capsys, tmp_path):
+    from dataclasses import dataclass
+
+    from mm_convert import cli, option, subcommand
+
+    @dataclass
+    class SplitOptions:
+        source_path: Path = option(help="in")
+        ckpt_path: Path = option(help="original folder")
+        pp_vpp_layers: list | None = option(None, help="layers per stage")
+
+    class Split(Converter):
+        name = "SplitConverter"
+        other_names = ("MindSpeedSplitConverter",)
+
+        @subcommand(SplitOptions)
+        def split(self, opts: SplitOptions) -> str:
+            """Say the options."""
+            return f"split {opts.source_path} {opts.ckpt_path} {opts.pp_vpp_layers}"
+
+    monkeypatch.setattr(cli, "collect_converters", lambda: {"SplitConverter": Split})
+    mindspeed = ["MindSpeedSplitConverter", "split", "--cfg.source_path", "a", "--cfg.hf_dir", "h",
+                 "--cfg.target_parallel_config.pp_layers", "[[2,2]]"]
+    assert cli.run(mindspeed) == "split a h [[2, 2]]"
+    config = tmp_path / "convert.yaml"
+    config.write_text("cfg:\n  source_path: a\n  hf_dir: h\n  target_parallel_config:\n    pp_layers: [1, 3]\n")
+    assert cli.run(["SplitConverter", "split", "--config", str(config), "--cfg.source_path", "b"]) == "split b h [1, 3]"
+    printed = cli.run(["SplitConverter", "--print_config", "split", "--config", str(config)])
+    assert printed == "cfg:\n  source_path: a\n  ckpt_path: h\n  pp_vpp_layers:\n  - 1\n  - 3"
+    both = ["SplitConverter", "split", "--cfg.source_path", "a", "--cfg.hf_dir", "h", "--cfg.ckpt_path", "h"]
+    assert main(both) == 2
+    assert "--cfg.hf_dir and --cfg.ckpt_path name the same option; give one" in capsys.readouterr().err
+    assert main(["SplitConverter", "split", "--config", str(tmp_path / "none.yaml")]) == 2
+    assert "--config" in capsys.readouterr().err

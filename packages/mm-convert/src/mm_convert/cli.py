@@ -8,12 +8,23 @@ from collections.abc import Sequence
 
 from mm_convert.converter import Converter
 from mm_convert.errors import ConvertError
-from mm_convert.options import REQUIRED, build_options, option_fields, parse_flags, type_name
+from mm_convert.options import (
+    REQUIRED,
+    build_options,
+    config_file_flags,
+    option_fields,
+    options_yaml,
+    parse_flags,
+    resolve_aliases,
+    type_name,
+)
 from mm_convert.registry import collect_converters, declared_converters
 from mm_core.errors import MMError
 
-USAGE = "usage: mm-convert CONVERTER SUBCOMMAND [--cfg.NAME VALUE ...]   (--NAME VALUE works too)"
+USAGE = ("usage: mm-convert CONVERTER SUBCOMMAND [--cfg.NAME VALUE ...] [--config FILE.yaml] [--print_config]   "
+         "(--NAME VALUE works too)")
 HELP = ("-h", "--help")
+SWITCHES = (*HELP, "--print_config")
 
 
 def overview(converters: dict[str, str]) -> str:
@@ -74,7 +85,7 @@ def _split_subcommand(tokens: list[str]) -> tuple[str | None, list[str]]:
         token = tokens[i]
         if not token.startswith("-"):
             return token, tokens[:i] + tokens[i + 1:]
-        i += 1 if token in HELP or "=" in token else 2
+        i += 1 if token in SWITCHES or "=" in token else 2
     return _split_mode(tokens)
 
 
@@ -83,7 +94,8 @@ def run(argv: Sequence[str]) -> str:
     if not argv or argv[0] in HELP:
         return overview(declared_converters())
     registry = collect_converters()
-    converter = registry[_pick(argv[0], sorted(registry), "converter")]
+    by_other_name = {other: c for c in registry.values() for other in c.other_names}
+    converter = by_other_name.get(argv[0]) or registry[_pick(argv[0], sorted(registry), "converter")]
     rest = list(argv[1:])
     name, rest = _split_subcommand(rest)
     if name is None:
@@ -92,7 +104,14 @@ def run(argv: Sequence[str]) -> str:
     if any(token in HELP for token in rest):
         return subcommand_help(converter, name)
     options = converter.subcommands()[converter.aliases.get(name, name)].options
-    opts = build_options(options, parse_flags(rest), f"{converter.name} {name}")
+    rest, print_config = [t for t in rest if t != "--print_config"], "--print_config" in rest
+    flags = parse_flags(rest)
+    config_file = flags.pop("config", None)
+    if config_file is not None:
+        flags = {**config_file_flags(config_file), **flags}
+    opts = build_options(options, resolve_aliases(flags, options), f"{converter.name} {name}")
+    if print_config:
+        return options_yaml(opts)
     return converter().run(name, opts)
 
 

@@ -33,11 +33,13 @@ def subcommand(options: type) -> Callable[[Callable[..., str]], Callable[..., st
 
 
 class Converter:
-    """A model family's checkpoint conversions; ``aliases`` maps other subcommand names (the seeds') to ours."""
+    """A model family's checkpoint conversions; ``aliases`` maps other subcommand names (the seeds') to ours and
+    ``other_names`` are the converter's names elsewhere (MindSpeed-MM's ``WanConverter``)."""
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     aliases: ClassVar[dict[str, str]] = {}
+    other_names: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def subcommands(cls) -> dict[str, Subcommand]:

@@ -30,6 +30,61 @@ def flag_name(token: str) -> str:
     return name.replace("-", "_")
 
 
+# MindSpeed-MM's option names -> mm's, tried in order where a subcommand has the mm name and not MindSpeed-MM's
+# (its sora converters share one ConvertConfig: source_path, target_path, hf_dir, target_parallel_config.pp_layers).
+OPTION_ALIASES: dict[str, tuple[str, ...]] = {
+    "target_parallel_config.pp_layers": ("pp_vpp_layers",),
+    "hf_dir": ("ckpt_path",),
+}
+
+
+def resolve_aliases(flags: dict[str, Any], cls: type) -> dict[str, Any]:
+    """``flags`` with MindSpeed-MM's option names renamed to those of ``cls`` (the subcommand's options)."""
+    known = {name for name, _, _, _ in option_fields(cls)}
+    out: dict[str, Any] = {}
+    given_as: dict[str, str] = {}
+    for name, value in flags.items():
+        target = next((t for t in OPTION_ALIASES.get(name, ()) if name not in known and t in known), name)
+        if target in out:
+            first, second = sorted((given_as[target], name), key=lambda n: n == target)
+            raise ConvertError(f"--cfg.{first} and --cfg.{second} name the same option; give one")
+        out[target], given_as[target] = value, name
+    return out
+
+
+def config_file_flags(path: str) -> dict[str, Any]:
+    """The options of a jsonargparse-style ``--config`` YAML file (``cfg: {source_path: ..., ...}``), flattened."""
+    try:
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConvertError(f"--config {path}: cannot be read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ConvertError(f"--config {path}: not valid YAML ({exc})") from None
+    if not isinstance(loaded, dict):
+        raise ConvertError(f"--config {path}: expected a mapping of options (cfg: {{...}})")
+    loaded = loaded.get("cfg", loaded) if isinstance(loaded.get("cfg", loaded), dict) else loaded
+    flat: dict[str, Any] = {}
+
+    def walk(node: dict, prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict) and value:
+                walk(value, f"{prefix}{key}.")
+            elif value is not None:
+                flat[f"{prefix}{key}"] = value if isinstance(value, str) else yaml.safe_dump(
+                    value, default_flow_style=True).strip().removesuffix("...").strip()
+    walk(loaded, "")
+    return flat
+
+
+def options_yaml(opts: Any) -> str:
+    """Parsed options as the ``--config`` file that gives them (``--print_config``)."""
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return str(value) if isinstance(value, Path) else value
+    return yaml.safe_dump({"cfg": plain(opts)}, sort_keys=False).rstrip()
+
+
 def parse_flags(tokens: list[str]) -> dict[str, str]:
     """``["--cfg.a.b", "1", "--c=x"]`` -> ``{"a.b": "1", "c": "x"}``; every option needs a value."""
     flags: dict[str, str] = {}
