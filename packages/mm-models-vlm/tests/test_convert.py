@@ -107,7 +107,7 @@ def test_mm_to_hf_checks_the_stated_layout_and_tensor_parallelism(tiny_dir, tmp_
     err = capsys.readouterr().err
     assert "is cut as vit [[2, 0]], llm [[1, 1]], not as --cfg.parallel_config says (vit [[2]]" in err
     assert main([*back, *_parallel("[2]", "[2]"), "--cfg.parallel_config.tp_size", "2"]) == 2
-    assert "tp_size 2: mm trains Qwen2.5-VL without tensor parallelism" in capsys.readouterr().err
+    assert "has 1 tensor-parallel ranks, not --cfg.parallel_config.tp_size 2" in capsys.readouterr().err
     assert not (tmp_path / "hf").exists()
 
 

@@ -37,6 +37,7 @@ from mm_convert import (
 )
 from mm_convert.dcp_io import read_dcp
 from mm_convert.megatron_layout import STALE
+from mm_convert.tp_split import merge_tp, split_tp
 from mm_core import hookimpl
 from mm_core.errors import ConfigError
 from mm_models_video.opensoraplan1_3.build import read_state_dict
@@ -76,49 +77,15 @@ MM_PIPELINE = PipelineSpec((Stack(
 _COLUMN = tuple(f"{attn}.{proj}." for attn in ("self_atten", "cross_atten") for proj in ("proj_q", "proj_k", "proj_v"))
 
 
-def tp_dim(key: str) -> int | None:
-    """The dim ``key`` (MindSpeed-MM name) is split along under tensor parallelism, or None when replicated."""
+def tp_split(key: str) -> tuple[int, int] | None:
+    """How ``key`` (MindSpeed-MM name) splits under tensor parallelism: (dim, fused parts), or None when replicated."""
     if not key.startswith("videodit_sparse_blocks."):
         return None
     if any(part in key for part in _COLUMN) or ".ff.net.0.proj." in key:
-        return 0
+        return 0, 1
     if key.endswith(("self_atten.proj_out.weight", "cross_atten.proj_out.weight", "ff.net.2.weight")):
-        return 1
+        return 1, 1
     return None
-
-
-def split_tp(tensors: TensorSource, tp_size: int) -> list[TensorSource]:
-    """One TensorSource per tensor-parallel rank: split tensors chunked, the rest the same on every rank."""
-    if tp_size < 1:
-        raise ConvertError(f"--cfg.target_parallel_config.tp_size must be at least 1, got {tp_size}")
-    for key in tensors:
-        dim = tp_dim(key)
-        if dim is not None and tensors.meta(key).shape[dim] % tp_size:
-            raise ConvertError(f"{key} {tuple(tensors.meta(key).shape)} does not split into tp_size {tp_size}")
-
-    def rank(r: int) -> TensorSource:
-        def piece(key: str, tensor: torch.Tensor) -> torch.Tensor:
-            dim = tp_dim(key)
-            return tensor if dim is None else tensor.chunk(tp_size, dim)[r].contiguous()
-
-        metas = {k: piece(k, tensors.meta(k)) for k in tensors}
-        return TensorSource(metas, lambda key: piece(key, tensors[key]), f"{tensors.where} (tp rank {r})")
-
-    return [rank(r) for r in range(tp_size)]
-
-
-def merge_tp(sources: list[TensorSource]) -> TensorSource:
-    """The whole tensors of tensor-parallel ranks' sources (split ones concatenated)."""
-    first = sources[0]
-    if len(sources) == 1:
-        return first
-
-    def whole(key: str, parts: list[torch.Tensor]) -> torch.Tensor:
-        dim = tp_dim(key)
-        return parts[0] if dim is None else torch.cat(parts, dim)
-
-    metas = {k: whole(k, [s.meta(k) for s in sources]) for k in first}
-    return TensorSource(metas, lambda key: whole(key, [s[key] for s in sources]), first.where)
 
 
 def _meta_transformer(config: dict) -> OpenSoraT2V:
@@ -229,7 +196,7 @@ class OpenSoraPlanConverter(Converter):
         parallel = opts.target_parallel_config
         layout = _layout(parallel.pp_layers, config.get("num_layers", 1))
         with staged_output(opts.target_path, stale=STALE) as out:
-            write_megatron(out, split_tp(RELEASE_TO_MM.to_mm(tensors), parallel.tp_size), {"dit": layout},
+            write_megatron(out, split_tp(RELEASE_TO_MM.to_mm(tensors), parallel.tp_size, tp_split), {"dit": layout},
                            MM_PIPELINE)
         return f"hf_to_mm {opts.source_path} -> {opts.target_path} (tp {parallel.tp_size}, layers per stage {layout})"
 
@@ -238,12 +205,12 @@ class OpenSoraPlanConverter(Converter):
         """MindSpeed-MM checkpoint -> the same weights for another tp_size and pp_layers (default: one file)."""
         _check_version(opts.version)
         checkpoint = read_megatron(opts.source_path, MM_PIPELINE)
-        whole = merge_tp(checkpoint.sources)
+        whole = merge_tp(checkpoint.sources, tp_split)
         parallel = opts.target_parallel_config
         num_layers = sum(sum(chunk) for chunk in checkpoint.layouts["dit"])
         layout = _layout(parallel.pp_layers, num_layers)
         with staged_output(opts.target_path, stale=STALE) as out:
-            write_megatron(out, split_tp(whole, parallel.tp_size), {"dit": layout}, MM_PIPELINE)
+            write_megatron(out, split_tp(whole, parallel.tp_size, tp_split), {"dit": layout}, MM_PIPELINE)
         return (f"resplit {opts.source_path} (tp {len(checkpoint.sources)}, {checkpoint.layouts['dit']}) -> "
                 f"{opts.target_path} (tp {parallel.tp_size}, {layout})")
 
@@ -252,7 +219,7 @@ class OpenSoraPlanConverter(Converter):
         """MindSpeed-MM checkpoint (any TP/PP/VPP layout) -> the release's transformer folder."""
         _check_version(opts.version)
         checkpoint = read_megatron(opts.source_path, MM_PIPELINE)
-        tensors = RELEASE_TO_MM.to_hf(merge_tp(checkpoint.sources))
+        tensors = RELEASE_TO_MM.to_hf(merge_tp(checkpoint.sources, tp_split))
         _write_release(Path(opts.target_path), tensors, read_config(Path(opts.ckpt_path)), opts.shard_size)
         return f"mm_to_hf {opts.source_path} -> {opts.target_path}"
 

@@ -5,10 +5,15 @@ MindSpeed-MM's layout (its checkpoint/vlm_model converters): the vision tower is
 the merger is ``image_encoder.projector``, the LLM is ``text_decoder`` (q, k and v interleaved per
 key-value group). ``vit_pp_layers`` and ``llm_pp_layers`` give each stage's share of both stacks; with tied
 word embeddings and several stages the last stage carries a copy of the embedding as its output layer.
+``tp_size`` splits both stacks as MindSpeed-MM's qwen2.5-vl converter does (``mp_rank_TT[_PPP]``): linear_qkv
+(whole key-value groups, whole vision heads), the GLU linear_fc1 (gate and up each), the merger's first linear,
+the embedding and output layer (the vocabulary) by rows; linear_proj, linear_fc2 and the merger's second linear by
+columns; norms, the patch embedding and the biases of the linears split by columns stay whole on every rank.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,18 +40,35 @@ from mm_convert import (
     read_megatron,
     read_safetensors,
     rename,
-    resplit_megatron,
     staged_output,
     subcommand,
     write_megatron,
     write_safetensors,
 )
 from mm_convert.megatron_layout import STALE, Layout
+from mm_convert.tp_split import Split, merge_tp, split_tp
 from mm_core import hookimpl
 from mm_models_vlm.qwen2_5_vl.export import export_hf
 
 LLM = "text_decoder.decoder.layers.{i}."
 VIT = "image_encoder.encoder.blocks.layers.{i}."
+_LAYER = re.compile(r"^(text_decoder\.decoder\.layers|image_encoder\.encoder\.blocks\.layers)\.\d+\.(.+)$")
+# MindSpeed-MM's tensor-parallel split (qwen2_5_vl_tp_patterns): layer tensors by their name inside the layer.
+_LAYER_SPLITS: dict[str, Split] = {
+    "self_attention.linear_qkv.weight": (0, 1),
+    "self_attention.linear_qkv.bias": (0, 1),
+    "self_attention.linear_proj.weight": (1, 1),
+    "mlp.linear_fc1.weight": (0, 2),
+    "mlp.linear_fc1.bias": (0, 2),
+    "mlp.linear_fc2.weight": (1, 1),
+}
+_SPLITS: dict[str, Split] = {
+    "text_decoder.embedding.word_embeddings.weight": (0, 1),
+    "text_decoder.output_layer.weight": (0, 1),
+    "image_encoder.projector.encoder.linear_fc1.weight": (0, 1),
+    "image_encoder.projector.encoder.linear_fc1.bias": (0, 1),
+    "image_encoder.projector.encoder.linear_fc2.weight": (1, 1),
+}
 WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json")
 
 
@@ -64,7 +86,7 @@ class ParallelConfig:
     llm_pp_layers: list | int = option(help="LLM layers per PP stage, e.g. [[36]] or [[1,10,12,13]]; must match "
                                             "model.json's pipeline_num_layers")
     vit_pp_layers: list | int = option(help="vision layers per PP stage, e.g. [[32]] or [[32,0,0,0]]")
-    tp_size: int = option(1, help="tensor parallel size (mm trains without tensor parallelism: 1)")
+    tp_size: int = option(1, help="tensor parallel size: the mp_rank_TT shards (the vision tower split alike)")
 
 
 @dataclass
@@ -92,6 +114,12 @@ class ResplitOptions:
     target_dir: Path = option(help="folder to write the re-cut checkpoint into")
     hf_config: HfConfig
     target_parallel_config: ParallelConfig
+
+
+def tp_split(key: str) -> Split | None:
+    """How ``key`` (MindSpeed-MM name) splits over tensor-parallel ranks: (dim, fused parts), or None: whole."""
+    layer = _LAYER.match(key)
+    return _LAYER_SPLITS.get(layer.group(2)) if layer else _SPLITS.get(key)
 
 
 def _llm_rules(heads: int, kv_heads: int, head_dim: int) -> list[Rule]:
@@ -161,11 +189,19 @@ class QwenLayout:
             shapes.pop("lm_head.weight")
         return shapes
 
+    def check_tp(self, tp_size: int, option: str) -> None:
+        """A ConvertError unless ``tp_size`` divides the LLM's key-value groups and the vision tower's heads (the
+        fused linear_qkv rows are split by whole groups and heads)."""
+        text, vision = self.config.text_config, self.config.vision_config
+        if tp_size < 1:
+            raise ConvertError(f"--cfg.{option}.tp_size must be at least 1, got {tp_size}")
+        for heads, what in ((text.num_key_value_heads, "key-value heads"), (vision.num_heads, "vision heads")):
+            if heads % tp_size:
+                raise ConvertError(f"--cfg.{option}.tp_size {tp_size} does not divide the model's {heads} {what}")
+
     def layouts(self, parallel: ParallelConfig, option: str) -> dict[str, Layout]:
         """The vit and llm layouts of ``--cfg.<option>.*``, checked to cut the same stages."""
-        if parallel.tp_size != 1:
-            raise ConvertError(f"--cfg.{option}.tp_size {parallel.tp_size}: mm trains Qwen2.5-VL without tensor "
-                               "parallelism, use 1")
+        self.check_tp(parallel.tp_size, option)
         layouts = {"vit": parse_layout(parallel.vit_pp_layers, f"--cfg.{option}.vit_pp_layers"),
                    "llm": parse_layout(parallel.llm_pp_layers, f"--cfg.{option}.llm_pp_layers")}
         shapes = {name: [len(chunk) for chunk in layout] for name, layout in layouts.items()}
@@ -185,35 +221,40 @@ def _saved_name(key: str) -> str:
 
 
 class Qwen2_5_VLConverter(Converter):
-    """Qwen2.5-VL: Hugging Face <-> MindSpeed-MM (PP/VPP over vit and llm); training checkpoint export."""
+    """Qwen2.5-VL: Hugging Face <-> MindSpeed-MM (TP, PP/VPP over vit and llm); training checkpoint export."""
 
     name = "Qwen2_5_VLConverter"
-    description = "Qwen2.5-VL: Hugging Face and MindSpeed-MM layouts (vit/llm pipeline stages); mm checkpoint export"
+    description = "Qwen2.5-VL: Hugging Face and MindSpeed-MM layouts (TP, vit/llm PP stages); mm checkpoint export"
 
     @subcommand(HfToMmOptions)
     def hf_to_mm(self, opts: HfToMmOptions) -> str:
-        """Hugging Face folder -> MindSpeed-MM checkpoint cut into vit_pp_layers / llm_pp_layers."""
+        """Hugging Face folder -> MindSpeed-MM checkpoint split by tp_size, cut into vit_pp_layers / llm_pp_layers."""
         qwen = QwenLayout(opts.hf_config.hf_dir)
         layouts = qwen.layouts(opts.parallel_config, "parallel_config")
+        tp = opts.parallel_config.tp_size
         tensors = read_safetensors(opts.hf_config.hf_dir)
         tensors.check(qwen.hf_shapes(), f"its config.json ({opts.hf_config.hf_dir / 'config.json'})")
         with staged_output(opts.mm_dir, stale=STALE) as out:
-            write_megatron(out, [qwen.rules.to_mm(tensors)], layouts, qwen.pipeline)
-        return f"hf_to_mm {opts.hf_config.hf_dir} -> {opts.mm_dir} (vit {layouts['vit']}, llm {layouts['llm']})"
+            write_megatron(out, split_tp(qwen.rules.to_mm(tensors), tp, tp_split, "--cfg.parallel_config.tp_size"),
+                           layouts, qwen.pipeline)
+        return (f"hf_to_mm {opts.hf_config.hf_dir} -> {opts.mm_dir} (tp {tp}, vit {layouts['vit']}, "
+                f"llm {layouts['llm']})")
 
     @subcommand(MmToHfOptions)
     def mm_to_hf(self, opts: MmToHfOptions) -> str:
-        """MindSpeed-MM checkpoint -> Hugging Face folder (weights renamed back, other files from hf_dir)."""
+        """MindSpeed-MM checkpoint (tp_size ranks merged) -> Hugging Face folder (weights renamed back, other files
+        from hf_dir)."""
         qwen = QwenLayout(opts.hf_config.hf_dir)
         layouts = qwen.layouts(opts.parallel_config, "parallel_config")
         checkpoint = read_megatron(opts.mm_dir, qwen.pipeline)
-        if len(checkpoint.sources) != 1:
-            raise ConvertError(f"{opts.mm_dir} has {len(checkpoint.sources)} tensor-parallel ranks; mm uses 1")
+        if len(checkpoint.sources) != opts.parallel_config.tp_size:
+            raise ConvertError(f"{opts.mm_dir} has {len(checkpoint.sources)} tensor-parallel ranks, not "
+                               f"--cfg.parallel_config.tp_size {opts.parallel_config.tp_size}")
         if checkpoint.layouts != layouts:
             raise ConvertError(f"{opts.mm_dir} is cut as vit {checkpoint.layouts['vit']}, llm "
                                f"{checkpoint.layouts['llm']}, not as --cfg.parallel_config says (vit "
                                f"{layouts['vit']}, llm {layouts['llm']})")
-        tensors = qwen.rules.to_hf(checkpoint.sources[0])
+        tensors = qwen.rules.to_hf(merge_tp(checkpoint.sources, tp_split))
         tensors.check(qwen.hf_shapes(), f"the Qwen2.5-VL of {opts.hf_config.hf_dir / 'config.json'}")
         with staged_output(opts.save_hf_dir, stale=WEIGHT_FILES) as out:
             write_safetensors(out, tensors, "model", opts.shard_size)
@@ -224,12 +265,18 @@ class Qwen2_5_VLConverter(Converter):
 
     @subcommand(ResplitOptions)
     def resplit(self, opts: ResplitOptions) -> str:
-        """MindSpeed-MM checkpoint -> the same weights cut into other vit / llm pipeline stages."""
+        """MindSpeed-MM checkpoint -> the same weights for another tp_size and other vit / llm pipeline stages."""
         qwen = QwenLayout(opts.hf_config.hf_dir)
         layouts = qwen.layouts(opts.target_parallel_config, "target_parallel_config")
-        old = resplit_megatron(opts.source_dir, opts.target_dir, layouts, qwen.pipeline)
-        return (f"resplit {opts.source_dir} (vit {old['vit']}, llm {old['llm']}) -> {opts.target_dir} "
-                f"(vit {layouts['vit']}, llm {layouts['llm']})")
+        tp = opts.target_parallel_config.tp_size
+        checkpoint = read_megatron(opts.source_dir, qwen.pipeline)
+        whole = merge_tp(checkpoint.sources, tp_split)
+        with staged_output(opts.target_dir, stale=STALE) as out:
+            write_megatron(out, split_tp(whole, tp, tp_split, "--cfg.target_parallel_config.tp_size"), layouts,
+                           qwen.pipeline)
+        old = checkpoint.layouts
+        return (f"resplit {opts.source_dir} (tp {len(checkpoint.sources)}, vit {old['vit']}, llm {old['llm']}) -> "
+                f"{opts.target_dir} (tp {tp}, vit {layouts['vit']}, llm {layouts['llm']})")
 
     @subcommand(ExportOptions)
     def export(self, opts: ExportOptions) -> str:
