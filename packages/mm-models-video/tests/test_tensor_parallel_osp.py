@@ -12,6 +12,8 @@ from mm_models_video.opensoraplan1_3.build import build_model
 from mm_models_video.opensoraplan1_3.plugin import parallel_plan
 from mm_parallel.tensor_parallel import check_plan
 
+# 18 tokens per clip: 9 per tp rank under SP; a ring of 2 pads them to 20, 5 per rank of tp 2 × ring 2. Ulysses'
+# 9 tokens per cp rank do not divide over tp, so tp × Ulysses runs without SP.
 TP2 = ["parallel.tp.size=2"]
 SP = "parallel.tp.sequence_parallel=true"
 # Affine block norms: under sequence parallelism their weights meet the token shards.
@@ -28,10 +30,12 @@ def single(tmp_path_factory) -> dict:
     [
         (2, [*TP2, SP]),
         pytest.param(2, TP2, marks=pytest.mark.slow),
-        pytest.param(4, [*TP2, SP, "parallel.cp.size=2", "parallel.cp.mode=ulysses", "parallel.fsdp2.enable=true"],
+        pytest.param(4, [*TP2, "parallel.cp.size=2", "parallel.cp.mode=ulysses", "parallel.fsdp2.enable=true"],
+                     marks=pytest.mark.slow),
+        pytest.param(4, [*TP2, SP, "parallel.cp.size=2", "parallel.cp.mode=ring", "parallel.fsdp2.enable=true"],
                      marks=pytest.mark.slow),
     ],
-    ids=["tp-2-sp", "tp-2", "tp-2-sp-ulysses-2-fsdp2"],
+    ids=["tp-2-sp", "tp-2", "tp-2-ulysses-2-fsdp2", "tp-2-sp-ring-2-fsdp2"],
 )
 def test_tensor_parallel_training_equals_one_process(single, tmp_path, world, overrides) -> None:
     run = parallel_run(world, tmp_path, AFFINE, *overrides)
