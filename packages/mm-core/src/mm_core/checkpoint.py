@@ -8,6 +8,7 @@ import random
 import re
 import shutil
 import warnings
+from dataclasses import replace
 from errno import ENOSPC
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
-from mm_core import manifest
+from mm_core import lora, manifest
 from mm_core.config import dump
 from mm_core.errors import CheckpointError
 
@@ -75,10 +76,11 @@ def latest_checkpoint(root: Path) -> Path | None:
 class CheckpointManager:
     """Saves and restores model, optimizer, LR scheduler, RNG and data position under ``root``."""
 
-    def __init__(self, root: Path, runtime, keep_last: int = 3) -> None:
+    def __init__(self, root: Path, runtime, keep_last: int = 3, plugins: list[str] | tuple = ()) -> None:
         self.root = Path(root)
         self.runtime = runtime
         self.keep_last = keep_last
+        self.plugins = list(plugins)  # the plugin stack that builds the model again (export of a LoRA run)
 
     def save(self, step: int, model, optimizer, scheduler, data_iter) -> Path:
         """Write checkpoint ``step_<step>`` atomically and prune old ones; returns its path.
@@ -89,7 +91,7 @@ class CheckpointManager:
         rt = self.runtime
         final = self.root / f"step_{step:08d}"
         tmp = self.root / f".tmp_step_{step:08d}"
-        model_sd, optim_sd = get_state_dict(model, optimizer, options=FLAT_OPTIMIZER)
+        model_sd, optim_sd = get_state_dict(model, optimizer, options=_adapters_only(model, FLAT_OPTIMIZER))
         state = {"model": model_sd, "optim": optim_sd}
         need = _all_ranks_sum(_tensor_bytes(state), rt.device)
         if rt.is_main:
@@ -127,7 +129,8 @@ class CheckpointManager:
             # Rank 0 reads data on every layout; its position in the global stream is the run's.
             torch.save(
                 {"step": step, "scheduler": scheduler.state_dict(), "world_size": rt.world_size,
-                 "dp_size": rt.dp_size, "dims": dict(rt.dims), "data": data_iter.state_dict()},
+                 "dp_size": rt.dp_size, "dims": dict(rt.dims), "data": data_iter.state_dict(),
+                 "plugins": self.plugins},
                 tmp / TRAINER_STATE,
             )
             (tmp / CONFIG_FILE).write_text(dump(rt.config), encoding="utf-8")
@@ -228,13 +231,18 @@ def _size(size: int) -> str:
 
 
 def load_model_state(path: Path, model, optimizer=None) -> None:
-    """Load model (and optimizer) weights from a DCP checkpoint dir into possibly sharded modules."""
+    """Load model (and optimizer) weights from a DCP checkpoint dir into possibly sharded modules.
+
+    A LoRA run's checkpoint holds the adapters only: a model without them (``mm infer``) gets them first.
+    """
     if not (Path(path) / ".metadata").is_file():
         raise CheckpointError(f"{path} holds no torch.distributed.checkpoint (.metadata is missing)")
     flatten = optimizer is not None and _flat_optimizer_state(path)
-    model_sd, optim_sd = get_state_dict(
-        model, optimizer or [], options=StateDictOptions(flatten_optimizer_state_dict=flatten)
-    )
+    adapters = lora.checkpoint_settings(path)
+    if adapters is not None and not lora.has_adapters(model):
+        lora.inject(model, adapters, adapters.target_modules)
+    options = _adapters_only(model, StateDictOptions(flatten_optimizer_state_dict=flatten))
+    model_sd, optim_sd = get_state_dict(model, optimizer or [], options=options)
     state: dict[str, Any] = {"model": model_sd}
     if optimizer is not None:
         state["optim"] = optim_sd
@@ -248,8 +256,13 @@ def load_model_state(path: Path, model, optimizer=None) -> None:
         optimizer or [],
         model_state_dict=state["model"],
         optim_state_dict=state.get("optim", {}),
-        options=StateDictOptions(strict=True, flatten_optimizer_state_dict=flatten),
+        options=replace(options, strict=not options.ignore_frozen_params),
     )
+
+
+def _adapters_only(model, options: StateDictOptions) -> StateDictOptions:
+    """``options`` for ``model``: a LoRA model's checkpoint holds its adapters, not its frozen base weights."""
+    return replace(options, ignore_frozen_params=lora.has_adapters(model))
 
 
 def _flat_optimizer_state(path: Path) -> bool:

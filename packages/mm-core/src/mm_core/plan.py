@@ -240,8 +240,13 @@ class ParallelPlan:
     tp: TensorParallelPlan | None = None
     """How tensor parallelism splits the layers; None: the plugin does not support TP."""
 
+    lora_targets: Sequence[str] = ()
+    """The modules LoRA adapts when ``model.lora.target_modules`` is not set: names or their dotted tails, ``*``
+    for one name part (``attn1.to_q``, ``language_model.layers.*.mlp.up_proj``)."""
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "fsdp_modules", _paths("ParallelPlan", "fsdp_modules", self.fsdp_modules))
+        object.__setattr__(self, "lora_targets", _paths("ParallelPlan", "lora_targets", self.lora_targets))
         for name, kind in (("cp", ContextParallelPlan), ("pipeline", PipelinePlan), ("tp", TensorParallelPlan)):
             value = getattr(self, name)
             if value is not None and not isinstance(value, kind):

@@ -139,6 +139,12 @@ def hook_names() -> list[str]:
     return [name for name, value in vars(hookspecs).items() if not name.startswith("_") and hasattr(value, "mm_spec")]
 
 
+def plugin_stack(pm: pluggy.PluginManager) -> list[str]:
+    """The names of the plugins registered in ``pm``, in order, without mm-core's defaults and the engines."""
+    engines = {ep.name for ep in md.entry_points(group=ENGINE_GROUP)}
+    return [name for name, _ in pm.list_name_plugin() if name != DEFAULTS and name not in engines]
+
+
 def _implemented_outside_defaults(pm: pluggy.PluginManager, hook: str) -> bool:
     caller = getattr(pm.hook, hook)
     return any(impl.plugin_name != DEFAULTS for impl in caller.get_hookimpls())
@@ -160,8 +166,16 @@ def make_config(
     overrides: Sequence[str] = (),
     plugin_name: str = "mm",
 ) -> Config:
-    """The validated effective config: plugin defaults ← files ← section files ← overrides."""
-    config = build_config(merged_defaults(pm, task), list(files), sections, list(overrides))
+    """The validated effective config: plugin defaults ← files ← section files ← overrides.
+
+    A plugin's model schema gets ``model.lora`` (off); an empty one, which takes any keys, takes it as it is.
+    """
+    from mm_core.lora import DEFAULTS as LORA
+
+    defaults = merged_defaults(pm, task)
+    if defaults.get("model"):
+        defaults["model"] = deep_merge({"lora": LORA}, defaults["model"])
+    config = build_config(defaults, list(files), sections, list(overrides))
     if not config.training.get("output_dir"):
         config.training["output_dir"] = str(Path("runs") / plugin_name.rsplit(".", 1)[-1])
     return config

@@ -15,12 +15,14 @@ from typing import Any, Protocol, runtime_checkable
 import pluggy
 import torch
 
+from mm_core import lora
 from mm_core.checkpoint import CheckpointManager, list_checkpoints
 from mm_core.data_iter import DataIterator
 from mm_core.errors import CheckpointError, ConfigError, MMError, PluginError
 from mm_core.metrics import MetricsLogger, peak_memory_gib, peak_tflops
 from mm_core.optim import build_optimizer, build_scheduler
 from mm_core.plan import ParallelPlan
+from mm_core.plugins import plugin_stack
 from mm_core.preemption import StopSignals, restart_count, signal_name
 from mm_core.runtime import Runtime
 
@@ -185,6 +187,9 @@ class Trainer:
             raise PluginError("datasets_provider must return (train, valid, test)")
         model = _call(hook.model_provider, "model_provider", config=self.cfg, runtime=rt)
         plan = model_plan(hook, model, self.cfg)
+        adapted = None
+        if lora.enabled(self.cfg):  # peft is imported only then
+            plan, adapted = lora.apply(model, plan, self.cfg)
         model = _call(
             hook.parallelize_model, "parallelize_model", model=model, plan=plan, config=self.cfg, runtime=rt
         )
@@ -193,7 +198,8 @@ class Trainer:
         valid_iter = DataIterator(datasets[1], "valid", seed=training.seed) if datasets[1] is not None else None
         optimizer = build_optimizer(model, training, rt.device)
         scheduler = build_scheduler(optimizer, training)
-        ckpt = CheckpointManager(rt.output_dir / "checkpoints", rt, keep_last=training.keep_last)
+        ckpt = CheckpointManager(rt.output_dir / "checkpoints", rt, keep_last=training.keep_last,
+                                 plugins=plugin_stack(self.pm))
 
         step = 0
         resumed_from: Path | None = None
@@ -219,6 +225,8 @@ class Trainer:
             f"| {accum} micro-batch(es) of {training.micro_batch_size} per step "
             f"| global batch {training.global_batch_size} | steps {step}→{training.train_iters}"
         )
+        if adapted:
+            metrics.print(adapted)
         losses: dict[int, float] = {}
         last_saved: Path | None = None
         in_a_row = 0
