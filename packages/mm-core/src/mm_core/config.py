@@ -5,14 +5,19 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import logging
+import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from mm_core.errors import ConfigError
+
+log = logging.getLogger("mm")
 
 # Values that must be one of a fixed set, by dotted key.
 CHOICES = {
@@ -34,6 +39,14 @@ ALIASES = {
     "model.lora-alpha": "model.lora.alpha",
     "model.lora-target-modules": "model.lora.target_modules",
 }
+
+
+@dataclass(frozen=True)
+class Unused:
+    """The default of a key that MindSpeed-MM's files carry and mm has no use for (an Ascend kernel switch, a
+    Megatron detail): any value is accepted with a one-line warning naming the key and ``reason``, then dropped."""
+
+    reason: str
 
 
 class _Loader(yaml.SafeLoader):
@@ -199,6 +212,10 @@ def validate(layer: Mapping, schema: Mapping, source: str, prefix: str = "") -> 
             known = ", ".join(str(k) for k in schema) or "none"
             raise ConfigError(f"{source}: unknown key {dotted!r}{hint} (known here: {known})")
         default = schema[key]
+        if isinstance(default, Unused):
+            if int(os.environ.get("RANK", "0")) == 0:
+                log.warning("warning: %s: %s is accepted and ignored (%s)", source, dotted, default.reason)
+            continue
         if not _type_ok(default, value):
             raise ConfigError(
                 f"{source}: {dotted} must be {_type_name(default)} (like {default!r}), "
@@ -272,9 +289,21 @@ def build_config(
         validate(layer, defaults, source)
         merged = deep_merge(merged, _switch_on_enabled_sections(layer, defaults))
         sources.update(dict.fromkeys(_leaf_keys(layer), source))
-    config = wrap(merged)
+    config = wrap(_drop_unused(merged, defaults))
     config.__dict__["_sources"] = sources
     return config
+
+
+def _drop_unused(merged: Mapping, schema: Mapping) -> dict:
+    """``merged`` without the keys whose default is :class:`Unused` (given or not): no code reads them."""
+    out = {}
+    for key, value in merged.items():
+        default = schema.get(key) if isinstance(schema, Mapping) else None
+        if isinstance(default, Unused) or isinstance(value, Unused):
+            continue
+        out[key] = _drop_unused(value, default) if isinstance(value, Mapping) and isinstance(default, Mapping) \
+            else value
+    return out
 
 
 def _leaf_keys(layer: Mapping, prefix: str = "") -> list[str]:
