@@ -95,3 +95,18 @@ def test_vae_loads_the_released_file_layout(tmp_path) -> None:
     other.load_release(tmp_path / "vae_v2.safetensors")
     for key, value in vae.state_dict().items():
         torch.testing.assert_close(other.state_dict()[key], value)
+
+
+def test_text_encoders_stay_in_eval_mode() -> None:
+    from stepvideo_testing import stepvideo_config
+
+    from mm_models_video.stepvideo.build import build_text_encoders
+    from mm_models_video.stepvideo.flavors import get_flavor
+
+    encoders = build_text_encoders(stepvideo_config().model, get_flavor("tiny"))
+    before = encoders(["a red circle"])
+    # What a pipeline stage does: train() on the encoders themselves, not through the composite.
+    encoders.train()
+    assert not any(module.training for module in encoders.modules())
+    after = encoders(["a red circle"])
+    torch.testing.assert_close(after, before, rtol=0, atol=0)

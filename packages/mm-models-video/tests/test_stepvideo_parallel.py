@@ -17,9 +17,9 @@ def single(tmp_path_factory) -> dict:
     [
         pytest.param(["parallel.cp.size=2", "parallel.cp.mode=ulysses"], id="ulysses-2"),
         pytest.param(["parallel.cp.size=2", "parallel.cp.mode=ring"], id="ring-2", marks=pytest.mark.slow),
-        # Known gap: the 2-stage pipeline trains, but its losses differ from one process by about 1% from the first
-        # step on (1.2810 vs 1.2860); not found yet.
-        pytest.param(["parallel.pp.size=2"], id="pp-2", marks=[pytest.mark.slow, pytest.mark.xfail(strict=True)]),
+        # The pipeline sets its stages' modules to train one by one: the text encoders must stay in eval (BERT's
+        # dropout made the first stage's CLIP features differ, about 1% in the losses).
+        pytest.param(["parallel.pp.size=2"], id="pp-2", marks=pytest.mark.slow),
         pytest.param(["parallel.fsdp2.enable=true"], id="fsdp2-2", marks=pytest.mark.slow),
     ],
 )

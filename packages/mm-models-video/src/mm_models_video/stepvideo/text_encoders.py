@@ -99,6 +99,14 @@ class StepVideoTextEncoders(nn.Module):
         self.llm, self.clip = llm, clip
         self.llm_tokenizer, self.clip_tokenizer = llm_tokenizer, clip_tokenizer
         self.clip_len = clip_len
+        self.eval()
+
+    def train(self, mode: bool = True) -> StepVideoTextEncoders:
+        """Stay in eval mode whatever ``mode`` asks: the encoders are frozen and BERT's dropout would change the text.
+
+        A pipeline stage sets the train mode of the modules it holds one by one, past the composite's own train().
+        """
+        return super().train(False)
 
     @property
     def llm_len(self) -> int:
