@@ -87,19 +87,26 @@ def _pattern(target: str) -> re.Pattern:
     return re.compile(rf"(?:.*\.)?{body}")
 
 
-def resolve(model: torch.nn.Module, targets: Iterable[str]) -> list[str]:
-    """The names of the modules the target patterns match, each pattern checked to match one at least."""
+def resolve(model: torch.nn.Module, targets: Iterable[str], each: bool = True) -> list[str]:
+    """The names of the modules the target patterns match: each pattern one at least (``each``), else any."""
     names = [name for name, _ in model.named_modules() if name]
     found: dict[str, None] = {}
+    targets = list(targets)
     for target in targets:
         regex = _pattern(target)
         hits = [name for name in names if regex.fullmatch(name)]
-        if not hits:
-            linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)][:6]
+        if not hits and each:
             raise ConfigError(f"model.lora.target_modules entry {target!r} matches no module of the model "
-                              f"(linear modules are named like: {', '.join(linears) or 'none'})")
+                              f"(linear modules are named like: {_linears(model)})")
         found.update(dict.fromkeys(hits))
+    if not found:
+        raise ConfigError(f"model.lora.target_modules {targets} match no module of the model "
+                          f"(linear modules are named like: {_linears(model)})")
     return list(found)
+
+
+def _linears(model: torch.nn.Module) -> str:
+    return ", ".join([n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)][:6]) or "none"
 
 
 def _lora_config(lora: LoraSettings, targets: list[str]):
@@ -109,11 +116,11 @@ def _lora_config(lora: LoraSettings, targets: list[str]):
                       bias="none")
 
 
-def inject(model: torch.nn.Module, lora: LoraSettings, targets: Iterable[str]) -> list[str]:
+def inject(model: torch.nn.Module, lora: LoraSettings, targets: Iterable[str], each: bool = True) -> list[str]:
     """Put LoRA adapters into ``model`` in place, freeze everything else; returns the adapted module names."""
     from peft import inject_adapter_in_model
 
-    names = resolve(model, targets)
+    names = resolve(model, targets, each)
     try:
         inject_adapter_in_model(_lora_config(lora, names), model, adapter_name=ADAPTER)
     except ValueError as exc:
@@ -148,9 +155,10 @@ def apply(model: torch.nn.Module, plan: ParallelPlan, config) -> tuple[ParallelP
     if on_meta and plan.pretrained is None:
         raise ConfigError("LoRA on a model built on the meta device needs its pretrained weights "
                           "(ParallelPlan.pretrained): adapters train on a base model")
-    names = inject(model, lora, targets)
+    names = inject(model, lora, targets, each=bool(lora.target_modules))
+    matched = [t for t in targets if any(_pattern(t).fullmatch(n) for n in names)]
     config.model["lora"] = type(config.model)(
-        rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, target_modules=list(targets))
+        rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, target_modules=matched)
     if on_meta:
         plan = replace(plan, pretrained=adapted_pretrained(plan.pretrained, names, model, config.training.seed))
     return plan, summary(model)
@@ -211,3 +219,70 @@ def checkpoint_settings(path: Path) -> LoraSettings | None:
     if not lora.target_modules:
         raise ConfigError(f"{config_file} turns LoRA on but names no model.lora.target_modules")
     return lora
+
+
+def rebuild(checkpoint: Path) -> torch.nn.Module:
+    """The model of a LoRA run's checkpoint in this process, on the CPU: its plugins build the base, adapters load."""
+    from mm_core.checkpoint import CONFIG_FILE, TRAINER_STATE, load_model_state
+    from mm_core.config import load_file, wrap
+    from mm_core.errors import CheckpointError
+    from mm_core.plugins import load_plugins
+    from mm_core.runtime import create_runtime
+    from mm_core.trainer import model_plan
+
+    checkpoint = Path(checkpoint)
+    plugins = torch.load(checkpoint / TRAINER_STATE, weights_only=False).get("plugins")
+    if not plugins:
+        raise CheckpointError(f"{checkpoint} does not name the plugins that built its model (it predates LoRA "
+                              "export): its base model cannot be rebuilt")
+    config = wrap(load_file(checkpoint / CONFIG_FILE))
+    for dim in ("cp", "pp", "tp"):
+        config.parallel[dim]["size"] = 1
+    config.training["device"] = "cpu"
+    pm = load_plugins(plugins)
+    runtime = create_runtime(config)
+    model = pm.hook.model_provider(config=config, runtime=runtime)
+    plan, _ = apply(model, model_plan(pm.hook, model, config), config)
+    if any(t.is_meta for t in model.parameters()):
+        model.to_empty(device="cpu")
+        model.load_state_dict(plan.pretrained(), strict=True)
+    load_model_state(checkpoint, model)
+    return model.eval()
+
+
+def merge(model: torch.nn.Module) -> torch.nn.Module:
+    """Fold every adapter into its base weight and put the plain layer back in its place; returns ``model``."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    adapted = [(name, module) for name, module in model.named_modules() if isinstance(module, BaseTunerLayer)]
+    for name, module in adapted:
+        module.merge()
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, module.get_base_layer())
+    return model
+
+
+def adapter_root(model: torch.nn.Module) -> tuple[str, torch.nn.Module]:
+    """The outermost loadable model (``from_pretrained`` and ``save_pretrained``: a diffusers or transformers model)
+    holding every adapter, and its path: the Wan transformer ``predictor``, the whole VLM; else ``model`` itself.
+
+    peft's adapter files name modules from there, as ``PeftModel.from_pretrained`` of that model expects them.
+    """
+    adapters = [name for name, _ in model.named_parameters() if is_adapter(name)]
+    for path, module in model.named_modules():
+        prefix = f"{path}." if path else ""
+        loadable = all(callable(getattr(module, m, None)) for m in ("from_pretrained", "save_pretrained"))
+        if loadable and all(a.startswith(prefix) for a in adapters):
+            return path, module
+    return "", model
+
+
+def peft_adapter(model: torch.nn.Module, lora: LoraSettings) -> tuple[Any, dict[str, torch.Tensor], str]:
+    """peft's LoraConfig, adapter weights (keys as ``PeftModel.save_pretrained`` writes them) and root path."""
+    path, root = adapter_root(model)
+    prefix = f"{path}." if path else ""
+    adapted = sorted({name.split(".lora_")[0][len(prefix):] for name, _ in model.named_parameters()
+                      if is_adapter(name)})
+    weights = {f"base_model.model.{name[len(prefix):]}".replace(f".{ADAPTER}.", "."): param.detach().contiguous()
+               for name, param in model.named_parameters() if is_adapter(name)}
+    return _lora_config(lora, adapted), weights, path

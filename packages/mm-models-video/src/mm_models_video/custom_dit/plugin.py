@@ -11,6 +11,7 @@ from mm_models_video.custom_dit import schema
 from mm_models_video.custom_dit.build import build_model
 from mm_models_video.custom_dit.data import build_train_loader, check_clip_fits
 from mm_models_video.custom_dit.model import CustomModel
+from mm_models_video.lora_targets import WAN_BLOCK
 
 # The embedded run: the tiny CustomDiT on generated clips, in seconds on the CPU.
 TRAINING = {
@@ -42,8 +43,9 @@ def model_provider(config: Config, runtime: Runtime) -> CustomModel:
 
 @hookimpl
 def parallel_plan(model: CustomModel, config: Config) -> ParallelPlan:
-    """FSDP2 shards each DiT block when fsdp2_config.yaml names no sub_modules_to_wrap."""
-    return ParallelPlan(fsdp_modules=["predictor.blocks.{*}"])
+    """FSDP2 shards each DiT block when fsdp2_config.yaml names no sub_modules_to_wrap; LoRA adapts the blocks'
+    attention and FFN projections by default."""
+    return ParallelPlan(fsdp_modules=["predictor.blocks.{*}"], lora_targets=WAN_BLOCK)
 
 
 @hookimpl

@@ -45,6 +45,7 @@ from mm_convert import (
     write_megatron,
     write_safetensors,
 )
+from mm_convert.export import export_lora
 from mm_convert.megatron_layout import STALE, Layout
 from mm_convert.tp_split import Split, merge_tp, split_tp
 from mm_core import hookimpl
@@ -281,6 +282,9 @@ class Qwen2_5_VLConverter(Converter):
     @subcommand(ExportOptions)
     def export(self, opts: ExportOptions) -> str:
         """mm training checkpoint -> Hugging Face folder (weights, config and processor) for from_pretrained."""
+        adapter = export_lora(opts)
+        if adapter is not None:
+            return adapter
         checkpoint = find_training_checkpoint(opts.source_path)
         with staged_output(opts.target_path, stale=WEIGHT_FILES) as out:
             export_hf(checkpoint, out)

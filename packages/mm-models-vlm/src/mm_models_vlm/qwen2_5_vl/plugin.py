@@ -21,6 +21,11 @@ from mm_models_vlm.qwen2_5_vl.tp import tensor_parallel_plan
 
 log = logging.getLogger("mm")
 
+# The decoder projections LLaMA-Factory and ms-swift adapt in Qwen2.5-VL; the vision tower's MLP shares their names.
+LORA_TARGETS = tuple(f"language_model.layers.*.{name}" for name in (
+    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+    "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"))
+
 
 @hookimpl
 def default_config(task: str) -> dict:
@@ -74,9 +79,10 @@ def loss_func(output: torch.Tensor, batch: Batch, runtime) -> tuple[torch.Tensor
 @hookimpl
 def parallel_plan(model: torch.nn.Module, config: Config) -> ParallelPlan:
     """FSDP2 units: every vision block and every decoder layer (transformers' module names); the PP stages; the
-    language model's TP layout (``tp``)."""
+    language model's TP layout (``tp``); LoRA adapts the decoder's attention and MLP projections by default."""
     return ParallelPlan(fsdp_modules=["model.visual.blocks.{*}", "model.language_model.layers.{*}"],
-                        pipeline=pipeline_plan(model, config), tp=tensor_parallel_plan(model))
+                        pipeline=pipeline_plan(model, config), tp=tensor_parallel_plan(model),
+                        lora_targets=LORA_TARGETS)
 
 
 @hookimpl
