@@ -122,13 +122,18 @@ def test_the_config_knows_which_file_or_override_set_each_key(tmp_path):
 def test_an_unused_key_is_accepted_with_a_warning_naming_it_and_dropped(tmp_path, caplog):
     from mm_core.config import Unused
 
-    defaults = {"model": {"hidden": 8, "use_fused_rmsnorm": Unused("an Ascend fused kernel"),
+    kernel = Unused("an Ascend fused kernel")
+    defaults = {"model": {"hidden": 8, "use_fused_rmsnorm": kernel, "use_fused_swiglu": kernel,
                           "patch": Unused("MindSpeed-MM's monkey patches")}}
     model = tmp_path / "model.json"
-    model.write_text(json.dumps({"hidden": 16, "use_fused_rmsnorm": True, "patch": {"bridge_patch": False}}))
+    model.write_text(json.dumps({"hidden": 16, "use_fused_rmsnorm": True, "patch": {"bridge_patch": False},
+                                 "use_fused_swiglu": True}))
     with caplog.at_level("WARNING", logger="mm"):
         config = build_config(defaults, section_files={"model": model})
     assert config.to_dict() == {"model": {"hidden": 16}}
     lines = [r.getMessage() for r in caplog.records]
-    assert lines == [f"warning: {model}: model.use_fused_rmsnorm is accepted and ignored (an Ascend fused kernel)",
-                     f"warning: {model}: model.patch is accepted and ignored (MindSpeed-MM's monkey patches)"]
+    assert lines == [
+        f"warning: {model}: accepted and ignored (an Ascend fused kernel): model.use_fused_rmsnorm, "
+        "model.use_fused_swiglu",
+        f"warning: {model}: accepted and ignored (MindSpeed-MM's monkey patches): model.patch",
+    ]

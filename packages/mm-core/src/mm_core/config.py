@@ -199,10 +199,12 @@ def _type_ok(default: Any, value: Any) -> bool:
     return isinstance(value, accepted) and (bool in accepted or not isinstance(value, bool))
 
 
-def validate(layer: Mapping, schema: Mapping, source: str, prefix: str = "") -> None:
+def validate(layer: Mapping, schema: Mapping, source: str, prefix: str = "",
+             unused: list[tuple[str, str]] | None = None) -> None:
     """Check every key of ``layer`` exists in ``schema`` with a compatible type; raise one ConfigError.
 
-    A key whose default is None takes any value; an empty mapping as default takes any keys.
+    A key whose default is None takes any value; an empty mapping as default takes any keys. Keys whose default
+    is :class:`Unused` go to ``unused`` as ``(key, reason)``.
     """
     for key, value in layer.items():
         dotted = f"{prefix}{key}"
@@ -213,8 +215,8 @@ def validate(layer: Mapping, schema: Mapping, source: str, prefix: str = "") -> 
             raise ConfigError(f"{source}: unknown key {dotted!r}{hint} (known here: {known})")
         default = schema[key]
         if isinstance(default, Unused):
-            if int(os.environ.get("RANK", "0")) == 0:
-                log.warning("warning: %s: %s is accepted and ignored (%s)", source, dotted, default.reason)
+            if unused is not None and value is not None:  # null: the file does not use it either
+                unused.append((dotted, default.reason))
             continue
         if not _type_ok(default, value):
             raise ConfigError(
@@ -225,7 +227,18 @@ def validate(layer: Mapping, schema: Mapping, source: str, prefix: str = "") -> 
             allowed = ", ".join(map(str, CHOICES[dotted]))
             raise ConfigError(f"{source}: {dotted} must be one of {allowed}, got {value!r}")
         if isinstance(default, Mapping) and default and isinstance(value, Mapping):
-            validate(value, default, source, prefix=f"{dotted}.")
+            validate(value, default, source, prefix=f"{dotted}.", unused=unused)
+
+
+def warn_unused(unused: list[tuple[str, str]], source: str) -> None:
+    """One warning line per reason, naming the keys of ``source`` accepted and ignored for it (on rank 0)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    by_reason: dict[str, list[str]] = {}
+    for key, reason in unused:
+        by_reason.setdefault(reason, []).append(key)
+    for reason, keys in by_reason.items():
+        log.warning("warning: %s: accepted and ignored (%s): %s", source, reason, ", ".join(keys))
 
 
 def apply_aliases(layer: Mapping, source: str) -> dict:
@@ -286,7 +299,9 @@ def build_config(
     sources: dict[str, str] = {}
     for source, layer in layers:
         layer = apply_aliases(layer, source)
-        validate(layer, defaults, source)
+        unused: list[tuple[str, str]] = []
+        validate(layer, defaults, source, unused=unused)
+        warn_unused(unused, source)
         merged = deep_merge(merged, _switch_on_enabled_sections(layer, defaults))
         sources.update(dict.fromkeys(_leaf_keys(layer), source))
     config = wrap(_drop_unused(merged, defaults))
