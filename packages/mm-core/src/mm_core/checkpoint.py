@@ -8,7 +8,6 @@ import random
 import re
 import shutil
 import warnings
-from dataclasses import replace
 from errno import ENOSPC
 from pathlib import Path
 from typing import Any
@@ -91,8 +90,8 @@ class CheckpointManager:
         rt = self.runtime
         final = self.root / f"step_{step:08d}"
         tmp = self.root / f".tmp_step_{step:08d}"
-        model_sd, optim_sd = get_state_dict(model, optimizer, options=_adapters_only(model, FLAT_OPTIMIZER))
-        state = {"model": model_sd, "optim": optim_sd}
+        model_sd, optim_sd = get_state_dict(model, optimizer, options=FLAT_OPTIMIZER)
+        state = {"model": lora.without_frozen(model, model_sd), "optim": optim_sd}
         need = _all_ranks_sum(_tensor_bytes(state), rt.device)
         if rt.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -241,9 +240,10 @@ def load_model_state(path: Path, model, optimizer=None) -> None:
     adapters = lora.checkpoint_settings(path)
     if adapters is not None and not lora.has_adapters(model):
         lora.inject(model, adapters, adapters.target_modules)
-    options = _adapters_only(model, StateDictOptions(flatten_optimizer_state_dict=flatten))
-    model_sd, optim_sd = get_state_dict(model, optimizer or [], options=options)
-    state: dict[str, Any] = {"model": model_sd}
+    model_sd, optim_sd = get_state_dict(
+        model, optimizer or [], options=StateDictOptions(flatten_optimizer_state_dict=flatten)
+    )
+    state: dict[str, Any] = {"model": lora.without_frozen(model, model_sd)}
     if optimizer is not None:
         state["optim"] = optim_sd
     try:
@@ -256,13 +256,8 @@ def load_model_state(path: Path, model, optimizer=None) -> None:
         optimizer or [],
         model_state_dict=state["model"],
         optim_state_dict=state.get("optim", {}),
-        options=replace(options, strict=not options.ignore_frozen_params),
+        options=StateDictOptions(strict=not lora.has_adapters(model), flatten_optimizer_state_dict=flatten),
     )
-
-
-def _adapters_only(model, options: StateDictOptions) -> StateDictOptions:
-    """``options`` for ``model``: a LoRA model's checkpoint holds its adapters, not its frozen base weights."""
-    return replace(options, ignore_frozen_params=lora.has_adapters(model))
 
 
 def _flat_optimizer_state(path: Path) -> bool:

@@ -76,6 +76,22 @@ def has_adapters(model: torch.nn.Module) -> bool:
     return any(any(m in name for m in _MARKERS) for name, _ in model.named_parameters())
 
 
+# What engines put into parameter names that state dicts leave out: DDP's module, compile's, activation checkpointing's.
+_WRAPPERS = re.compile(r"^module\.|_orig_mod\.|_checkpoint_wrapped_module\.")
+
+
+def without_frozen(model: torch.nn.Module, state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` (the model's state dict) without frozen base weights when ``model`` has adapters; else as it is.
+
+    Weights tied to a frozen one (an LLM's output head) go too: they are the same tensor under another name.
+    """
+    if not has_adapters(model):
+        return state
+    frozen = {_WRAPPERS.sub("", name) for name, param in model.named_parameters(remove_duplicate=False)
+              if not param.requires_grad}
+    return {key: value for key, value in state.items() if key not in frozen}
+
+
 def is_adapter(key: str) -> bool:
     """True for the state-dict key of a LoRA adapter weight."""
     return any(m in key for m in _MARKERS)
