@@ -21,8 +21,9 @@ RECOMPUTE = "parallel.fsdp2.recompute_modules=['predictor.blocks.{*}']"
 COMPILE = ["parallel.compile.enable=true", "parallel.compile.backend=aot_eager"]
 
 
-def test_sharded_transformer_equals_the_whole_one(tmp_path) -> None:
-    report = wan_cp_workers.launch(2, tmp_path / "report.json")
+@pytest.mark.parametrize("task", ["t2v", pytest.param("i2v", marks=pytest.mark.slow)])
+def test_sharded_transformer_equals_the_whole_one(tmp_path, task) -> None:
+    report = wan_cp_workers.launch(2, tmp_path / "report.json", task)
     for mode in ("ulysses", "ring"):
         assert report[mode]["tokens"] == {"ulysses": 9, "ring": 10}[mode]  # 18 tokens; the ring pads to 20
         assert report[mode]["out"] < 1e-5 and report[mode]["grad"] < 1e-5, (mode, report[mode])
@@ -56,6 +57,21 @@ def test_context_parallel_training_equals_one_process(single, tmp_path, world, o
         data = torch.load(saved / "trainer_state.pt", weights_only=False)["data"]
         # Rank 0 read 12 micro-batches of one sample for the cp group (rank 1 receives them): 12 of the stream.
         assert (data["position"], data["samples_per_batch"]) == (12, 1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "overrides",
+    [["parallel.cp.size=2", "parallel.cp.mode=ulysses"], [*CP2_RING, "parallel.fsdp2.enable=true", RECOMPUTE]],
+    ids=["ulysses-2", "ring-2-fsdp2-2"],
+)
+def test_i2v_context_parallel_training_equals_one_process(tmp_path, overrides) -> None:
+    """I2V: the clip's tokens (noise, mask and first-frame latents) are split; the CLIP tokens stay whole."""
+    world = 4 if "parallel.fsdp2.enable=true" in overrides else 2
+    single = parallel_run(1, tmp_path / "one", *WIDE, "model.task=i2v")
+    run = parallel_run(world, tmp_path / "cp", *WIDE, "model.task=i2v", *overrides)
+    assert run["loss"] == pytest.approx(single["loss"], rel=1e-5)
+    assert run["grad_norm"] == pytest.approx(single["grad_norm"], rel=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -79,6 +79,15 @@ def test_pipeline_checkpoint_resumes_without_pipeline(single, pp2, tmp_path) -> 
 
 
 @pytest.mark.slow
+def test_i2v_pipeline_equals_one_process(tmp_path) -> None:
+    """I2V on pp=2: the first stage (with the CLIP and VAE encoders) embeds the image tokens into the carry's
+    context and the mask + first-frame latents into its tokens; the second stage gets them through the carry."""
+    expected = parallel_run(1, tmp_path / "one", "model.task=i2v")
+    _assert_same(parallel_run(2, tmp_path / "pp", "model.task=i2v", *PP2, "parallel.pp.pipeline_num_layers=[1,3]"),
+                 expected)
+
+
+@pytest.mark.slow
 def test_pipeline_with_context_parallelism_equals_one_process(tmp_path) -> None:
     """pp=2 × cp=2 (ring) on 4 ranks; 18 tokens per clip, padded to 20, travel between the stages as 2 shards."""
     wide = "data.dataset_param.max_width=48"

@@ -17,6 +17,7 @@ from wan_testing import wan_config
 
 from mm_models_video.wan2_1.build import build_model
 from mm_models_video.wan2_1.cp import use_context_parallel_attention
+from mm_models_video.wan2_1.i2v import WanI2V
 from mm_models_video.wan2_1.model import WanT2V
 from mm_models_video.wan2_1.plugin import parallel_plan
 from mm_parallel import build_context
@@ -25,12 +26,17 @@ from mm_parallel.context_plan import shard_model
 
 def _inputs(model: WanT2V) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    return {
-        "latents": torch.randn(2, model.ae.config.z_dim, 3, 4, 6, generator=g),  # 3 × 2 × 3 = 18 tokens
+    z = model.ae.config.z_dim
+    inputs = {
+        "latents": torch.randn(2, z, 3, 4, 6, generator=g),  # 3 × 2 × 3 = 18 tokens
         "prompt_embeds": torch.randn(2, model.text_len, model.text_encoder.config.d_model, generator=g),
-        "noise": torch.randn(2, model.ae.config.z_dim, 3, 4, 6, generator=g),
+        "noise": torch.randn(2, z, 3, 4, 6, generator=g),
         "timestep_indices": torch.tensor([100, 900]),
     }
+    if isinstance(model, WanI2V):  # the image tokens stay whole on every rank; the condition is split with the clip
+        inputs["image_embeds"] = torch.randn(2, model.image_tokens, model.image_encoder.config.hidden_size, generator=g)
+        inputs["condition"] = torch.randn(2, 4 + z, 3, 4, 6, generator=g)
+    return inputs
 
 
 def _run(model: WanT2V, weight: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -43,13 +49,13 @@ def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
-def compare(rank: int, world: int, port: int, out: str) -> None:
+def compare(rank: int, world: int, port: int, out: str, task: str = "t2v") -> None:
     """For each mode: largest output and gradient differences (relative to the largest value), tokens per rank."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("cp",))
-    config = wan_config()
+    config = wan_config(f"model.task={task}")
     torch.manual_seed(0)
     reference = build_model(config.model)
     weight = torch.randn(2, reference.ae.config.z_dim, 3, 4, 6, generator=torch.Generator().manual_seed(1))
@@ -76,10 +82,10 @@ def compare(rank: int, world: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-def launch(world: int, out: Path) -> dict:
-    """Run ``compare`` on ``world`` gloo processes; rank 0's report."""
+def launch(world: int, out: Path, task: str = "t2v") -> dict:
+    """Run ``compare`` on ``world`` gloo processes for ``task``'s model; rank 0's report."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(compare, args=(world, port, str(out)), nprocs=world, join=True)
+    mp.spawn(compare, args=(world, port, str(out), task), nprocs=world, join=True)
     return json.loads(out.read_text())

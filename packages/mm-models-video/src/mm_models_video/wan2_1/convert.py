@@ -294,7 +294,8 @@ def _predictor_config(model: Any) -> dict:
     path = source(model, "predictor", "transformer")
     if path is None:
         flavor = get_flavor(model.flavor)
-        return {**flavor.predictor, **predictor_overrides(model.predictor, flavor)}
+        task = model.get("task", "t2v")
+        return {**flavor.predictor_for(task), **predictor_overrides(model.predictor, flavor, task)}
     if not Path(path).is_dir():
         raise ConvertError(f"the run's transformer came from {path}, not a local folder to read its config.json from")
     return read_config(Path(path))

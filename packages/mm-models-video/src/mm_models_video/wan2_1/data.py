@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from mm_core.config import Config
@@ -19,7 +22,8 @@ from mm_models_video.wan2_1.schema import check_clip
 def data_config(config: Config) -> DataConfig:
     """The data section parsed as a data.json (once); clip shape defaults come from the model flavor."""
     flavor = get_flavor(config.model.flavor)
-    clip = {"num_frames": flavor.num_frames, "max_height": flavor.height, "max_width": flavor.width}
+    height, width = flavor.clip_size(config.model.task)
+    clip = {"num_frames": flavor.num_frames, "max_height": height, "max_width": width}
     return parse_data_section(config.data, clip)
 
 
@@ -46,3 +50,14 @@ def build_train_loader(config: Config, runtime: Runtime) -> DataLoader:
 def example_prompt(config: Config) -> str:
     """A caption from the training data (the configured inference prompt when there is none), for a first sample."""
     return shared.example_prompt(config, data_config(config), get_flavor(config.model.flavor).fps)
+
+
+def write_example_image(config: Config, path: Path) -> Path | None:
+    """Write the first frame of the first training clip as an image at ``path`` (None when training on features)."""
+    data = data_config(config)
+    if data.dataset_param.dataset_type == FEATURE_TYPE:
+        return None
+    frame = video_dataset(config, data).load(0)["video"][:, 0]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(frame.permute(1, 2, 0).numpy()).save(path)
+    return path

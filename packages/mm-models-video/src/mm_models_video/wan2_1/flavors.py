@@ -30,6 +30,8 @@ class Flavor:
     height: int = 480
     width: int = 832
     i2v_size: tuple[int, int] = (480, 832)
+    # MindSpeed-MM's I2V inference: UniPC at flow shift 3 (None: the training shift, for the tiny model).
+    i2v_flow_shift: float | None = 3.0
     fps: int = 16
     dtype: str = "bf16"
 
@@ -74,6 +76,7 @@ FLAVORS: dict[str, Flavor] = {
         height=64,
         width=64,
         i2v_size=(64, 64),
+        i2v_flow_shift=None,
         fps=8,
         dtype="fp32",
     ),

@@ -1,4 +1,5 @@
-"""The ``wan2_1`` plugin: Wan2.1 text-to-video training, feature extraction and generation through mm's hooks."""
+"""The ``wan2_1`` plugin: Wan2.1 text- and image-to-video training, feature extraction and generation through mm's
+hooks."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from mm_models_video.wan2_1 import schema
 from mm_models_video.wan2_1.build import build_model
 from mm_models_video.wan2_1.convert import register_converters  # noqa: F401 (mm-convert hook)
 from mm_models_video.wan2_1.cp import use_context_parallel_attention
-from mm_models_video.wan2_1.data import build_train_loader, check_clip_fits, example_prompt
+from mm_models_video.wan2_1.data import build_train_loader, check_clip_fits, example_prompt, write_example_image
 from mm_models_video.wan2_1.extract import extract_features as run_extraction
+from mm_models_video.wan2_1.i2v import WanI2V
 from mm_models_video.wan2_1.infer import generate
 from mm_models_video.wan2_1.model import Carry, WanT2V, run_block
 from mm_models_video.wan2_1.tp import tensor_parallel_plan
@@ -34,6 +36,8 @@ TRAINING = {
 }
 
 MODEL_INPUTS = ("latents", "prompt_embeds", "video", "prompt", "noise_seeds")
+# I2V's first-frame conditions, when the batch holds them as features.
+I2V_INPUTS = ("image_embeds", "condition")
 # The predictor's modules before and after its blocks: on the first and the last pipeline stage.
 PP_PRE = ("rope", "patch_embedding", "condition_embedder")
 PP_POST = ("norm_out", "proj_out", "scale_shift_table")
@@ -54,7 +58,7 @@ def default_config(task: str) -> dict:
 
 @hookimpl
 def model_provider(config: Config, runtime: Runtime) -> WanT2V:
-    """Build the WanT2V (on the CPU; the engines place it) and check the data's clip shape against it.
+    """Build the WanT2V or WanI2V (on the CPU; the engines place it) and check the data's clip shape against it.
 
     With context parallelism its self-attention runs through ``mm_parallel.attention`` (see ``cp``).
     """
@@ -87,7 +91,7 @@ def parallel_plan(model: WanT2V, config: Config) -> ParallelPlan:
             pre=lambda model, batch: tuple(model.embed(**model_inputs(batch))),
             layer=lambda block, carry: tuple(run_block(block, carry)),
             post=lambda model, carry, batch: model.predict(Carry(*carry)),
-            pre_modules=[*FROZEN, *(f"predictor.{name}" for name in PP_PRE)],
+            pre_modules=[*FROZEN, *frozen_extra(model), *(f"predictor.{name}" for name in PP_PRE)],
             post_modules=[f"predictor.{name}" for name in PP_POST],
         ),
         tp=tensor_parallel_plan(model.predictor),
@@ -109,9 +113,15 @@ def get_batch(data_iterator: DataIterator, runtime: Runtime) -> dict:
     return read_seeded_batch(data_iterator, runtime)
 
 
+def frozen_extra(model: WanT2V) -> tuple[str, ...]:
+    """The frozen parts beyond the VAE and text encoder that the first pipeline stage holds: I2V's image encoder."""
+    return ("image_encoder",) if isinstance(model, WanI2V) else ()
+
+
 def model_inputs(batch: dict) -> dict:
-    """The batch entries WanT2V takes: the clip and caption (raw or as features) and the noise seeds."""
-    return {key: batch[key] for key in MODEL_INPUTS if key in batch}
+    """The batch entries the composite takes: the clip and caption (raw or as features), I2V's first-frame features
+    and the noise seeds."""
+    return {key: batch[key] for key in (*MODEL_INPUTS, *I2V_INPUTS) if key in batch}
 
 
 @hookimpl
@@ -130,7 +140,11 @@ def loss_func(output: dict, batch: dict, runtime: Runtime) -> tuple[torch.Tensor
 def after_training(config: Config, runtime: Runtime, checkpoint) -> None:
     """On rank 0, say where the checkpoint is and which ``mm infer`` command turns it into a video."""
     if runtime.is_main and checkpoint is not None:
-        print_infer_hint("wan2_1", runtime, checkpoint, example_prompt(config))
+        flags = ""
+        if config.model.task == "i2v":
+            image = write_example_image(config, runtime.output_dir / "first_frame.png") or "first_frame.png"
+            flags = f" --image {image}"
+        print_infer_hint("wan2_1", runtime, checkpoint, example_prompt(config), flags)
 
 
 @hookimpl

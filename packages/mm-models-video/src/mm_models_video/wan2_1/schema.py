@@ -7,17 +7,22 @@ from typing import Any
 
 import torch
 
-from mm_core.config import Config
+from mm_core.config import Config, Unused
 from mm_core.dtypes import parse_dtype
 from mm_core.errors import ConfigError
 from mm_models_video import clip_shape, sections
 from mm_models_video.wan2_1.flavors import Flavor, get_flavor, get_task
 from mm_models_video.wan2_1.model import WanT2V
 
+_FEATURES = Unused("data.dataset_param.dataset_type 'feature' says whether features are loaded")
+_KERNEL = Unused("Ascend kernel switches; torch's kernels run")
+
 MODEL: dict[str, Any] = {
     "flavor": "tiny",
     "from_pretrained": None,
     "task": "t2v",
+    "load_video_features": _FEATURES,
+    "load_text_features": _FEATURES,
     # MindSpeed-MM's feature extraction names the I2V image encoder in ae.i2v_processor.
     "ae": {
         **copy.deepcopy(sections.AE),
@@ -50,6 +55,9 @@ MODEL: dict[str, Any] = {
         "cross_attn_norm": None,
         "eps": None,
         "max_seq_len": None,
+        "pipeline_num_layers": Unused("parallel.pp.pipeline_num_layers cuts the pipeline"),
+        "attention_async_offload": _KERNEL,
+        "use_fused_rmsnorm": _KERNEL,
     },
     "diffusion": copy.deepcopy(sections.DIFFUSION),
 }
