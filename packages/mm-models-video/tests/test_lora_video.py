@@ -80,33 +80,42 @@ def test_mm_infer_loads_the_adapters_without_a_merge(runs, tmp_path):
     assert lora.has_adapters(adapted)
     plain = build_model(model_config)
     assert not torch.equal(_predict(adapted.predictor), _predict(plain.predictor))
-    config = wan_config("training.device=cpu", "inference.steps=2", "inference.num_frames=5", "inference.height=32",
-                        "inference.width=32", f"inference.output={tmp_path / 'out.mp4'}",
+    config = wan_config("training.device=cpu", "inference.steps=1", "inference.num_frames=1", "inference.height=16",
+                        "inference.width=16", f"inference.output={tmp_path / 'out.mp4'}",
                         f"inference.checkpoint={straight.checkpoint}", task="infer")
     assert str(straight.checkpoint) in generate(config, create_runtime(config))
     assert (tmp_path / "out.mp4").stat().st_size > 0
 
 
-def test_exports_merged_and_as_peft_adapters_give_the_adapter_models_outputs(runs, tmp_path):
-    root, _, straight = runs
-    adapted = load_model(wrap(load_file(straight.checkpoint / "config.yaml")["model"]), straight.checkpoint)
-    expected = _predict(adapted.predictor)
+def _adapter_model_output(checkpoint) -> torch.Tensor:
+    return _predict(load_model(wrap(load_file(checkpoint / "config.yaml")["model"]), checkpoint).predictor)
+
+
+def test_merged_export_gives_the_adapter_models_outputs(runs, tmp_path):
+    _, _, straight = runs
     assert convert(["Wan21Converter", "export", "--cfg.source_path", str(straight.output_dir),
                     "--cfg.target_path", str(tmp_path / "merged")]) == 0
     merged = WanTransformer3DModel.from_pretrained(tmp_path / "merged", subfolder="transformer").eval()
-    torch.testing.assert_close(_predict(merged), expected, rtol=1e-5, atol=1e-5)
-    message = export_adapter(ExportOptions(source_path=straight.output_dir, target_path=tmp_path / "adapter",
-                                           lora="adapter"))
-    assert "predictor" in message
-    base = WanTransformer3DModel.from_pretrained(root / "base")
-    peft_model = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
-    torch.testing.assert_close(_predict(peft_model), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(_predict(merged), _adapter_model_output(straight.checkpoint), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.slow
-def test_fsdp2_on_two_ranks_trains_lora_like_one_process(runs, tmp_path):
+def test_adapter_export_loads_with_peft_and_gives_the_adapter_models_outputs(runs, tmp_path):
+    root, _, straight = runs
+    message = export_adapter(ExportOptions(source_path=straight.output_dir, target_path=tmp_path / "adapter",
+                                           lora="adapter"))
+    assert "predictor" in message
+    peft_model = PeftModel.from_pretrained(WanTransformer3DModel.from_pretrained(root / "base"), tmp_path / "adapter")
+    torch.testing.assert_close(_predict(peft_model.eval()), _adapter_model_output(straight.checkpoint),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout, batch", [("parallel.fsdp2.enable=true", 2), ("parallel.cp.size=2", 1)],
+                         ids=["fsdp2", "cp"])
+def test_two_ranks_train_lora_like_one_process(runs, tmp_path, layout, batch):
     root, _, _ = runs
-    both = [*_on(root), *LORA, "training.train_iters=2", "training.global_batch_size=2"]
-    two = spawn_training(2, ["wan2_1"], tmp_path / "two", [*both, "parallel.fsdp2.enable=true"])
+    both = [*_on(root), *LORA, "training.train_iters=2", f"training.global_batch_size={batch}"]
     one = run_training(["wan2_1"], tmp_path / "one", both).losses
+    two = spawn_training(2, ["wan2_1"], tmp_path / "two", [*both, layout])
     assert two == pytest.approx(one, rel=1e-5)
