@@ -168,6 +168,11 @@ class TensorParallelPlan:
     """Patterns of modules or parameters that meet the sequence shards under sequence parallelism (norms between
     the split linears, adaLN tables): replicated, their gradients summed over the tp ranks."""
 
+    per_head: Sequence[str] = ()
+    """Patterns of replicated modules or parameters applied to each of the heads a colwise linear split (per-head
+    q/k RMSNorms): each rank's gradient covers its heads only, so it is summed over the tp ranks, with or without
+    sequence parallelism (Megatron's qk_layernorm gradients)."""
+
     sequence_inputs: Mapping[str, Sequence[int]] = field(default_factory=dict)
     """Module pattern -> indices of positional inputs that every rank holds whole but that meet the sequence shards
     inside the module (a timestep embedding modulating the tokens): their gradients are summed over the tp ranks."""
@@ -204,6 +209,7 @@ class TensorParallelPlan:
             if style not in TP_STYLES:
                 raise PluginError(f"{owner}.layout[{pattern!r}] is {style!r}; styles are {', '.join(TP_STYLES)}")
         object.__setattr__(self, "sequence_parallel", _paths(owner, "sequence_parallel", self.sequence_parallel))
+        object.__setattr__(self, "per_head", _paths(owner, "per_head", self.per_head))
         for name in ("split_inputs", "split_outputs", "gather_outputs"):
             _dims(owner, name, getattr(self, name))
         for name, kind in (("sequence_inputs", int), ("divide", str)):

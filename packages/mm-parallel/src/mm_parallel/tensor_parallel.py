@@ -174,8 +174,9 @@ def _retie(before: dict[int, list[tuple[str, torch.nn.Module, str]]]) -> None:
 def _replicate_the_rest(model: torch.nn.Module, plan: TensorParallelPlan, mesh: DeviceMesh, sp: bool,
                         handled: set[str]) -> int:
     """Every trainable parameter no style split becomes a replicated DTensor, used locally by its module; under
-    sequence parallelism those ``plan.sequence_parallel`` names get their gradients summed over tp."""
-    meets_shards = _matches(plan.sequence_parallel)
+    sequence parallelism those ``plan.sequence_parallel`` names get their gradients summed over tp, and those
+    ``plan.per_head`` names always."""
+    meets_shards, per_head = _matches(plan.sequence_parallel), _matches(plan.per_head)
     replicated: dict[int, torch.nn.Parameter] = {}
     count = 0
     for path, module in named_modules(model).items():
@@ -191,7 +192,7 @@ def _replicate_the_rest(model: torch.nn.Module, plan: TensorParallelPlan, mesh: 
                     replicated[id(param)] = torch.nn.Parameter(_distribute(param, mesh, Replicate()))
                     count += 1
                 module._parameters[name] = replicated[id(param)]
-            summed = sp and (meets_shards(path) or meets_shards(full))
+            summed = (sp and (meets_shards(path) or meets_shards(full))) or per_head(path) or per_head(full)
             names[name] = mesh.get_group() if summed else None
         if names:
             _use_local_parameters(module, names)

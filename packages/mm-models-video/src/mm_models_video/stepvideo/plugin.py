@@ -19,6 +19,7 @@ from mm_models_video.stepvideo.data import build_train_loader, check_clip_fits, 
 from mm_models_video.stepvideo.extract import extract_features as run_extraction
 from mm_models_video.stepvideo.infer import generate
 from mm_models_video.stepvideo.model import Carry, StepVideo, run_block
+from mm_models_video.stepvideo.tp import tensor_parallel_plan
 
 # The embedded run: a tiny Step-Video T2V on generated clips, about a minute on two CPU cores.
 TRAINING = {
@@ -62,7 +63,8 @@ def model_provider(config: Config, runtime: Runtime) -> StepVideo:
 
 @hookimpl
 def parallel_plan(model: StepVideo, config: Config) -> ParallelPlan:
-    """FSDP2 shards each transformer block; CP splits the tokens entering the blocks; PP cuts the block list.
+    """FSDP2 shards each transformer block; CP splits the tokens entering the blocks; PP cuts the block list; TP
+    splits each block's heads and feed-forward (``tp``).
 
     CP splits after the patch embedding (with the RoPE tables, computed for the whole sequence, so each token keeps
     its position) and gathers after ``proj_out``; the self-attention goes through ``mm_parallel.attention``. Under
@@ -86,6 +88,7 @@ def parallel_plan(model: StepVideo, config: Config) -> ParallelPlan:
             post_modules=[f"predictor.{name}" for name in PP_POST],
             num_layers=config.model.predictor.pipeline_num_layers,
         ),
+        tp=tensor_parallel_plan(predictor),
     )
 
 
