@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
 from mm_core import lora
 from mm_core.config import build_config, wrap
-from mm_core.errors import ConfigError
+from mm_core.errors import CheckpointError, ConfigError
 from mm_core.optim import build_optimizer
 from mm_core.plan import ParallelPlan
 from mm_core.plugins import load_plugins, make_config
@@ -81,6 +83,24 @@ def test_meta_init_with_pretrained_weights_starts_from_them_and_the_header_count
     assert meta.losses[1] == pytest.approx(base.losses[1], rel=1e-6)
     out = capsys.readouterr().out
     assert "LoRA: 768 trainable of 2,088 parameters (36.78%)" in out  # 4 blocks × (4·8 + 16·4 + 4·16 + 8·4)
+
+
+def test_a_dcp_directory_as_pretrained_weights_loads_under_the_adapted_names(runs):
+    base, _, _ = runs
+    model = toy.build(wrap(toy.default_config("run")["model"]))
+    names = lora.inject(model, lora.settings({"lora": {"rank": 2}}), ["fc1"])
+    state = lora.adapted_pretrained(str(base.checkpoint), names, model, seed=0)()
+    assert state.keys() == model.state_dict().keys()
+    assert not state["blocks.0.fc1.lora_B.default.weight"].any()
+    saved = lora.read_dcp_model(base.checkpoint)
+    assert torch.equal(state["blocks.0.fc1.base_layer.weight"], saved["blocks.0.fc1.weight"])
+
+
+def test_resuming_a_lora_checkpoint_without_lora_is_one_error(runs, tmp_path):
+    _, straight, _ = runs
+    shutil.copytree(straight.output_dir / "checkpoints", tmp_path / "checkpoints")
+    with pytest.raises(CheckpointError, match="is a LoRA run's checkpoint .*resume it with its model.lora"):
+        run_training(PLUGIN, tmp_path, [*STEPS, *FAST, "training.train_iters=6", "training.resume=true"])
 
 
 def test_megatron_flag_names_and_defaults():

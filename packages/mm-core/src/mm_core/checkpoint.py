@@ -239,6 +239,9 @@ def load_model_state(path: Path, model, optimizer=None) -> None:
     flatten = optimizer is not None and _flat_optimizer_state(path)
     adapters = lora.checkpoint_settings(path)
     if adapters is not None and not lora.has_adapters(model):
+        if optimizer is not None:
+            raise CheckpointError(f"{path} is a LoRA run's checkpoint (adapters only): resume it with its "
+                                  f"model.lora (rank {adapters.rank}), or export it merged to train on in full")
         lora.inject(model, adapters, adapters.target_modules)
     model_sd, optim_sd = get_state_dict(
         model, optimizer or [], options=StateDictOptions(flatten_optimizer_state_dict=flatten)

@@ -213,12 +213,14 @@ def adapted_pretrained(source: Pretrained, adapted: list[str], model: torch.nn.M
 
 def read_dcp_model(path: Path) -> dict[str, torch.Tensor]:
     """The whole ``model`` state of a DCP checkpoint directory, in this process's memory."""
-    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
+    # The planner fills the empty dict with everything the checkpoint holds; this process alone reads it.
     state: dict[str, Any] = {}
-    dcp.load(state, checkpoint_id=str(path), planner=_EmptyStateDictLoadPlanner(), no_dist=True)
-    model = state.get("model", state)
+    _load_state_dict(state, FileSystemReader(str(path)), planner=_EmptyStateDictLoadPlanner(), no_dist=True)
+    model = state.get("model", {})
     return {k: v for k, v in model.items() if isinstance(v, torch.Tensor)}
 
 
