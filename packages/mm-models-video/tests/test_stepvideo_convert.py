@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import torch
 from safetensors.torch import load_file
+from stepvideo_testing import QUIET, stepvideo_config
 
 from mm_convert import read_megatron
 from mm_convert.cli import main
+from mm_core.checkpoint import load_model_state
+from mm_core.config import load_file as load_config
+from mm_core.config import wrap
+from mm_models_video.stepvideo.build import build_model
 from mm_models_video.stepvideo.convert import MM_PIPELINE, merge_tp
 from mm_models_video.stepvideo.flavors import get_flavor
 from mm_models_video.stepvideo.transformer import StepVideoModel
@@ -64,3 +69,28 @@ def test_hf_to_mm_lays_fused_heads_out_by_part_splits_tp_cuts_pp_and_comes_back(
 
 def _output(model, args):
     return model(**args)["x"]
+
+
+def _forward_args():
+    torch.manual_seed(1)
+    latents = torch.randn(1, 3, 4, 2, 2)
+    text, clip = torch.randn(1, 5, 64), torch.randn(1, 3, 32)
+    return dict(hidden_states=latents, encoder_hidden_states=text, encoder_hidden_states_2=clip,
+                encoder_attention_mask=torch.tensor([[1, 1, 1, 1, 1, 1, 1, 0]]), timestep=torch.tensor([0.7]))
+
+
+def test_export_of_a_training_checkpoint_loads_into_the_plugin(mm_train, tmp_path):
+    result = mm_train(["stepvideo"], *QUIET, "training.train_iters=1", "training.save_interval=1",
+                      "training.micro_batch_size=1", "training.global_batch_size=1", output_dir=tmp_path / "run")
+    _convert("export", "--cfg.source_path", result.output_dir, "--cfg.target_path", tmp_path / "exported")
+    trained = build_model(wrap(load_config(result.checkpoint / "config.yaml")).model)
+    args = _forward_args()
+    with torch.no_grad():
+        untrained = _output(trained.predictor.eval(), args)
+        load_model_state(result.checkpoint, trained)
+        expected = _output(trained.predictor.eval(), args)
+        assert not torch.equal(expected, untrained)
+        # The release's folder layout: the plugin builds its transformer from it, and from_pretrained loads it.
+        plugin = build_model(stepvideo_config(f"model.predictor.from_pretrained={tmp_path / 'exported'}").model)
+        assert torch.equal(_output(plugin.predictor.eval(), args), expected)
+        assert torch.equal(_output(StepVideoModel.from_pretrained(tmp_path / "exported").eval(), args), expected)
