@@ -16,6 +16,8 @@ from mm_parallel.tensor_parallel import check_plan
 
 OVERRIDES = ["training.train_iters=2", "training.save_interval=0", "training.micro_batch_size=2",
              "data.dataset_param.basic_parameters.preprocessing_num_workers=1", "training.clip_grad=0.5"]
+# Pipeline parallelism pads every micro-batch to cutoff_len.
+CUTOFF = "data.dataset_param.basic_parameters.cutoff_len=128"
 
 
 def grad_norms(output_dir: Path) -> list[float]:
@@ -36,3 +38,24 @@ def test_key_value_heads_must_divide_by_tp(model):
     with pytest.raises(ConfigError, match="parallel.tp.size 4 does not divide the model's 2 key/value heads"):
         check_plan(plan, make_config(pm, "run", overrides=["parallel.tp.size=4"]))
     check_plan(plan, make_config(pm, "run", overrides=["parallel.tp.size=2"]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("world", "overrides"),
+    [
+        (2, ["parallel.tp.sequence_parallel=true"]),
+        (4, ["parallel.fsdp2.enable=true"]),
+        (4, ["parallel.pp.size=2", CUTOFF]),
+    ],
+    ids=["tp-2-sp", "tp-2-fsdp2-2", "tp-2-pp-2"],
+)
+def test_tensor_parallel_composes(mm_train, tmp_path, world, overrides):
+    """Sequence parallelism (each layer's norms on the token shards, their outputs gathered for attention and MLP);
+    tp 2 × FSDP2 over 2 data-parallel ranks; tp 2 × 2 pipeline stages (the tied embedding and lm_head on different
+    stages, both split over the vocabulary)."""
+    pp = [CUTOFF] if CUTOFF in overrides else []
+    single = mm_train(["qwen2_5_vl"], *OVERRIDES, *pp, output_dir=tmp_path / "one").losses
+    losses = spawn_training(world, ["qwen2_5_vl"], tmp_path / "tp", [*OVERRIDES, "parallel.tp.size=2", *overrides])
+    assert losses == pytest.approx(single, rel=1e-4)
+    assert grad_norms(tmp_path / "tp") == pytest.approx(grad_norms(tmp_path / "one"), rel=1e-4)

@@ -81,6 +81,9 @@ class TiedWeights:
             if not param.requires_grad:
                 continue
             grad = param.grad if param.grad is not None else torch.zeros_like(param)
+            if isinstance(grad, DTensor) and grad.placements != param.placements:
+                # TP: a vocabulary-split embedding's gradient comes back replicated; the other end's is split.
+                grad = grad.redistribute(param.device_mesh, param.placements)
             received = self._exchange(grad)
             local = grad.to_local() if isinstance(grad, DTensor) else grad
             local.add_(received)
