@@ -45,12 +45,10 @@ def extract_features(
     data_config: Callable[[Config], DataConfig],
     dataset: Callable[[Config, DataConfig], VideoTextDataset],
     encoder: Callable[[], Encode],
-    feature_data_extra: Mapping[str, Any] | None = None,
 ) -> str:
     """Encode this rank's share of the videos into ``extract.output_dir``; rank 0 writes data.jsonl, data.json.
 
-    ``encoder()`` is called once the cheap checks passed (it builds the model); ``feature_data_extra`` adds keys
-    to the feature data.json's ``dataset_param``.
+    ``encoder()`` is called once the cheap checks passed (it builds the model).
     """
     if not config.extract.output_dir:
         raise ConfigError("extract.output_dir is not set: pass --output-dir DIR (where the feature shards go)")
@@ -75,10 +73,8 @@ def extract_features(
     if not runtime.is_main:
         return f"rank {runtime.rank}: extracted its share into {writer.out_dir}"
     count = merge_indexes(out_dir, [out_dir / f"rank_{r:05d}" for r in range(runtime.world_size)])
-    param = {"dataset_type": FEATURE_TYPE, "basic_parameters": {"data_path": str(out_dir / INDEX)},
-             **(feature_data_extra or {})}
     feature_data = {
-        "dataset_param": param,
+        "dataset_param": {"dataset_type": FEATURE_TYPE, "basic_parameters": {"data_path": str(out_dir / INDEX)}},
         "dataloader_param": config.data.to_dict().get("dataloader_param", {}),
         "on_bad_sample": data.on_bad_sample,
     }
