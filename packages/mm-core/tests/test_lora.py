@@ -7,8 +7,10 @@ import shutil
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
+import yaml
 
 from mm_core import lora
+from mm_core.cli import main
 from mm_core.config import build_config, wrap
 from mm_core.errors import CheckpointError, ConfigError
 from mm_core.optim import build_optimizer
@@ -103,12 +105,16 @@ def test_resuming_a_lora_checkpoint_without_lora_is_one_error(runs, tmp_path):
         run_training(PLUGIN, tmp_path, [*STEPS, *FAST, "training.train_iters=6", "training.resume=true"])
 
 
-def test_megatron_flag_names_and_defaults():
+def test_megatron_flag_names_and_defaults(capsys):
     pm = load_plugins(PLUGIN)
     config = make_config(pm, "run", overrides=["model.lora-r=16", "model.lora-alpha=32",
                                                "model.lora-target-modules=[fc1]"])
     assert config.model.lora == {"rank": 16, "alpha": 32, "dropout": 0.0, "target_modules": ["fc1"]}
     assert make_config(pm, "run").model.lora.rank == 0
+    assert main(["config", "--plugin", "mm_core.testing.toy", "--lora-r", "8", "--lora-target-modules", "fc1",
+                 "fc2"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)["model"]["lora"]
+    assert (printed["rank"], printed["target_modules"]) == (8, ["fc1", "fc2"])
     with pytest.raises(ConfigError, match="model.lora.rank"):
         build_config({"model": {"lora": lora.DEFAULTS}}, overrides=["model.lora.rank=[1]"])
 

@@ -151,10 +151,17 @@ def _implemented_outside_defaults(pm: pluggy.PluginManager, hook: str) -> bool:
 
 
 def merged_defaults(pm: pluggy.PluginManager, task: str) -> dict:
-    """Every registered plugin's default_config merged in registration order (mm-core first)."""
+    """Every registered plugin's default_config merged in registration order (mm-core first).
+
+    A plugin's model schema gets ``model.lora`` (off); an empty one, which takes any keys, takes it as it is.
+    """
+    from mm_core.lora import DEFAULTS as LORA
+
     merged: dict = {}
     for partial in reversed(pm.hook.default_config(task=task)):
         merged = deep_merge(merged, partial or {})
+    if merged.get("model"):
+        merged["model"] = deep_merge({"lora": LORA}, merged["model"])
     return merged
 
 
@@ -166,16 +173,8 @@ def make_config(
     overrides: Sequence[str] = (),
     plugin_name: str = "mm",
 ) -> Config:
-    """The validated effective config: plugin defaults ← files ← section files ← overrides.
-
-    A plugin's model schema gets ``model.lora`` (off); an empty one, which takes any keys, takes it as it is.
-    """
-    from mm_core.lora import DEFAULTS as LORA
-
-    defaults = merged_defaults(pm, task)
-    if defaults.get("model"):
-        defaults["model"] = deep_merge({"lora": LORA}, defaults["model"])
-    config = build_config(defaults, list(files), sections, list(overrides))
+    """The validated effective config: plugin defaults ← files ← section files ← overrides."""
+    config = build_config(merged_defaults(pm, task), list(files), sections, list(overrides))
     if not config.training.get("output_dir"):
         config.training["output_dir"] = str(Path("runs") / plugin_name.rsplit(".", 1)[-1])
     return config
