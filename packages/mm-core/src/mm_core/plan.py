@@ -250,9 +250,18 @@ class ParallelPlan:
     """The modules LoRA adapts when ``model.lora.target_modules`` is not set: names or their dotted tails, ``*``
     for one name part (``attn1.to_q``, ``language_model.layers.*.mlp.up_proj``)."""
 
+    module_aliases: Mapping[str, str] = field(default_factory=dict)
+    """MindSpeed-MM's module paths -> this model's (``{"text_decoder.decoder.layers": "model.language_model.layers"}``):
+    a ``parallel.fsdp2`` pattern (sub_modules_to_wrap, ignored_modules, recompute_modules) that starts with one is
+    read as the model's path, so MindSpeed-MM's fsdp2_config.yaml runs unchanged."""
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "fsdp_modules", _paths("ParallelPlan", "fsdp_modules", self.fsdp_modules))
         object.__setattr__(self, "lora_targets", _paths("ParallelPlan", "lora_targets", self.lora_targets))
+        aliases = self.module_aliases
+        if not isinstance(aliases, Mapping) or not all(isinstance(k, str) and isinstance(v, str)
+                                                       for k, v in aliases.items()):
+            raise PluginError(f"ParallelPlan.module_aliases must map module paths to module paths, got {aliases!r}")
         for name, kind in (("cp", ContextParallelPlan), ("pipeline", PipelinePlan), ("tp", TensorParallelPlan)):
             value = getattr(self, name)
             if value is not None and not isinstance(value, kind):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import logging
+from collections.abc import Mapping
 
 import torch
 
@@ -14,11 +16,24 @@ from mm_parallel.compile import apply_compile, check_compile_options
 from mm_parallel.context_plan import apply_context_parallel
 from mm_parallel.fsdp2 import apply_fsdp2, check_options, data_parallel_mesh, resolve
 from mm_parallel.meta_init import is_meta, materialize
+from mm_parallel.patterns import with_aliases
 from mm_parallel.pipeline import apply_pipeline
 from mm_parallel.recompute import apply_recompute, recompute_settings
 from mm_parallel.tensor_parallel import apply_tensor_parallel, shard_sequence
 
 log = logging.getLogger("mm")
+
+ALIASED_OPTIONS = ("sub_modules_to_wrap", "ignored_modules", "recompute_modules")
+
+
+def _aliased(config: Config, aliases: Mapping[str, str]) -> Config:
+    """``config`` with MindSpeed-MM's module paths in the fsdp2 patterns read as the model's (the plan's aliases)."""
+    if not aliases:
+        return config
+    config = copy.deepcopy(config)
+    for option in ALIASED_OPTIONS:
+        config.parallel.fsdp2[option] = with_aliases(config.parallel.fsdp2[option], aliases)
+    return config
 
 
 def parallelize(model: torch.nn.Module, plan: ParallelPlan, config: Config, runtime: Runtime) -> torch.nn.Module:
@@ -31,6 +46,7 @@ def parallelize(model: torch.nn.Module, plan: ParallelPlan, config: Config, runt
     Without FSDP2 (disabled, or one process) the model is placed and wrapped by mm-core's default: DDP when
     data-parallel.
     """
+    config = _aliased(config, plan.module_aliases)
     fsdp = config.parallel.fsdp2
     compile_options = config.parallel.compile
     check_options(fsdp)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import _CHECKPOINT_WRAPPED_MODULE
@@ -110,3 +110,16 @@ def outermost(found: list[tuple[str, torch.nn.Module]]) -> list[tuple[str, torch
         if not any(name.startswith(k + ".") for k, _ in kept):
             kept.append((name, module))
     return kept
+
+
+def with_aliases(patterns: Iterable[str], aliases: Mapping[str, str]) -> list[str]:
+    """``patterns`` with a leading path of ``aliases`` (MindSpeed-MM's module names; the longest that matches up to
+    a dot) replaced by the model's: ``text_decoder.decoder.layers.{*}`` -> ``model.language_model.layers.{*}``."""
+    out = []
+    for pattern in patterns:
+        for alias in sorted(aliases, key=len, reverse=True):
+            if pattern == alias or pattern.startswith(alias + "."):
+                pattern = aliases[alias] + pattern[len(alias):]
+                break
+        out.append(pattern)
+    return out

@@ -14,10 +14,12 @@ from mm_core.errors import ConfigError
 from mm_data.bad_samples import BadSamples
 from mm_data.mllm_format import read_mllm_dataset
 from mm_data.sampler import build_dataloader
+from mm_models_vlm.qwen2_5_vl import model_json
 from mm_models_vlm.qwen2_5_vl.batch import Batch, collate_padded
 from mm_models_vlm.qwen2_5_vl.cache import cache_key, load_or_encode, load_processor
 from mm_models_vlm.qwen2_5_vl.dataset import ConversationDataset
 from mm_models_vlm.qwen2_5_vl.encode import EncodeSettings
+from mm_models_vlm.qwen2_5_vl.mindspeed_checkpoint import as_hf_folder, is_mindspeed_checkpoint
 from mm_models_vlm.qwen2_5_vl.packing import RopeIndex, collate_packed
 from mm_models_vlm.qwen2_5_vl.synthetic import make_shapes_dataset
 from mm_models_vlm.qwen2_5_vl.tiny import make_tiny_checkpoint
@@ -32,13 +34,34 @@ def cache_root(config: Config) -> Path:
 
 
 def model_dir(config: Config) -> Path:
-    """The Hugging Face directory to load: ``model.from_pretrained``, or the generated tiny model."""
+    """The Hugging Face directory to load: ``model.from_pretrained`` (a MindSpeed-MM checkpoint there is converted
+    once into the cache), or the generated tiny model."""
     if config.model.from_pretrained:
-        return Path(config.model.from_pretrained)
+        path = Path(config.model.from_pretrained)
+        if is_mindspeed_checkpoint(path):
+            hf_dir = config.data.dataset_param.preprocess_parameters.model_name_or_path
+            return as_hf_folder(path, Path(hf_dir or path), cache_root(config))
+        return path
     if config.model.flavor != "tiny":
         raise ConfigError(f"model.flavor {config.model.flavor!r} needs model.from_pretrained (a Hugging Face "
                           "directory such as Qwen2.5-VL-3B-Instruct); only flavor tiny is generated")
     return make_tiny_checkpoint(cache_root(config) / "tiny-qwen2_5_vl")
+
+
+def model_config(config: Config) -> Qwen2_5_VLConfig:
+    """The architecture: ``model.from_pretrained``'s config.json (checked against a MindSpeed-MM model.json's
+    architecture keys), else those keys over the processor folder's config (token ids), else the tiny model's."""
+    section = config.model
+    if config.model.from_pretrained or not model_json.given(section):
+        loaded = Qwen2_5_VLConfig.from_pretrained(model_dir(config))
+        if config.model.from_pretrained:
+            model_json.check(loaded, section, f"{config.model.from_pretrained}/config.json")
+        return loaded
+    base_dir = processor_dir(config)
+    if not (base_dir / "config.json").is_file():
+        raise ConfigError(f"model.json gives an architecture but {base_dir} has no config.json for the token ids: "
+                          "set data preprocess_parameters.model_name_or_path to the Hugging Face folder")
+    return model_json.build_config(section, Qwen2_5_VLConfig.from_pretrained(base_dir))
 
 
 def processor_dir(config: Config) -> Path:
@@ -67,6 +90,9 @@ def build_dataset(config: Config, runtime) -> ConversationDataset:
         dataset = str(make_shapes_dataset(cache_root(config) / "data"))
         dataset_dir = str(Path(dataset).parent)
     attr = dict(config.data.dataset_param.attr)
+    if attr.pop("formatting") != "sharegpt":
+        raise ConfigError(f"data.dataset_param.attr.formatting {config.data.dataset_param.attr.formatting!r}: "
+                          "qwen2_5_vl reads sharegpt-style conversations (messages of role and content) only")
     malformed = BadSamples(config.data.on_bad_sample)
     records = read_mllm_dataset(dataset, dataset_dir, attr, bp.max_samples, malformed)
     if malformed.count and runtime.is_main:
@@ -104,12 +130,18 @@ class Collator:
         return collate_packed(items, self.rope) if self.packing else collate_padded(items, self.pad_token_id)
 
 
+def packs(bp: Config) -> bool:
+    """Whether micro-batches are packed: ``packing``, or MindSpeed-MM's ``neat_packing`` when given."""
+    neat = bp.get("neat_packing")
+    return bp.packing if neat is None else bool(neat)
+
+
 def build_train_loader(config: Config, runtime) -> DataLoader:
     """A DataLoader of micro-batches for this data-parallel rank, resumable mid-epoch."""
     dataset = build_dataset(config, runtime)
-    rope = RopeIndex(Qwen2_5_VLConfig.from_pretrained(model_dir(config)))
+    rope = RopeIndex(model_config(config))
     p = config.data.dataloader_param
-    packing = config.data.dataset_param.basic_parameters.packing
+    packing = packs(config.data.dataset_param.basic_parameters)
     seed = p.seed if p.seed is not None else config.training.seed
     return build_dataloader(dataset, config.training.micro_batch_size, runtime.dp_rank, runtime.dp_size, seed,
                             p.shuffle, p.drop_last, p.num_workers, p.pin_memory and runtime.device.type != "cpu",

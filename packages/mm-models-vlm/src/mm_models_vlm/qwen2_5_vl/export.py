@@ -6,13 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
+from transformers import Qwen2_5_VLForConditionalGeneration
 
 from mm_core.checkpoint import CONFIG_FILE, load_model_state
 from mm_core.config import load_file, wrap
 from mm_core.errors import CheckpointError, MMError
 from mm_models_vlm.qwen2_5_vl.cache import load_processor
-from mm_models_vlm.qwen2_5_vl.data import model_dir, processor_dir
+from mm_models_vlm.qwen2_5_vl.data import model_config, processor_dir
 
 
 def export_hf(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
@@ -21,7 +21,7 @@ def export_hf(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
     if not (checkpoint_dir / CONFIG_FILE).is_file():
         raise CheckpointError(f"{checkpoint_dir} is not an mm checkpoint (no {CONFIG_FILE})")
     config = wrap(load_file(checkpoint_dir / CONFIG_FILE))
-    model = Qwen2_5_VLForConditionalGeneration._from_config(AutoConfig.from_pretrained(model_dir(config)))
+    model = Qwen2_5_VLForConditionalGeneration._from_config(model_config(config))
     load_model_state(checkpoint_dir, model)
     model.save_pretrained(out_dir)
     load_processor(processor_dir(config)).save_pretrained(out_dir)

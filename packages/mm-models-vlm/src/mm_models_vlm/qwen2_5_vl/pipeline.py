@@ -26,6 +26,7 @@ from mm_core.config import Config
 from mm_core.errors import DataError
 from mm_core.plan import PipelinePlan
 from mm_models_vlm.qwen2_5_vl.batch import Batch, PaddedBatch
+from mm_models_vlm.qwen2_5_vl.data import packs
 from mm_models_vlm.qwen2_5_vl.fused_loss import LMHiddenStates
 from mm_models_vlm.qwen2_5_vl.packing import PackedBatch
 
@@ -35,7 +36,7 @@ MASKS = {"full_attention": create_causal_mask, "sliding_attention": create_slidi
 def sequence_length(config: Config) -> int:
     """The padded length of every micro-batch's sequence under PP."""
     basic = config.data.dataset_param.basic_parameters
-    return int(basic.cutoff_len) * (int(config.training.micro_batch_size) if basic.packing else 1)
+    return int(basic.cutoff_len) * (int(config.training.micro_batch_size) if packs(basic) else 1)
 
 
 
@@ -124,7 +125,7 @@ def pipeline_plan(model: torch.nn.Module, config: Config) -> PipelinePlan:
     return PipelinePlan(
         layers={"vit": "model.visual.blocks", "llm": "model.language_model.layers"},
         pre=partial(pp_pre, length=sequence_length(config)),
-        layer=partial(pp_layer, model, packed=bool(config.data.dataset_param.basic_parameters.packing)),
+        layer=partial(pp_layer, model, packed=packs(config.data.dataset_param.basic_parameters)),
         post=pp_post,
         pre_modules=["model.visual", "model.language_model.embed_tokens"],
         post_modules=["model.language_model.norm", "lm_head"],

@@ -11,10 +11,11 @@ from mm_core import ParallelPlan, hookimpl
 from mm_core.config import Config
 from mm_core.runtime import Runtime
 from mm_models_vlm.qwen2_5_vl.batch import Batch
+from mm_models_vlm.qwen2_5_vl.build import build_model
 from mm_models_vlm.qwen2_5_vl.convert import register_converters  # noqa: F401 (mm-convert hook)
-from mm_models_vlm.qwen2_5_vl.data import build_train_loader, model_dir
+from mm_models_vlm.qwen2_5_vl.data import build_train_loader
 from mm_models_vlm.qwen2_5_vl.fused_loss import LMHiddenStates, hidden_states, next_token_loss_sum
-from mm_models_vlm.qwen2_5_vl.model import apply_freeze, load_model
+from mm_models_vlm.qwen2_5_vl.model import apply_freeze
 from mm_models_vlm.qwen2_5_vl.pipeline import pipeline_plan
 from mm_models_vlm.qwen2_5_vl.schema import defaults
 from mm_models_vlm.qwen2_5_vl.tp import tensor_parallel_plan
@@ -26,6 +27,21 @@ LORA_TARGETS = tuple(f"language_model.layers.*.{name}" for name in (
     "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
     "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"))
 
+# MindSpeed-MM's module paths (its fsdp2_config.yaml and recompute lists) -> transformers' Qwen2.5-VL.
+MINDSPEED_MODULES = {
+    "text_decoder": "model.language_model",
+    "text_decoder.decoder.layers": "model.language_model.layers",
+    "text_decoder.decoder.final_layernorm": "model.language_model.norm",
+    "text_decoder.embedding": "model.language_model.embed_tokens",
+    "text_decoder.rotary_pos_emb": "model.language_model.rotary_emb",
+    "text_decoder.output_layer": "lm_head",
+    "image_encoder": "model.visual",
+    "image_encoder.encoder": "model.visual",
+    "image_encoder.encoder.blocks.layers": "model.visual.blocks",
+    "image_encoder.encoder.patch_embed": "model.visual.patch_embed",
+    "image_encoder.projector": "model.visual.merger",
+}
+
 
 @hookimpl
 def default_config(task: str) -> dict:
@@ -35,8 +51,9 @@ def default_config(task: str) -> dict:
 
 @hookimpl
 def model_provider(config: Config, runtime) -> torch.nn.Module:
-    """Qwen2.5-VL from ``model.from_pretrained`` (or the generated tiny model), with the configured parts frozen."""
-    model = load_model(model_dir(config), config.model.attn_implementation)
+    """Qwen2.5-VL from ``model.from_pretrained``, a model.json's architecture or the generated tiny model, with the
+    configured parts frozen."""
+    model = build_model(config, runtime.is_main)
     frozen = apply_freeze(model, config.model)
     if frozen and runtime.is_main:
         log.info("qwen2_5_vl: frozen %s", ", ".join(frozen))
@@ -82,7 +99,7 @@ def parallel_plan(model: torch.nn.Module, config: Config) -> ParallelPlan:
     language model's TP layout (``tp``); LoRA adapts the decoder's attention and MLP projections by default."""
     return ParallelPlan(fsdp_modules=["model.visual.blocks.{*}", "model.language_model.layers.{*}"],
                         pipeline=pipeline_plan(model, config), tp=tensor_parallel_plan(model),
-                        lora_targets=LORA_TARGETS)
+                        lora_targets=LORA_TARGETS, module_aliases=MINDSPEED_MODULES)
 
 
 @hookimpl

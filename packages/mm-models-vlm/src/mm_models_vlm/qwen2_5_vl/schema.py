@@ -1,15 +1,16 @@
 """The qwen2_5_vl config sections: the seeds' model.json and data_3b.json keys with their defaults.
 
-A key whose default is None takes any value and an empty mapping takes any keys, so MindSpeed-MM's
-model.json (Megatron-style architecture blocks) loads unchanged; the architecture itself comes from
-the Hugging Face directory's config.json.
+MindSpeed-MM's model.json loads unchanged: its architecture keys (model_json.ARCHITECTURE) build the model or are
+checked against the checkpoint's config.json, and its Megatron and Ascend switches are accepted with a warning.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from mm_core.config import Unused
 from mm_data.mllm_format import DEFAULT_ATTR
+from mm_models_vlm.qwen2_5_vl import model_json
 
 MODEL: dict[str, Any] = {
     "flavor": "tiny",  # tiny: a generated tiny model (embedded run, tests); other names need from_pretrained
@@ -24,10 +25,11 @@ MODEL: dict[str, Any] = {
     # freeze: image_encoder.vision_encoder.freeze (vision tower), image_encoder.vision_projector.freeze
     # (merger), text_decoder.freeze (LLM and lm_head). pipeline_num_layers: image_encoder.vision_encoder.
     # (vit_pp_layers, all on the first stage) and text_decoder. (llm_pp_layers); see docs/pipeline_parallel.md
-    "image_encoder": {"vision_encoder": {}, "vision_projector": {}},
-    "text_decoder": {},
+    "image_encoder": {"vision_encoder": model_json.VISION_ENCODER, "vision_projector": model_json.VISION_PROJECTOR},
+    "text_decoder": model_json.TEXT_DECODER,
     "text_encoder": None,
     "video_encoder": None,
+    **model_json.TOP,
 }
 
 DATA: dict[str, Any] = {
@@ -35,8 +37,8 @@ DATA: dict[str, Any] = {
         "dataset_type": "huggingface",
         "preprocess_parameters": {
             "model_name_or_path": None,  # processor directory; default: model.from_pretrained
-            "use_fast_tokenizer": True,
-            "split_special_tokens": False,
+            "use_fast_tokenizer": Unused("transformers 5 always loads the fast tokenizer"),
+            "split_special_tokens": Unused("special tokens stay whole, as in MindSpeed-MM's default"),
             "image_max_pixels": 262144,
             "image_min_pixels": 0,
             "video_max_pixels": 16384,
@@ -45,7 +47,7 @@ DATA: dict[str, Any] = {
             "video_maxlen": 64,
         },
         "basic_parameters": {
-            "template": "qwen2vl",
+            "template": Unused("the processor's chat template formats the turns"),
             "dataset_dir": "./data",
             "dataset": None,  # comma-separated mllm_format files; None: the generated shapes dataset
             "cache_dir": None,  # default: <training.output_dir>/cache
@@ -54,18 +56,21 @@ DATA: dict[str, Any] = {
             "preprocessing_batch_size": 1000,
             "preprocessing_num_workers": 16,
             "max_samples": None,
-            "tool_format": None,
+            "tool_format": Unused("mm reads plain conversations (no tool calls)"),
             "cutoff_len": 1024,
             "packing": True,  # concatenate a micro-batch into one sequence, no attention across samples
+            "neat_packing": None,  # MindSpeed-MM's name for packing without attention across samples
+            "preprocess_on_fly": Unused("mm tokenizes the dataset once into its cache"),
+            "val_dataset": Unused("qwen2_5_vl trains without a validation split"),
             "overwrite_cache": False,
         },
-        "attr": dict(DEFAULT_ATTR),
+        "attr": {**DEFAULT_ATTR, "formatting": "sharegpt"},
     },
     "dataloader_param": {
-        "dataloader_mode": "sampler",
+        "dataloader_mode": Unused("mm's resumable sampler feeds the loader"),
         "drop_last": True,
-        "sampler_type": "BaseRandomBatchSampler",
-        "collate_param": {},
+        "sampler_type": Unused("mm's resumable sampler (shuffle, drop_last) replaces it"),
+        "collate_param": Unused("mm's collator packs or pads, padding is never trained on"),
         "pin_memory": False,
         "shuffle": True,
         "num_workers": 0,

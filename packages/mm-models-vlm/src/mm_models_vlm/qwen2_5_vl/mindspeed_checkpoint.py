@@ -1,0 +1,59 @@
+"""A MindSpeed-MM Qwen2.5-VL checkpoint (``release/`` or ``iter_*/`` with ``mp_rank_*``) as a folder mm loads.
+
+``--load`` in a MindSpeed-MM launch script names such a checkpoint; mm trains transformers' Qwen2.5-VL, so the
+checkpoint is converted once (its TP ranks merged, its pipeline stages joined, its names mapped back) into a
+Hugging Face folder in the data cache, keyed by the checkpoint's files, and loaded from there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import torch
+
+from mm_convert import read_megatron, staged_output, write_safetensors
+from mm_convert.megatron_layout import ITERATION_FILE
+from mm_convert.tp_split import merge_tp
+from mm_core.errors import ConfigError, MMError
+
+
+def is_mindspeed_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is a MindSpeed-MM (Megatron) checkpoint folder rather than a Hugging Face one."""
+    path = Path(path)
+    return (path / ITERATION_FILE).is_file() or (path / "release").is_dir() or any(path.glob("iter_*/mp_rank_*"))
+
+
+def as_hf_folder(checkpoint: Path, hf_dir: Path, cache: Path) -> Path:
+    """``checkpoint`` converted to a Hugging Face folder under ``cache`` (config and processor from ``hf_dir``)."""
+    if not (hf_dir / "config.json").is_file():
+        raise ConfigError(f"--load {checkpoint} is a MindSpeed-MM checkpoint: mm needs the Hugging Face folder it "
+                          "was converted from for its config and processor; set data preprocess_parameters."
+                          "model_name_or_path to it")
+    stamp = hashlib.sha256("\n".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(
+        checkpoint.rglob("*")) if p.is_file()).encode()).hexdigest()[:16]
+    target = cache / f"from-mindspeed-{stamp}"
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if not (target / "config.json").is_file() and (not distributed or torch.distributed.get_rank() == 0):
+        _convert(checkpoint, hf_dir, target)
+    if distributed:
+        torch.distributed.barrier()
+    return target
+
+
+def _convert(checkpoint: Path, hf_dir: Path, target: Path) -> None:
+    # convert.py reaches this module through export.py and data.py: imported here, not at the top
+    from mm_models_vlm.qwen2_5_vl.convert import WEIGHT_FILES, QwenLayout, tp_split
+
+    try:
+        qwen = QwenLayout(hf_dir)
+        tensors = qwen.rules.to_hf(merge_tp(read_megatron(checkpoint, qwen.pipeline).sources, tp_split))
+        tensors.check(qwen.hf_shapes(), f"the Qwen2.5-VL of {hf_dir / 'config.json'}")
+        with staged_output(target, stale=WEIGHT_FILES) as out:
+            write_safetensors(out, tensors, "model", "5GB")
+            for path in hf_dir.iterdir():
+                if path.is_file() and not any(path.match(p) for p in WEIGHT_FILES):
+                    shutil.copy2(path, out / path.name)
+    except MMError as exc:
+        raise ConfigError(f"--load {checkpoint}: not a readable MindSpeed-MM Qwen2.5-VL checkpoint: {exc}") from None
