@@ -8,8 +8,10 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from mm_core.config import Config
+from mm_core.errors import ConfigError
 from mm_core.runtime import Runtime
 from mm_data.datasets import VideoTextDataset
+from mm_data.features import read_feature_index
 from mm_data.formats import DataConfig
 from mm_models_video import video_text_data as shared
 from mm_models_video.data_section import parse_data_section
@@ -17,6 +19,11 @@ from mm_models_video.video_text_data import FEATURE_TYPE
 from mm_models_video.wan2_1.flavors import get_flavor
 from mm_models_video.wan2_1.model import WanT2V
 from mm_models_video.wan2_1.schema import check_clip
+
+# What a feature sample holds: the clip's latents and the caption's embeddings; I2V adds the first frame's CLIP tokens
+# and conditioning latents (mask + first-frame latents), under the names WanI2V takes them.
+FEATURE_KEYS = ("latents", "prompt_embeds")
+IMAGE_KEY, CONDITION_KEY = "image_embeds", "condition"
 
 
 def data_config(config: Config) -> DataConfig:
@@ -40,8 +47,22 @@ def video_dataset(config: Config, data: DataConfig) -> VideoTextDataset:
     return shared.video_dataset(config, data, get_flavor(config.model.flavor).fps)
 
 
+def check_features(config: Config, data: DataConfig) -> None:
+    """A ConfigError unless the feature store holds what the task trains on (I2V: the first frame's features)."""
+    path = data.dataset_param.data_path
+    entries = read_feature_index(path)
+    wanted = [*FEATURE_KEYS, IMAGE_KEY, CONDITION_KEY] if config.model.task == "i2v" else list(FEATURE_KEYS)
+    missing = [key for key in wanted if entries and key not in entries[0]["keys"]]
+    if missing:
+        hint = " (extract them with model.task=i2v)" if set(missing) <= {IMAGE_KEY, CONDITION_KEY} else ""
+        raise ConfigError(f"data.dataset_param.data_path: the features in {path} hold no {', '.join(missing)}, "
+                          f"which model.task={config.model.task} trains on{hint}")
+
+
 def build_train_loader(config: Config, runtime: Runtime) -> DataLoader:
     """This rank's resumable dataloader over videos or features, per the data section; items carry their epoch."""
+    if data_config(config).dataset_param.dataset_type == FEATURE_TYPE:
+        check_features(config, data_config(config))
     text_len = config.model.predictor.text_len or get_flavor(config.model.flavor).text_len
     return shared.build_video_text_loader(config, runtime, data_config(config), get_flavor(config.model.flavor).fps,
                                           lambda: shared.FeatureCollate(text_len))
