@@ -13,8 +13,10 @@ from mm_convert.cli import main as convert
 from mm_convert.export import ExportOptions, export_adapter
 from mm_core import lora
 from mm_core.config import load_file, wrap
+from mm_core.plugins import load_plugins, make_config
 from mm_core.runtime import create_runtime
 from mm_core.testing import run_training, spawn_training
+from mm_models_video import lora_targets
 from mm_models_video.lora_targets import WAN_BLOCK
 from mm_models_video.wan2_1.build import build_model
 from mm_models_video.wan2_1.infer import generate, load_model
@@ -119,3 +121,17 @@ def test_two_ranks_train_lora_like_one_process(runs, tmp_path, layout, batch):
     one = run_training(["wan2_1"], tmp_path / "one", both).losses
     two = spawn_training(2, ["wan2_1"], tmp_path / "two", [*both, layout])
     assert two == pytest.approx(one, rel=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("plugin, targets, unmatched", [
+    ("wan2_1", lora_targets.WAN_BLOCK, 2), ("custom_dit", lora_targets.WAN_BLOCK, 2),
+    ("stepvideo", lora_targets.STEPVIDEO_BLOCK, 0), ("opensoraplan1_3", lora_targets.OPENSORAPLAN_BLOCK, 0),
+])
+def test_default_targets_adapt_only_the_predictors_blocks(plugin, targets, unmatched):
+    pm = load_plugins([plugin])
+    config = make_config(pm, "run", overrides=["training.device=cpu"])
+    model = pm.hook.model_provider(config=config, runtime=create_runtime(config))
+    names = lora.resolve(model, targets, each=False)
+    assert names and all(name.startswith("predictor.") for name in names)
+    assert sum(not any(lora.matches(t, n) for n in names) for t in targets) == unmatched  # T2V has no image keys

@@ -103,6 +103,11 @@ def _pattern(target: str) -> re.Pattern:
     return re.compile(rf"(?:.*\.)?{body}")
 
 
+def matches(target: str, name: str) -> bool:
+    """Whether the target pattern ``target`` names the module ``name``."""
+    return _pattern(target).fullmatch(name) is not None
+
+
 def resolve(model: torch.nn.Module, targets: Iterable[str], each: bool = True) -> list[str]:
     """The names of the modules the target patterns match: each pattern one at least (``each``), else any."""
     names = [name for name, _ in model.named_modules() if name]
@@ -172,7 +177,7 @@ def apply(model: torch.nn.Module, plan: ParallelPlan, config) -> tuple[ParallelP
         raise ConfigError("LoRA on a model built on the meta device needs its pretrained weights "
                           "(ParallelPlan.pretrained): adapters train on a base model")
     names = inject(model, lora, targets, each=bool(lora.target_modules))
-    matched = [t for t in targets if any(_pattern(t).fullmatch(n) for n in names)]
+    matched = [t for t in targets if any(matches(t, n) for n in names)]
     config.model["lora"] = type(config.model)(
         rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, target_modules=matched)
     if on_meta:
