@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from stepvideo_testing import stepvideo_config
+from stepvideo_testing import spawn_extraction, stepvideo_config
 
 from mm_core.errors import ConfigError
 from mm_core.runtime import create_runtime
+from mm_data.features import FeatureDataset
 from mm_data.synthetic import make_moving_shapes
 from mm_models_video.flow_matching import noise_seeds
 from mm_models_video.stepvideo.build import build_model
@@ -89,3 +90,16 @@ def test_training_reads_features(tmp_path, t2v_features, mm_train) -> None:
                       f"data.dataset_param.data_path={t2v_features / 'features' / 'data.jsonl'}",
                       output_dir=tmp_path / "run")
     assert len(result.losses) == 2
+
+
+@pytest.mark.slow
+def test_two_ranks_extract_their_shares_into_one_store(tmp_path, clips, t2v_features) -> None:
+    spawn_extraction(2, f"extract.output_dir={tmp_path / 'features'}", *clips)
+    two, one = FeatureDataset(tmp_path / "features"), FeatureDataset(t2v_features / "features")
+    assert sorted(entry["shard"].split("/")[0] for entry in two.entries) == ["rank_00000"] * 2 + ["rank_00001"] * 2
+    by_index = {one[i]["index"]: one[i] for i in range(len(one))}
+    assert sorted(by_index) == sorted(two[i]["index"] for i in range(len(two))) == [0, 1, 2, 3]
+    for i in range(len(two)):
+        item = two[i]
+        for key in ("latents", "prompt_embeds", "clip_embeds"):
+            assert torch.equal(item[key], by_index[item["index"]][key])
