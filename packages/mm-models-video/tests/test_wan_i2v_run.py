@@ -58,6 +58,7 @@ def test_training_prints_the_infer_command_with_a_first_frame_it_wrote(trained, 
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_prompt_and_image_files_number_the_videos_prompt_by_prompt(trained, tmp_path) -> None:
     result, _ = trained
     image = result.output_dir / "first_frame.png"
@@ -76,9 +77,8 @@ def test_prompt_and_image_files_number_the_videos_prompt_by_prompt(trained, tmp_
     assert (a != b).any()  # two samples of one prompt draw different noise
 
 
-def test_i2v_inference_needs_its_image(trained, tmp_path) -> None:
-    result, _ = trained
-    overrides = ["training.device=cpu", *FAST, f"inference.checkpoint={result.checkpoint}"]
+def test_i2v_inference_needs_its_image(tmp_path) -> None:
+    overrides = ["training.device=cpu", *I2V, *FAST]
     with pytest.raises(ConfigError, match="inference.image is not set: Wan2.1 I2V"):
         generate(wan_config(*overrides, task="infer"), create_runtime(wan_config(task="infer")))
     with pytest.raises(ConfigError, match="inference.image .*nope.png does not exist"):
@@ -86,6 +86,7 @@ def test_i2v_inference_needs_its_image(trained, tmp_path) -> None:
                  create_runtime(wan_config(task="infer")))
 
 
+@pytest.mark.slow
 def test_export_of_an_i2v_run_loads_with_from_pretrained(trained, tmp_path) -> None:
     result, _ = trained
     assert convert(["Wan21Converter", "export", "--cfg.source_path", str(result.output_dir), "--cfg.target_path",
