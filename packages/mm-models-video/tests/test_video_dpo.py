@@ -12,7 +12,7 @@ from torch.distributed.checkpoint import FileSystemReader
 from wan_testing import QUIET, SMALL_CLIPS
 
 from mm_core import ContextParallelPlan, ParallelPlan
-from mm_core.errors import ConfigError
+from mm_core.errors import ConfigError, PluginError
 from mm_core.plugins import load_plugins, make_config
 from mm_models_video.video_dpo import plugin as dpo
 from mm_models_video.video_dpo.histogram import build_histogram, pair_weight
@@ -119,6 +119,8 @@ def test_bad_settings_are_one_clear_error(mm_train) -> None:
         mm_train(["wan2_1", "video_dpo"], *DPO_RUN, "model.dpo.weight_alpha=1.0", "training.train_iters=1")
     with pytest.raises(ConfigError, match="dpo_label_smoothing must be between 0 and 0.5"):
         mm_train(["wan2_1", "video_dpo"], *DPO_RUN, "training.dpo_label_smoothing=0.7", "training.train_iters=1")
+    with pytest.raises(PluginError, match="no plugin below video_dpo answers datasets_provider: video_dpo stacks"):
+        mm_train(["video_dpo"], "training.train_iters=1")
 
 
 @pytest.mark.slow

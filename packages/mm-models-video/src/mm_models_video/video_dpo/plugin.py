@@ -12,6 +12,7 @@ import functools
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from mm_core import ParallelPlan, hookimpl
 from mm_core.checkpoint import load_model_state
@@ -37,7 +38,7 @@ TRAINING = {
     **schema.TRAINING,
     "train_iters": 30,
     "micro_batch_size": 2,
-    "global_batch_size": 4,
+    "global_batch_size": 2,
     "lr": 1.0e-3,
     "lr_warmup_iters": 0,
     "lr_decay_style": "constant",
@@ -47,6 +48,7 @@ TRAINING = {
 # Loss scale of the tiny run: its errors move by percents, not by the 14B model's ppm (MindSpeed-MM uses 2000).
 DPO = {**schema.DPO, "loss_beta": 0.02}
 STACK_HINT = "video_dpo stacks on a model plugin: mm run --plugin wan2_1 --plugin video_dpo"
+REWARD_METRICS = ("reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward")
 # Batch entries that are bookkeeping, not model inputs.
 NOT_INPUTS = ("index", "epoch", *PAIR_ENTRIES)
 
@@ -159,10 +161,15 @@ def loss_func(output: dict, batch: dict, runtime: Runtime) -> tuple[torch.Tensor
     if training.pref_ftx > 1e-6:
         losses = losses - training.pref_ftx * actor_chosen
     margin = terms.chosen_rewards - terms.rejected_rewards
-    return losses.mean(), {
-        "reward_accuracy": float((margin > 0).float().mean()),
-        "reward_margin": float(margin.mean()),
-        "chosen_reward": float(terms.chosen_rewards.mean()),
-        "rejected_reward": float(terms.rejected_rewards.mean()),
-        "tokens": float(output["actor"]["tokens"]),
-    }
+    rewards = dp_mean(torch.stack([(margin > 0).float().mean(), margin.mean(), terms.chosen_rewards.mean(),
+                                   terms.rejected_rewards.mean()]), runtime)
+    return losses.mean(), {**dict(zip(REWARD_METRICS, rewards.tolist())), "tokens": float(output["actor"]["tokens"])}
+
+
+def dp_mean(values: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    """``values`` averaged over the data-parallel ranks (each saw other pairs), as MindSpeed-MM logs them."""
+    if getattr(runtime, "dp_size", 1) > 1 and dist.is_initialized():
+        values = values.clone()
+        dist.all_reduce(values, group=runtime.dp_group)
+        values /= runtime.dp_size
+    return values
