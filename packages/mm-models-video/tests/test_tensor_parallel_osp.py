@@ -34,11 +34,22 @@ def single(tmp_path_factory) -> dict:
                      marks=pytest.mark.slow),
         pytest.param(4, [*TP2, SP, "parallel.cp.size=2", "parallel.cp.mode=ring", "parallel.fsdp2.enable=true"],
                      marks=pytest.mark.slow),
+        pytest.param(4, [*TP2, SP, "parallel.pp.size=2", "model.predictor.pipeline_num_layers=[3,3]"],
+                     marks=pytest.mark.slow),
     ],
-    ids=["tp-2-sp", "tp-2", "tp-2-ulysses-2-fsdp2", "tp-2-sp-ring-2-fsdp2"],
+    ids=["tp-2-sp", "tp-2", "tp-2-ulysses-2-fsdp2", "tp-2-sp-ring-2-fsdp2", "tp-2-sp-pp-2"],
 )
 def test_tensor_parallel_training_equals_one_process(single, tmp_path, world, overrides) -> None:
     run = parallel_run(world, tmp_path, AFFINE, *overrides)
+    assert run["loss"] == pytest.approx(single["loss"], rel=1e-5)
+    assert run["grad_norm"] == pytest.approx(single["grad_norm"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_i2v_tensor_parallel_training_equals_one_process(tmp_path) -> None:
+    """I2V with tp 2 and SP: the masked-clip and mask patch embeddings stay replicated before the split blocks."""
+    single = parallel_run(1, tmp_path / "one", AFFINE, "model.task=i2v")
+    run = parallel_run(2, tmp_path / "tp", AFFINE, "model.task=i2v", *TP2, SP)
     assert run["loss"] == pytest.approx(single["loss"], rel=1e-5)
     assert run["grad_norm"] == pytest.approx(single["grad_norm"], rel=1e-5)
 
