@@ -30,7 +30,7 @@ RUN = [*SMALL_CLIPS, *QUIET, "training.device=cpu", "training.micro_batch_size=1
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """A pretrained tiny transformer folder; 1 step without LoRA, 2 with."""
+    """A pretrained tiny transformer folder; 1 step without LoRA, 2 with (the second with trained adapters)."""
     root = tmp_path_factory.mktemp("wan_lora")
     torch.manual_seed(0)
     build_model(wan_config().model).predictor.save_pretrained(root / "base")
@@ -75,13 +75,9 @@ def test_resume_of_a_lora_run_is_exact(runs, tmp_path):
     assert {**first, **second} == straight.losses
 
 
-def test_mm_infer_loads_the_adapters_without_a_merge(runs, tmp_path):
-    root, _, straight = runs
-    model_config = wrap(load_file(straight.checkpoint / "config.yaml")["model"])
-    adapted = load_model(model_config, straight.checkpoint)
-    assert lora.has_adapters(adapted)
-    plain = build_model(model_config)
-    assert not torch.equal(_predict(adapted.predictor), _predict(plain.predictor))
+@pytest.mark.slow
+def test_mm_infer_of_a_lora_checkpoint_makes_a_video(runs, tmp_path):
+    _, _, straight = runs
     config = wan_config("training.device=cpu", "inference.steps=1", "inference.num_frames=1", "inference.height=16",
                         "inference.width=16", f"inference.output={tmp_path / 'out.mp4'}",
                         f"inference.checkpoint={straight.checkpoint}", task="infer")
@@ -93,12 +89,17 @@ def _adapter_model_output(checkpoint) -> torch.Tensor:
     return _predict(load_model(wrap(load_file(checkpoint / "config.yaml")["model"]), checkpoint).predictor)
 
 
-def test_merged_export_gives_the_adapter_models_outputs(runs, tmp_path):
+def test_mm_infers_loading_puts_the_adapters_in_and_the_merged_export_equals_it(runs, tmp_path):
     _, _, straight = runs
+    model_config = wrap(load_file(straight.checkpoint / "config.yaml")["model"])
+    adapted = load_model(model_config, straight.checkpoint)  # what mm infer builds: no merge step
+    assert lora.has_adapters(adapted)
+    expected = _predict(adapted.predictor)
+    assert not torch.equal(expected, _predict(build_model(model_config).predictor))
     assert convert(["Wan21Converter", "export", "--cfg.source_path", str(straight.output_dir),
                     "--cfg.target_path", str(tmp_path / "merged")]) == 0
     merged = WanTransformer3DModel.from_pretrained(tmp_path / "merged", subfolder="transformer").eval()
-    torch.testing.assert_close(_predict(merged), _adapter_model_output(straight.checkpoint), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(_predict(merged), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.slow
