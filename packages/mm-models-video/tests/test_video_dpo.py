@@ -8,11 +8,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
 from wan_testing import QUIET, SMALL_CLIPS
 
 from mm_core import ContextParallelPlan, ParallelPlan
-from mm_core.errors import ConfigError, PluginError
+from mm_core.errors import CheckpointError, ConfigError, PluginError
 from mm_core.plugins import load_plugins, make_config
 from mm_models_video.video_dpo import plugin as dpo
 from mm_models_video.video_dpo.histogram import build_histogram, pair_weight
@@ -134,3 +135,23 @@ def test_learns_to_prefer_smooth_clips_and_checkpoints_only_the_actor(mm_train) 
     keys = FileSystemReader(str(result.checkpoint)).read_metadata().state_dict_metadata
     assert any(k.startswith("model.predictor.") for k in keys)
     assert not any(".reference." in k or k.startswith("model.reference") for k in keys)
+
+
+def test_training_load_starts_actor_and_reference_from_a_checkpoint(tmp_path) -> None:
+    config = dpo_config(f"training.load={tmp_path}")
+    trained = build_model(config.model)
+    with torch.no_grad():
+        for param in trained.predictor.parameters():
+            param.add_(1.0)
+    dcp.save({"model": trained.state_dict()}, checkpoint_id=str(tmp_path / "checkpoints" / "step_00000010"),
+             no_dist=True)
+    hook = dpo.model_provider(config, None)
+    next(hook)
+    with pytest.raises(StopIteration) as built:
+        hook.send(build_model(config.model))  # what the model plugin's model_provider returned
+    model = built.value.value
+    for name, value in trained.predictor.state_dict().items():
+        assert torch.equal(model.predictor.state_dict()[name], value)
+        assert torch.equal(model.reference.state_dict()[name], value)
+    with pytest.raises(CheckpointError, match="training.load .* is neither an mm checkpoint"):
+        dpo.start_checkpoint(tmp_path / "nothing")

@@ -9,15 +9,16 @@ and the loss. Chosen and rejected clips of a pair share noise and timestep (the 
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from mm_core import ParallelPlan, hookimpl
-from mm_core.checkpoint import load_model_state
+from mm_core.checkpoint import latest_checkpoint, load_model_state
 from mm_core.config import Config
-from mm_core.errors import PluginError
+from mm_core.errors import CheckpointError, PluginError
 from mm_core.runtime import Runtime
 from mm_data.sampler import EpochTagged
 from mm_models_video.video_dpo import schema
@@ -81,8 +82,19 @@ def model_provider(config: Config, runtime: Runtime):
     """The model plugin's composite (loaded from ``training.load`` when set) with a frozen reference predictor."""
     model = _stacked((yield), "model_provider")
     if config.training.load:
-        load_model_state(config.training.load, model)
+        load_model_state(start_checkpoint(Path(config.training.load).expanduser()), model)
     return add_reference(model)
+
+
+def start_checkpoint(path: Path) -> Path:
+    """``training.load``: a checkpoint folder itself, or the newest one of a run folder (or its checkpoints/)."""
+    if (path / ".metadata").is_file():
+        return path
+    for root in (path / "checkpoints", path):
+        if root.is_dir() and (newest := latest_checkpoint(root)) is not None:
+            return newest
+    raise CheckpointError(f"training.load {path} is neither an mm checkpoint (step_XXXXXXXX with .metadata) nor a "
+                          "run folder holding checkpoints/")
 
 
 @hookimpl(wrapper=True)
