@@ -12,8 +12,10 @@ from PIL import Image
 from wan_testing import wan_config
 
 from mm_core.errors import ConfigError
+from mm_core.runtime import create_runtime
 from mm_models_video.wan2_1.build import build_model
 from mm_models_video.wan2_1.i2v import WanI2V
+from mm_models_video.wan2_1.infer import generate
 
 DIFFUSERS_TEXT = 512  # the text length diffusers' WanAttnProcessor assumes
 
@@ -127,6 +129,13 @@ def test_diffusers_layout_loads_every_part(tmp_path) -> None:
         torch.testing.assert_close(loaded(**inputs)["pred"], model(**inputs)["pred"], rtol=0, atol=0)
     with pytest.raises(ConfigError, match="model.task is 't2v' but the transformer in .* is a Wan2.1 i2v model"):
         build_model(wan_config(f"model.from_pretrained={tmp_path / 'wan'}").model)
+    # mm infer on the folder reads its task from transformer/config.json.
+    Image.fromarray(_clip(1)[0, :, 0].permute(1, 2, 0).numpy()).save(tmp_path / "first.png")
+    config = wan_config("training.device=cpu", f"inference.checkpoint={tmp_path / 'wan'}", "inference.steps=2",
+                        "inference.num_frames=5", "inference.height=32", "inference.width=32",
+                        f"inference.image={tmp_path / 'first.png'}", f"inference.output={tmp_path / 'out.mp4'}",
+                        task="infer")
+    assert generate(config, create_runtime(config)).startswith(f"wrote {tmp_path / 'out.mp4'}: 5 frames of 32x32")
 
 
 def test_mindspeed_model_json_keys(tmp_path) -> None:
