@@ -60,7 +60,7 @@ def _training_checkpoint(path: Path) -> Path:
 def merged_checkpoint(checkpoint: Path) -> Path:
     """A LoRA run's checkpoint as a full mm checkpoint of the merged model (removed when the process ends)."""
     model = lora.merge(lora.rebuild(checkpoint))
-    out = Path(tempfile.mkdtemp(prefix="mm-lora-merged-"))
+    out = Path(tempfile.mkdtemp(prefix=f"mm-lora-merged-{checkpoint.name}-"))
     atexit.register(shutil.rmtree, out, True)
     with warnings.catch_warnings():  # DCP warns that one process saves alone: intended
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
