@@ -47,8 +47,9 @@ def test_key_value_heads_must_divide_by_tp(model):
         (2, ["parallel.tp.sequence_parallel=true"]),
         (4, ["parallel.fsdp2.enable=true"]),
         (4, ["parallel.pp.size=2", CUTOFF]),
+        (4, ["parallel.pp.size=2", CUTOFF, "parallel.tp.sequence_parallel=true"]),
     ],
-    ids=["tp-2-sp", "tp-2-fsdp2-2", "tp-2-pp-2"],
+    ids=["tp-2-sp", "tp-2-fsdp2-2", "tp-2-pp-2", "tp-2-sp-pp-2"],
 )
 def test_tensor_parallel_composes(mm_train, tmp_path, world, overrides):
     """Sequence parallelism (each layer's norms on the token shards, their outputs gathered for attention and MLP);

@@ -96,7 +96,9 @@ def pp_layer(model: torch.nn.Module, layer: torch.nn.Module, carry: tuple[torch.
     text, rope = (positions[0], positions[1:]) if packed else (None, positions)
     lm = model.model.language_model
     make_mask = MASKS[lm.config.layer_types[layer.self_attn.layer_idx]]
-    mask = make_mask(config=lm.config, inputs_embeds=hidden, attention_mask=padding[0] if padding else None,
+    # The mask spans the whole sequence: under sequence parallelism ``hidden`` holds this rank's tokens only.
+    shape = torch.empty(hidden.shape[0], positions.shape[-1], 0, dtype=hidden.dtype, device=hidden.device)
+    mask = make_mask(config=lm.config, inputs_embeds=shape, attention_mask=padding[0] if padding else None,
                      past_key_values=None, position_ids=text)
     out = layer(hidden, attention_mask=mask, position_embeddings=lm.rotary_emb(hidden, rope), position_ids=text)
     return (out, *carry[1:])
