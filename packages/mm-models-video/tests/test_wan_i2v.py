@@ -102,7 +102,6 @@ def test_conditions_equal_diffusers_image_to_video_pipeline() -> None:
     torch.testing.assert_close(condition, expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.slow
 def test_forward_from_the_video_trains_only_the_predictor() -> None:
     model = _i2v()
     out = model(video=_clip(), prompt=["a red circle", "a blue square"])
@@ -114,7 +113,6 @@ def test_forward_from_the_video_trains_only_the_predictor() -> None:
     assert model.predictor.training and not model.image_encoder.training
 
 
-@pytest.mark.slow
 def test_diffusers_layout_loads_every_part(tmp_path) -> None:
     model = _i2v()
     model.save_pretrained(tmp_path / "wan")
