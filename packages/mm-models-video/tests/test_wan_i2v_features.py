@@ -47,3 +47,9 @@ def test_an_i2v_run_on_t2v_features_is_one_error(tmp_path) -> None:
     with pytest.raises(ConfigError, match="hold no image_embeds, condition, which model.task=i2v trains on "
                                           r"\(extract them with model.task=i2v\)"):
         build_train_loader(config, create_runtime(config))
+
+
+def test_mindspeed_mm_i2v_feature_names_feed_the_composite() -> None:
+    clip, condition = torch.zeros(1, 17, 32), torch.zeros(1, 8, 3, 4, 4)
+    inputs = model_inputs({"latents": torch.zeros(1), "i2v_clip_feature": clip, "i2v_vae_feature": condition})
+    assert inputs["image_embeds"] is clip and inputs["condition"] is condition and "i2v_clip_feature" not in inputs

@@ -11,7 +11,7 @@ from mm_core.config import Config
 from mm_core.errors import ConfigError
 from mm_core.runtime import Runtime
 from mm_data.datasets import VideoTextDataset
-from mm_data.features import read_feature_index
+from mm_data.features import is_mindspeed_index, read_feature_index
 from mm_data.formats import DataConfig
 from mm_models_video import video_text_data as shared
 from mm_models_video.data_section import parse_data_section
@@ -51,6 +51,8 @@ def check_features(config: Config, data: DataConfig) -> None:
     """A ConfigError unless the feature store holds what the task trains on (I2V: the first frame's features)."""
     path = data.dataset_param.data_path
     entries = read_feature_index(path)
+    if is_mindspeed_index(entries):
+        return  # MindSpeed-MM's per-sample files name their tensors inside; they are read as they come
     wanted = [*FEATURE_KEYS, IMAGE_KEY, CONDITION_KEY] if config.model.task == "i2v" else list(FEATURE_KEYS)
     missing = [key for key in wanted if entries and key not in entries[0]["keys"]]
     if missing:

@@ -38,6 +38,8 @@ TRAINING = {
 MODEL_INPUTS = ("latents", "prompt_embeds", "video", "prompt", "noise_seeds")
 # I2V's first-frame conditions, when the batch holds them as features.
 I2V_INPUTS = ("image_embeds", "condition")
+# The same in MindSpeed-MM's feature files (its wan_i2v_processor's outputs: CLIP tokens; mask + first-frame latents).
+MINDSPEED_I2V_FEATURES = {"i2v_clip_feature": "image_embeds", "i2v_vae_feature": "condition"}
 # The predictor's modules before and after its blocks: on the first and the last pipeline stage.
 PP_PRE = ("rope", "patch_embedding", "condition_embedder")
 PP_POST = ("norm_out", "proj_out", "scale_shift_table")
@@ -120,8 +122,10 @@ def frozen_extra(model: WanT2V) -> tuple[str, ...]:
 
 def model_inputs(batch: dict) -> dict:
     """The batch entries the composite takes: the clip and caption (raw or as features), I2V's first-frame features
-    and the noise seeds."""
-    return {key: batch[key] for key in (*MODEL_INPUTS, *I2V_INPUTS) if key in batch}
+    (also under MindSpeed-MM's feature names) and the noise seeds."""
+    inputs = {key: batch[key] for key in (*MODEL_INPUTS, *I2V_INPUTS) if key in batch}
+    inputs.update({ours: batch[theirs] for theirs, ours in MINDSPEED_I2V_FEATURES.items() if theirs in batch})
+    return inputs
 
 
 @hookimpl
