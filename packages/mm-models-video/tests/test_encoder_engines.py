@@ -1,0 +1,137 @@
+"""Encoder-DP and interleaved encoder offload give the features of encoding every batch every step, with fewer
+encodes; a checkpoint inside an offload window resumes exactly; settings that cannot work are one error."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from transformers import UMT5Config, UMT5EncoderModel
+
+from mm_core.config import Config
+from mm_core.data_iter import DataIterator
+from mm_core.errors import ConfigError
+from mm_models_video.encoder_dp import EncoderDP
+from mm_models_video.encoder_offload import EncoderOffload, check_encoder_engines
+from mm_models_video.encoders import TINY_UMT5
+from mm_models_video.pretrained import fixed_init
+from mm_models_video.read_ahead import read_ahead
+
+STEPS = 8
+
+
+def _batches() -> list[dict]:
+    """Raw batches: a prompt's token ids (varying length) and its index."""
+    generator = torch.Generator().manual_seed(0)
+    return [{"input_ids": torch.randint(0, 128, (1, 5 + i % 3), generator=generator), "index": i}
+            for i in range(STEPS)]
+
+
+def _text_encoder() -> UMT5EncoderModel:
+    return fixed_init(lambda: UMT5EncoderModel(UMT5Config(**TINY_UMT5)), torch.float32).eval()
+
+
+class Counted:
+    """The encode function of a composite: raw batch -> its prompt embeddings; counts its calls."""
+
+    def __init__(self, encoder: UMT5EncoderModel) -> None:
+        self.encoder, self.calls = encoder, 0
+
+    @torch.no_grad()
+    def __call__(self, batch: dict) -> dict:
+        self.calls += 1
+        return {"prompt_embeds": self.encoder(batch["input_ids"]).last_hidden_state, "index": batch["index"]}
+
+
+def _encoder_dp_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    encode = Counted(_text_encoder())
+    data = DataIterator(_batches())
+    engine = EncoderDP(dist.group.WORLD, encode, torch.device("cpu"), ahead=read_ahead(data))
+    served = [engine.next(lambda: next(data)) for _ in range(STEPS)]
+    reference = Counted(_text_encoder())
+    expected = [reference(batch) for batch in _batches()]
+    report = {
+        "calls": encode.calls,
+        "reference_calls": reference.calls,
+        "indices": [f["index"] for f in served],
+        "error": max((f["prompt_embeds"] - e["prompt_embeds"]).abs().max().item() for f, e in zip(served, expected)),
+        "position": data.state_dict()["position"],
+    }
+    gathered: list = [None] * world
+    dist.all_gather_object(gathered, report)
+    if rank == 0:
+        Path(out).write_text(json.dumps(gathered))
+    dist.destroy_process_group()
+
+
+def test_encoder_dp_on_two_ranks_gives_every_feature_with_half_the_encodes(tmp_path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "report.json"
+    mp.start_processes(_encoder_dp_worker, args=(2, port, str(out)), nprocs=2, join=True, start_method="fork")
+    ranks = json.loads(out.read_text())
+    for report in ranks:
+        assert report["indices"] == list(range(STEPS))
+        assert report["error"] == 0.0
+        assert report["calls"] == STEPS // 2 and report["reference_calls"] == STEPS
+    # Rank 0 reads for the group; its checkpointed position is the last batch trained on, not the last one read.
+    assert ranks[0]["position"] == STEPS
+
+
+def _offload_run(interval: int, steps: range, state: dict | None = None) -> tuple[list[dict], dict, EncoderOffload]:
+    data = DataIterator(_batches())
+    if state is not None:
+        data.load_state_dict(state)
+    encoder = _text_encoder()
+    engine = EncoderOffload([encoder], Counted(encoder), interval, torch.device("cpu"), ahead=read_ahead(data))
+    served = [engine.next(lambda: next(data)) for _ in steps]
+    return served, data.state_dict(), engine
+
+
+def test_offload_serves_the_features_of_encoding_every_step_and_resumes_exactly() -> None:
+    every, _, _ = _offload_run(1, range(STEPS))
+    interleaved, _, engine = _offload_run(3, range(STEPS))
+    assert engine.encode_windows == 3 and engine.encode.calls == 9
+    for got, want in zip(interleaved, every):
+        assert got["index"] == want["index"]
+        assert torch.equal(got["prompt_embeds"], want["prompt_embeds"])
+    # A checkpoint after step 4 (inside the second window of 3) resumes at batch 4, not at 6 (read ahead).
+    _, state, _ = _offload_run(3, range(4))
+    assert state["position"] == 4
+    resumed, _, _ = _offload_run(3, range(4, STEPS), state)
+    assert [f["index"] for f in resumed] == list(range(4, STEPS))
+    for got, want in zip(resumed, every[4:]):
+        assert torch.equal(got["prompt_embeds"], want["prompt_embeds"])
+
+
+@pytest.mark.parametrize(
+    ("model", "parallel", "message"),
+    [
+        ({"ae": {"vae_cp_size": 2}}, {"pp": {"size": 2}}, "model.ae.vae_cp_size with parallel.pp.size=2"),
+        ({"enable_encoder_dp": True}, {"pp": {"size": 2}}, "model.enable_encoder_dp with parallel.pp.size=2"),
+        ({"encoder_offload_interval": 4}, {"pp": {"size": 2}}, "model.encoder_offload_interval with parallel.pp"),
+        ({"ae": {"vae_cp_size": 2}, "enable_encoder_dp": True}, {}, "pick one"),
+        ({"encoder_offload_interval": 0}, {}, "whole number of steps >= 1, got 0"),
+        ({"ae": {"vae_cp_size": 4}}, {"cp": {"size": 2}}, "must divide parallel.cp.size=2"),
+    ],
+)
+def test_what_cannot_work_is_one_error(model: dict, parallel: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        check_encoder_engines(Config(model), Config(parallel))
+
+
+def test_what_can_work_passes() -> None:
+    check_encoder_engines(Config({"ae": {"vae_cp_size": 2}, "encoder_offload_interval": 4}),
+                          Config({"cp": {"size": 4}}))
+    check_encoder_engines(Config({"enable_encoder_dp": True, "encoder_offload_interval": 2}),
+                          Config({"cp": {"size": 2}, "tp": {"size": 2}}))
