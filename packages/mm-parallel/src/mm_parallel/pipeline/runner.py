@@ -81,7 +81,10 @@ class PipelineModel(torch.nn.Module):
         """Set training mode on the stages too (their stage modules' roots and containers are not registered here)."""
         for chunk in self.chunks:
             chunk.train(mode)
-        return super().train(mode)
+        # Not super().train(): it would reach the attached modules past their own train() (frozen encoders
+        # stay in eval mode; the chunks above already set each module's mode).
+        self.training = mode
+        return self
 
     def _schedule(self, micro_batches: int, backward: bool):
         """The schedule for a step of ``micro_batches`` (one per count: stages keep per-step buffers).
