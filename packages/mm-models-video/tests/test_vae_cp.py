@@ -26,6 +26,8 @@ def test_wan_and_stepvideo_latents_on_two_ranks_equal_one_device(tmp_path) -> No
     assert report["wan/13"]["local_frames"] == [2, 2]
     assert report["wan/9"]["local_frames"] == [2, 1]
     assert max(report["wan/13"]["local"] + report["wan/9"]["local"]) < TOLERANCE
+    # FrozenEncoders.encode_video (wan2_1, custom_dit) with vae_cp_group set: the same normalized latents.
+    assert max(report["wan/13"]["encode_video"]) < TOLERANCE
 
 
 def test_frames_per_rank_keep_each_ranks_latents_whole() -> None:

@@ -11,9 +11,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from diffusers import AutoencoderKLWan
+from torch import nn
 
 from mm_models_video import vae_cp
 from mm_models_video.encoders import TINY_VAE
+from mm_models_video.frozen import FrozenEncoders
 from mm_models_video.opensoraplan1_3.flavors import FLAVORS as OSP_FLAVORS
 from mm_models_video.opensoraplan1_3.wfvae import WFVAEModel
 from mm_models_video.opensoraplan1_3.wfvae_blocks import CausalConv3d
@@ -38,8 +40,11 @@ def wan(group: dist.ProcessGroup, frames: int) -> dict:
     whole = vae_cp.wan_encode(vae, clip, group)
     local = vae_cp.wan_encode(vae, clip, group, keep_local=True)
     start, end = vae_cp.local_shard(expected.shape[2], dist.get_rank(group), dist.get_world_size(group))
+    composite = FrozenEncoders(vae, nn.Identity())
+    latents = composite.encode_video(clip)
+    composite.vae_cp_group = group
     return {"whole": _error(whole, expected), "local": _error(local, expected[:, :, start:end]),
-            "local_frames": local.shape[2]}
+            "local_frames": local.shape[2], "encode_video": _error(composite.encode_video(clip), latents)}
 
 
 def wfvae(group: dist.ProcessGroup, frames: int) -> dict:

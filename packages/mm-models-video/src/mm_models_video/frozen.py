@@ -6,9 +6,12 @@ from collections.abc import Sequence
 
 import torch
 from diffusers import AutoencoderKLWan
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from torch import nn
+from torch.distributed import ProcessGroup
 
 from mm_data.transforms import normalize_pixels
+from mm_models_video.vae_cp import wan_encode
 
 FROZEN = ("ae", "text_encoder")
 
@@ -17,8 +20,11 @@ class FrozenEncoders(nn.Module):
     """Base of composites with a frozen ``ae`` (Wan VAE) and ``text_encoder``, always in eval mode.
 
     Parts named in ``external`` came from pretrained weights: checkpoints leave them out and loading accepts
-    their absence. A pipeline stage without the encoders holds None for them.
+    their absence. A pipeline stage without the encoders holds None for them. With ``vae_cp_group`` set (the
+    group of ``model.ae.vae_cp_size`` ranks, all passing the same clip) the VAE encodes its frames split over it.
     """
+
+    vae_cp_group: ProcessGroup | None = None
 
     def __init__(
         self,
@@ -61,7 +67,11 @@ class FrozenEncoders(nn.Module):
     @torch.no_grad()
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
         """Pixels [B, 3, T, H, W], uint8 or float in [-1, 1] -> float32 latents [B, z, 1 + (T-1)/4, H/8, W/8]."""
-        posterior = self.ae.encode(normalize_pixels(video).to(self.ae.dtype)).latent_dist
+        pixels = normalize_pixels(video).to(self.ae.dtype)
+        if self.vae_cp_group is not None:
+            posterior = DiagonalGaussianDistribution(wan_encode(self.ae, pixels, self.vae_cp_group))
+        else:
+            posterior = self.ae.encode(pixels).latent_dist
         latents = (posterior.sample() if self.do_sample else posterior.mode()).float()
         if self.norm_latents:
             mean, std = self.latent_stats(latents)
