@@ -12,6 +12,7 @@ from mm_models_video.cp_batch import read_seeded_batch
 from mm_models_video.flow_matching import velocity_loss
 from mm_models_video.frozen import FROZEN
 from mm_models_video.infer_hint import print_infer_hint
+from mm_models_video.lora_targets import STEPVIDEO_BLOCK
 from mm_models_video.stepvideo import schema
 from mm_models_video.stepvideo.build import build_model
 from mm_models_video.stepvideo.convert import register_converters  # noqa: F401 (mm-convert hook)
@@ -89,6 +90,7 @@ def parallel_plan(model: StepVideo, config: Config) -> ParallelPlan:
             num_layers=config.model.predictor.pipeline_num_layers,
         ),
         tp=tensor_parallel_plan(predictor),
+        lora_targets=STEPVIDEO_BLOCK,
     )
 
 

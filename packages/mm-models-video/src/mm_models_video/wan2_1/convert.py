@@ -33,6 +33,7 @@ from mm_convert import (
     write_safetensors,
 )
 from mm_convert.dcp_io import read_dcp
+from mm_convert.export import export_lora
 from mm_convert.megatron_layout import STALE
 from mm_core import hookimpl
 from mm_models_video.pretrained import source
@@ -262,6 +263,9 @@ class Wan21Converter(Converter):
     @subcommand(WanExportOptions)
     def export(self, opts: WanExportOptions) -> str:
         """mm training checkpoint -> diffusers folder: transformer/ trained, the rest copied from the base."""
+        adapter = export_lora(opts)
+        if adapter is not None:
+            return adapter
         checkpoint = find_training_checkpoint(opts.source_path)
         config = run_config(checkpoint)
         base = opts.base_dir or _local_pretrained(config.model)

@@ -13,6 +13,7 @@ from mm_models_video.cp_batch import read_seeded_batch
 from mm_models_video.flow_matching import velocity_loss
 from mm_models_video.frozen import FROZEN
 from mm_models_video.infer_hint import print_infer_hint
+from mm_models_video.lora_targets import WAN_BLOCK
 from mm_models_video.wan2_1 import schema
 from mm_models_video.wan2_1.build import build_model
 from mm_models_video.wan2_1.convert import register_converters  # noqa: F401 (mm-convert hook)
@@ -97,6 +98,7 @@ def parallel_plan(model: WanT2V, config: Config) -> ParallelPlan:
             post_modules=[f"predictor.{name}" for name in PP_POST],
         ),
         tp=tensor_parallel_plan(model.predictor),
+        lora_targets=WAN_BLOCK,
     )
 
 
