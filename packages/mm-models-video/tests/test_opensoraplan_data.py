@@ -92,7 +92,7 @@ def test_drop_short_ratio_leaves_out_short_clips(tmp_path) -> None:
 
 
 def test_wrong_settings_are_one_clear_error(tmp_path) -> None:
-    with pytest.raises(ConfigError, match="unknown key 'max_hw'"):
+    with pytest.raises(ConfigError, match="unknown key 'data.dataset_param.max_hw'; did you mean .*max_hxw"):
         parse_data(osp_config("data.dataset_param.max_hw=5"))
     with pytest.raises(ConfigError, match="model.predictor.model_id must be 'videoditsparsei2v' for model.task 'i2v'"):
         build_model(osp_config("model.task=i2v", "model.predictor.model_id=videoditsparse").model)

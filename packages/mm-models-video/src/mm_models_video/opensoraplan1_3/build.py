@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,14 +14,17 @@ from transformers import AutoTokenizer, MT5Config, MT5EncoderModel
 from mm_core.config import Config
 from mm_core.errors import ConfigError, reason
 from mm_models_video.opensoraplan1_3.diffusion import OpenSoraDiffusion
-from mm_models_video.opensoraplan1_3.flavors import Flavor
+from mm_models_video.opensoraplan1_3.flavors import Flavor, flavor_name
 from mm_models_video.opensoraplan1_3.inpaint import OpenSoraInpaint, OpenSoraPlanI2V
+from mm_models_video.opensoraplan1_3.mindspeed import check_predictor
 from mm_models_video.opensoraplan1_3.model import OpenSoraPlanT2V
 from mm_models_video.opensoraplan1_3.schema import AE_KEYS, check_model, dtype_of, predictor_overrides
 from mm_models_video.opensoraplan1_3.transformer import OpenSoraT2V
 from mm_models_video.opensoraplan1_3.wfvae import WFVAEModel
 from mm_models_video.pretrained import fixed_init, load_pretrained, source
 from mm_models_video.tokenizer import build_char_tokenizer
+
+log = logging.getLogger("mm")
 
 # The release's checkpoint files keep the weights under one of these keys (EMA first, as its loader does).
 NESTED_STATE = ("ema_state_dict", "state_dict", "gen_model", "model", "module")
@@ -83,9 +88,9 @@ def build_text_encoder(model: Config, flavor: Flavor) -> MT5EncoderModel:
     path = source(model, "text_encoder", "text_encoder")
     if path:
         return load_pretrained(MT5EncoderModel, path, "model.text_encoder.from_pretrained", dtype=dtype)
-    if model.flavor != "tiny":
+    if (name := flavor_name(model)) != "tiny":
         raise ConfigError(
-            f"model.text_encoder.from_pretrained is needed for flavor {model.flavor!r}: mT5-XXL, e.g. google/mt5-xxl"
+            f"model.text_encoder.from_pretrained is needed for flavor {name!r}: mT5-XXL, e.g. google/mt5-xxl"
         )
     return fixed_init(lambda: MT5EncoderModel(MT5Config(**flavor.text_encoder)), dtype)
 
@@ -95,9 +100,9 @@ def build_tokenizer(model: Config) -> Any:
     path = source(model, "tokenizer", "tokenizer") or model.text_encoder.from_pretrained
     if path:
         return load_pretrained(AutoTokenizer, str(path), "model.tokenizer.from_pretrained")
-    if model.flavor != "tiny":
+    if flavor_name(model) != "tiny":
         raise ConfigError(
-            f"model.tokenizer.from_pretrained is needed for flavor {model.flavor!r}: mT5's, e.g. google/mt5-xxl"
+            f"model.tokenizer.from_pretrained is needed for flavor {flavor_name(model)!r}: mT5's, e.g. google/mt5-xxl"
         )
     return build_char_tokenizer()
 
@@ -112,13 +117,21 @@ def build_predictor(model: Config, flavor: Flavor) -> OpenSoraT2V:
         arguments["vae_scale_factor_t"] = model.predictor.vae_scale_factor_t or 4
     path = source(model, "predictor", "transformer")
     if path and Path(path).expanduser().is_dir():
-        return load_pretrained(cls, path, "model.predictor.from_pretrained", torch_dtype=torch.float32)
+        predictor = load_pretrained(cls, path, "model.predictor.from_pretrained", torch_dtype=torch.float32)
+        check_predictor(predictor_overrides(model.predictor), predictor.config, model.predictor,
+                        f"{path}/config.json")
+        return predictor
     try:
         predictor = cls(**arguments)
     except ValueError as exc:
         raise ConfigError(f"model.predictor: {exc}") from None
     if path:
         load_weights(predictor, path, "model.predictor.from_pretrained")
+    elif (flavor_name(model) != "tiny" or predictor_overrides(model.predictor)) and os.environ.get("RANK", "0") == "0":
+        count = sum(p.numel() for p in predictor.parameters())
+        log.warning("warning: opensoraplan1_3: the predictor (%.2fB parameters, from the model section) starts from "
+                    "random weights; give --load DIR or model.predictor.from_pretrained (the release's transformer "
+                    "folder) to start from trained ones", count / 1e9)
     return predictor
 
 

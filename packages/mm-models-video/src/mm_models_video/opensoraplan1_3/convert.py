@@ -41,7 +41,7 @@ from mm_convert.tp_split import merge_tp, split_tp
 from mm_core import hookimpl
 from mm_core.errors import ConfigError
 from mm_models_video.opensoraplan1_3.build import read_state_dict
-from mm_models_video.opensoraplan1_3.flavors import get_flavor
+from mm_models_video.opensoraplan1_3.flavors import model_flavor
 from mm_models_video.opensoraplan1_3.inpaint import OpenSoraInpaint
 from mm_models_video.opensoraplan1_3.schema import predictor_overrides
 from mm_models_video.opensoraplan1_3.transformer import OpenSoraT2V
@@ -238,7 +238,7 @@ def _predictor_config(model: Any) -> dict:
     path = source(model, "predictor", "transformer")
     if path is not None and Path(path).is_dir():
         return read_config(Path(path))
-    config = {**get_flavor(model.flavor).predictor, **predictor_overrides(model.predictor)}
+    config = {**model_flavor(model).predictor, **predictor_overrides(model.predictor)}
     if model.task == "i2v":
         config["vae_scale_factor_t"] = model.predictor.vae_scale_factor_t or 4
     return config

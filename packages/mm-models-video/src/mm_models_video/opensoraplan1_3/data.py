@@ -28,7 +28,7 @@ from mm_data.formats import DataConfig, parse_data_config
 from mm_data.sampler import bucket_keys, build_rank_loader
 from mm_data.video import read_video
 from mm_models_video.captions import clean_caption
-from mm_models_video.opensoraplan1_3.flavors import get_flavor
+from mm_models_video.opensoraplan1_3.flavors import model_flavor
 from mm_models_video.opensoraplan1_3.inpaint import MASK_TYPES
 from mm_models_video.synthetic import with_synthetic_data
 
@@ -61,10 +61,17 @@ def _split_own_keys(dataset_param: Mapping[str, Any]) -> tuple[dict, dict]:
     return flat, own
 
 
+def _given(raw: Any) -> Any:
+    """``raw`` without its None values: a data.json key at None (the schema's default) is not given."""
+    if not isinstance(raw, dict):
+        return raw
+    return {key: _given(value) for key, value in raw.items() if value is not None}
+
+
 def parse_data(config: Config) -> OpenSoraData:
     """The data section parsed (the flavor's clip shape filling its gaps); a wrong key or value is a ConfigError."""
-    flavor = get_flavor(config.model.flavor)
-    raw = json.loads(json.dumps(config.data, default=str))
+    flavor = model_flavor(config.model)
+    raw = _given(json.loads(json.dumps(config.data, default=str)))
     flat, own = _split_own_keys(raw.get("dataset_param", {}))
     clip = {"num_frames": flavor.num_frames, "max_height": flavor.height, "max_width": flavor.width}
     data = parse_data_config({**raw, "dataset_param": {**clip, **flat}}, "data")
@@ -185,7 +192,7 @@ def build_dataset(config: Config, parsed: OpenSoraData) -> PlannedClipDataset:
     """The clips the data section names (generated moving shapes when it names none)."""
     param = parsed.data.dataset_param
     if not param.data_path:
-        param = with_synthetic_data(param, get_flavor(config.model.flavor).fps)
+        param = with_synthetic_data(param, model_flavor(config.model).fps)
     clips = read_annotations(param.data_path, param.data_folder or None)
     return PlannedClipDataset(clips, parsed.planner, parsed.use_aesthetic, parsed.data.on_bad_sample,
                               config.training.seed, parsed.drop_short_ratio, parsed.clean_captions)
@@ -236,6 +243,6 @@ def example_prompt(config: Config) -> str:
     parsed = parse_data(config)
     param = parsed.data.dataset_param
     if not param.data_path:
-        param = with_synthetic_data(param, get_flavor(config.model.flavor).fps)
+        param = with_synthetic_data(param, model_flavor(config.model).fps)
     clips = read_annotations(param.data_path, param.data_folder or None)
     return next((c.caption for c in clips if c.caption), config.inference.prompt)

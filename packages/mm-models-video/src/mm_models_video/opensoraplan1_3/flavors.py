@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,3 +125,17 @@ def get_flavor(name: str) -> Flavor:
     if name not in FLAVORS:
         raise ConfigError(f"model.flavor {name!r} is not an OpenSoraPlan 1.3 flavor (known: {', '.join(FLAVORS)})")
     return FLAVORS[name]
+
+
+def flavor_name(model: Mapping[str, Any]) -> str:
+    """The model section's flavor: ``model.flavor`` when given, else ``2b`` for a model.json that gives the predictor's
+    architecture (a MindSpeed-MM file describes the release), else ``tiny``."""
+    if model.get("flavor"):
+        return str(model["flavor"])
+    predictor = model.get("predictor") or {}
+    return "2b" if predictor.get("num_layers") is not None else "tiny"
+
+
+def model_flavor(model: Mapping[str, Any]) -> Flavor:
+    """The :class:`Flavor` of a model section (see :func:`flavor_name`)."""
+    return get_flavor(flavor_name(model))

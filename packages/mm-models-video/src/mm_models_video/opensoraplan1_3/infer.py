@@ -15,7 +15,7 @@ from mm_data.synthetic import write_video
 from mm_data.transforms import resize_center_crop
 from mm_models_video import clip_shape
 from mm_models_video.opensoraplan1_3.build import build_model
-from mm_models_video.opensoraplan1_3.flavors import get_flavor
+from mm_models_video.opensoraplan1_3.flavors import flavor_name, model_flavor
 from mm_models_video.opensoraplan1_3.inpaint import OpenSoraPlanI2V, frame_mask
 from mm_models_video.opensoraplan1_3.model import OpenSoraPlanT2V
 from mm_models_video.opensoraplan1_3.schema import dtype_of
@@ -147,7 +147,7 @@ def generate(config: Config, runtime: Runtime) -> str:
     file (``output`` numbered), and write it as mp4."""
     inf = config.inference
     model_config, checkpoint = model_source(config)
-    flavor = get_flavor(model_config.flavor)
+    flavor = model_flavor(model_config)
     num_frames = inf.num_frames or flavor.num_frames
     height, width = inf.height or flavor.height, inf.width or flavor.width
     model = build_model(model_config)
@@ -173,6 +173,6 @@ def generate(config: Config, runtime: Runtime) -> str:
                         inf.seed, conditions)
         video = ((pixels + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
         write_video(output, video, inf.fps or flavor.fps)
-    source = checkpoint or model_config.predictor.from_pretrained or f"untrained {model_config.flavor} model"
+    source = checkpoint or model_config.predictor.from_pretrained or f"untrained {flavor_name(model_config)} model"
     written = ", ".join(str(o) for o in outputs)
     return f"wrote {written}: {num_frames} frames of {width}x{height} from {source}"

@@ -18,8 +18,10 @@ from mm_models_video.opensoraplan1_3.build import build_model
 from mm_models_video.opensoraplan1_3.convert import register_converters  # noqa: F401 (mm-convert hook)
 from mm_models_video.opensoraplan1_3.data import build_train_loader, example_prompt, parse_data
 from mm_models_video.opensoraplan1_3.diffusion import diffusion_loss
+from mm_models_video.opensoraplan1_3.flavors import flavor_name
 from mm_models_video.opensoraplan1_3.infer import generate
 from mm_models_video.opensoraplan1_3.inpaint import OpenSoraPlanI2V
+from mm_models_video.opensoraplan1_3.mindspeed import MINDSPEED_MODULES
 from mm_models_video.opensoraplan1_3.model import Carry, OpenSoraPlanT2V, run_block
 from mm_models_video.opensoraplan1_3.tp import tensor_parallel_plan
 
@@ -87,6 +89,7 @@ def parallel_plan(model: OpenSoraPlanT2V, config: Config) -> ParallelPlan:
     """FSDP2 shards each block; CP splits the tokens entering the blocks; PP cuts the block list; TP splits each
     block's heads and FFN (``tp``).
 
+    MindSpeed-MM's module paths in the fsdp2 patterns (``predictor.videodit_sparse_blocks.{*}``) name the blocks.
     CP splits the tokens before the first block and the RoPE tables (computed for the whole grid), and gathers
     after ``proj_out``. Under PP the first stage encodes, noises and embeds (``embed``), the last predicts.
     """
@@ -110,6 +113,7 @@ def parallel_plan(model: OpenSoraPlanT2V, config: Config) -> ParallelPlan:
             num_layers=config.model.predictor.pipeline_num_layers,
         ),
         tp=tensor_parallel_plan(model.predictor),
+        module_aliases=MINDSPEED_MODULES,
     )
 
 
@@ -151,7 +155,7 @@ def loss_func(output: dict, batch: dict, runtime: Runtime) -> tuple[torch.Tensor
 def after_training(config: Config, runtime: Runtime, checkpoint) -> None:
     """On rank 0, say where the checkpoint is and which ``mm infer`` command turns it into a video."""
     if runtime.is_main and checkpoint is not None:
-        steps = " --steps 20" if config.model.flavor == "tiny" else ""
+        steps = " --steps 20" if flavor_name(config.model) == "tiny" else ""
         image = " --image first_frame.png" if config.model.task == "i2v" else ""
         print_infer_hint("opensoraplan1_3", runtime, checkpoint, example_prompt(config), image + steps)
 

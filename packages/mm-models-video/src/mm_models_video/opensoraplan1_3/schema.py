@@ -10,13 +10,15 @@ from mm_core.config import Config
 from mm_core.dtypes import parse_dtype
 from mm_core.errors import ConfigError
 from mm_models_video import sections
-from mm_models_video.opensoraplan1_3.flavors import Flavor, get_flavor
+from mm_models_video.opensoraplan1_3 import mindspeed
+from mm_models_video.opensoraplan1_3.flavors import Flavor, model_flavor
 
 TASKS = ("t2v", "i2v")
 
-# The seeds' pretrain_t2v_model.json; None means "the flavor's value".
+# The seeds' pretrain_t2v_model.json; None means "the flavor's value". The flavor: tiny, or 2b when the model.json
+# gives the predictor's architecture (flavors.flavor_name).
 MODEL: dict[str, Any] = {
-    "flavor": "tiny",
+    "flavor": None,
     "task": "t2v",
     "from_pretrained": None,
     "load_video_features": False,
@@ -37,7 +39,6 @@ MODEL: dict[str, Any] = {
         "attention_q_bias": None,
         "attention_k_bias": None,
         "attention_v_bias": None,
-        "fa_layout": "sbh",
         "patch_size_thw": None,
         "activation_fn": None,
         "norm_elementwise_affine": None,
@@ -48,24 +49,23 @@ MODEL: dict[str, Any] = {
         "sparse1d": None,
         "sparse_n": None,
         "vae_scale_factor_t": None,
+        **mindspeed.MODEL_UNUSED["predictor"],
     },
     "diffusion": {
         "model_id": "DDPM",
         "num_train_steps": 1000,
-        "guidance_scale": 7.5,
         "prediction_type": "v_prediction",
         "rescale_betas_zero_snr": True,
-        "timestep_spacing": "leading",
-        "device": None,
         "snr_gamma": 5.0,
         "t_sample_method": "explicit_uniform",
+        **mindspeed.MODEL_UNUSED["diffusion"],
     },
     "text_encoder": {
         "model_id": "MT5",
         "hub_backend": "hf",
         "from_pretrained": None,
-        "low_cpu_mem_usage": False,
         "dtype": None,
+        **mindspeed.MODEL_UNUSED["text_encoder"],
     },
     "tokenizer": {
         "hub_backend": "hf",
@@ -77,7 +77,6 @@ MODEL: dict[str, Any] = {
         "model_id": "wfvae",
         "from_pretrained": None,
         "dtype": None,
-        "output_dtype": None,
         "base_channels": None,
         "decoder_energy_flow_hidden_size": None,
         "decoder_num_resblocks": None,
@@ -96,15 +95,16 @@ MODEL: dict[str, Any] = {
         "shift": None,
         "do_sample": None,
         "i2v_processor": {"processor_id": "opensoraplan_i2v_processor", "vae_scale_factor": None},
+        **mindspeed.MODEL_UNUSED["ae"],
     },
     "patch": {"ae_float32": True},
     "use_dynamic_dpcp": False,
     "max_cp_size": None,
-    "max_seq_size": None,
+    **mindspeed.TOP_UNUSED,
 }
 
-# data.json's blocks are validated by the data module (the seeds' keys); an empty data_path means generated clips.
-DATA: dict[str, Any] = {"dataset_param": {}, "dataloader_param": {}, "on_bad_sample": "skip"}
+# data.json's keys (mindspeed.DATA; the data module checks their values); an empty data_path means generated clips.
+DATA: dict[str, Any] = mindspeed.DATA
 
 # v1.3's sampler: Euler ancestral, v-prediction, 100 steps, CFG 7.5, its prompt template and negative prompt.
 POSITIVE_TEMPLATE = "\n    high quality, high aesthetic, {}\n    "
@@ -208,7 +208,7 @@ def _triple(value: Any, key: str) -> list:
 
 def check_model(model: Config) -> Flavor:
     """Check the model section beyond its schema; returns its flavor."""
-    flavor = get_flavor(model.flavor)
+    flavor = model_flavor(model)
     if model.task not in TASKS:
         raise ConfigError(f"model.task must be one of {', '.join(TASKS)}, got {model.task!r}")
     sections.check_fixed(model, FIXED, "mm's opensoraplan1_3 implements only that")

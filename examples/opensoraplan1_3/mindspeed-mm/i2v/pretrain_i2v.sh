@@ -1,0 +1,85 @@
+#!/bin/bash
+# MindSpeed-MM's examples/opensoraplan1.3/i2v/pretrain_i2v.sh with one change: `pretrain_sora.py` is now
+# `mm run --plugin opensoraplan1_3`. The model and data files beside it are MindSpeed-MM's, unchanged.
+# Flags that only tune Ascend or Megatron kernels are accepted with a warning naming them.
+GPUS_PER_NODE=8
+MASTER_ADDR=localhost
+MASTER_PORT=6000
+NNODES=1
+NODE_RANK=0
+WORLD_SIZE=$(($GPUS_PER_NODE*$NNODES))
+
+TP=1
+PP=1
+VP=1
+CP=1
+MBS=1
+ACC=1
+GBS=$(($WORLD_SIZE*$MBS/$CP/$TP/$PP*$ACC))
+
+MM_DATA="./examples/opensoraplan1_3/mindspeed-mm/i2v/data_i2v.json"
+MM_MODEL="./examples/opensoraplan1_3/mindspeed-mm/i2v/pretrain_i2v_model.json"
+MM_TOOL="./mindspeed_mm/tools/tools.json"
+# mm: a folder holding the release's transformer/ (config.json + safetensors), e.g. weights/open-sora-plan/93x480p
+LOAD_PATH="your_converted_dit_ckpt_dir"
+SAVE_PATH="your_ckpt_path_to_save"
+
+DISTRIBUTED_ARGS="
+    --nproc_per_node $GPUS_PER_NODE \
+    --nnodes $NNODES \
+    --node_rank $NODE_RANK \
+    --master_addr $MASTER_ADDR \
+    --master_port $MASTER_PORT
+"
+
+GPT_ARGS="
+    --tensor-model-parallel-size ${TP} \
+    --pipeline-model-parallel-size ${PP} \
+    --virtual-pipeline-model-parallel-size ${VP} \
+    --context-parallel-size ${CP} \
+    --context-parallel-algo ulysses_cp_algo \
+    --micro-batch-size ${MBS} \
+    --global-batch-size ${GBS} \
+    --lr 1e-5 \
+    --min-lr 1e-5 \
+    --adam-beta1 0.9 \
+    --adam-beta2 0.999 \
+    --adam-eps 1e-15 \
+    --lr-decay-style constant \
+    --weight-decay 1e-2 \
+    --lr-warmup-init 1e-5 \
+    --lr-warmup-iters 0 \
+    --clip-grad 1.0 \
+    --train-iters 5000 \
+    --no-gradient-accumulation-fusion \
+    --load $LOAD_PATH \
+    --bf16 \
+    --recompute-granularity full \
+    --recompute-method block \
+    --recompute-num-layers 32 \
+    --use-distributed-optimizer \
+    --sequence-parallel \
+    --allow-tf32 \
+    --num-workers 4 \
+"
+
+MM_ARGS="
+    --mm-data $MM_DATA \
+    --mm-model $MM_MODEL \
+    --mm-tool $MM_TOOL
+"
+
+OUTPUT_ARGS="
+    --log-interval 1 \
+    --save-interval 10000 \
+    --eval-interval 10000 \
+    --eval-iters 10 \
+    --save $SAVE_PATH \
+    --ckpt-format torch \
+"
+
+torchrun $DISTRIBUTED_ARGS $(which mm) run --plugin opensoraplan1_3 \
+    $GPT_ARGS \
+    $MM_ARGS \
+    $OUTPUT_ARGS \
+    --distributed-backend nccl
