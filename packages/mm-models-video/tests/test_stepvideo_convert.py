@@ -12,7 +12,7 @@ from mm_core.checkpoint import load_model_state
 from mm_core.config import load_file as load_config
 from mm_core.config import wrap
 from mm_models_video.stepvideo.build import build_model
-from mm_models_video.stepvideo.convert import MM_PIPELINE, merge_tp
+from mm_models_video.stepvideo.convert import MM_PIPELINE, _split_rule, merge_tp
 from mm_models_video.stepvideo.flavors import get_flavor
 from mm_models_video.stepvideo.transformer import StepVideoModel
 
@@ -46,7 +46,7 @@ def test_hf_to_mm_lays_fused_heads_out_by_part_splits_tp_cuts_pp_and_comes_back(
         assert torch.equal(kv, wkv[own].transpose(0, 1).flatten(0, 2))
         ffn_out = model.transformer_blocks[1].ff.net[2].weight
         assert torch.equal(tp_source["transformer_blocks.1.ff.net.2.weight"], ffn_out.detach().chunk(2, 1)[rank])
-    whole = merge_tp(checkpoint.sources)
+    whole = merge_tp(checkpoint.sources, _split_rule)
     assert torch.equal(whole["transformer_blocks.0.attn1.proj_qkv.weight"][:dim],
                        model.transformer_blocks[0].attn1.wqkv.weight.detach().unflatten(0, (heads, 3, -1))[:, 0]
                        .flatten(0, 1))

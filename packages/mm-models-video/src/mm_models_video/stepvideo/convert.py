@@ -11,7 +11,6 @@ release's layout and ``export`` writes an mm training run's transformer so.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from mm_convert import (
 )
 from mm_convert.dcp_io import read_dcp
 from mm_convert.megatron_layout import STALE
+from mm_convert.tp_split import merge_tp, split_tp
 from mm_core import hookimpl
 from mm_models_video.pretrained import source
 from mm_models_video.stepvideo.flavors import get_flavor
@@ -113,51 +113,6 @@ def _split_rule(key: str) -> tuple[int, int] | None:
     if tail in _COLUMNS:
         return 1, 1
     return None
-
-
-def _tp_piece(tensor: torch.Tensor, rule: tuple[int, int], tp_size: int, rank: int) -> torch.Tensor:
-    dim, parts = rule
-    return torch.cat([part.chunk(tp_size, dim)[rank] for part in tensor.chunk(parts, dim)], dim).contiguous()
-
-
-def _tp_whole(pieces: list[torch.Tensor], rule: tuple[int, int]) -> torch.Tensor:
-    dim, parts = rule
-    split = [piece.chunk(parts, dim) for piece in pieces]
-    return torch.cat([torch.cat([s[p] for s in split], dim) for p in range(parts)], dim)
-
-
-def split_tp(tensors: TensorSource, tp_size: int) -> list[TensorSource]:
-    """One TensorSource per tensor-parallel rank: split tensors (each fused part) chunked, the rest replicated."""
-    if tp_size < 1:
-        raise ConvertError(f"--cfg.target_parallel_config.tp_size must be at least 1, got {tp_size}")
-    for key in tensors:
-        rule = _split_rule(key)
-        if rule is not None and tensors.meta(key).shape[rule[0]] % (tp_size * rule[1]):
-            raise ConvertError(f"{key} {tuple(tensors.meta(key).shape)} does not split into tp_size {tp_size}")
-
-    def rank(r: int) -> TensorSource:
-        def piece(key: str, tensor: torch.Tensor) -> torch.Tensor:
-            rule = _split_rule(key)
-            return tensor if rule is None else _tp_piece(tensor, rule, tp_size, r)
-
-        metas = {k: piece(k, tensors.meta(k)) for k in tensors}
-        return TensorSource(metas, lambda key: piece(key, tensors[key]), f"{tensors.where} (tp rank {r})")
-
-    return [rank(r) for r in range(tp_size)]
-
-
-def merge_tp(sources: list[TensorSource]) -> TensorSource:
-    """The whole tensors of tensor-parallel ranks' sources."""
-    first = sources[0]
-    if len(sources) == 1:
-        return first
-
-    def whole(key: str, read: Callable[[TensorSource], torch.Tensor]) -> torch.Tensor:
-        rule = _split_rule(key)
-        return read(first) if rule is None else _tp_whole([read(s) for s in sources], rule)
-
-    metas = {k: whole(k, lambda s, k=k: s.meta(k)) for k in first}
-    return TensorSource(metas, lambda key: whole(key, lambda s: s[key]), first.where)
 
 
 def _meta_transformer(config: dict) -> StepVideoModel:
@@ -235,18 +190,18 @@ class StepVideoConverter(Converter):
         layout = _layout(parallel.pp_layers, config.get("num_layers", 48))
         mm = release_rules(config.get("num_attention_heads", 48)).to_mm(tensors)
         with staged_output(opts.target_path, stale=STALE) as out:
-            write_megatron(out, split_tp(mm, parallel.tp_size), {"dit": layout}, MM_PIPELINE)
+            write_megatron(out, split_tp(mm, parallel.tp_size, _split_rule), {"dit": layout}, MM_PIPELINE)
         return f"hf_to_mm {opts.source_path} -> {opts.target_path} (tp {parallel.tp_size}, layers per stage {layout})"
 
     @subcommand(ResplitOptions)
     def resplit(self, opts: ResplitOptions) -> str:
         """MindSpeed-MM checkpoint -> the same weights for another tp_size and pp_layers (default: one file)."""
         checkpoint = read_megatron(opts.source_path, MM_PIPELINE)
-        whole = merge_tp(checkpoint.sources)
+        whole = merge_tp(checkpoint.sources, _split_rule)
         parallel = opts.target_parallel_config
         layout = _layout(parallel.pp_layers, sum(sum(chunk) for chunk in checkpoint.layouts["dit"]))
         with staged_output(opts.target_path, stale=STALE) as out:
-            write_megatron(out, split_tp(whole, parallel.tp_size), {"dit": layout}, MM_PIPELINE)
+            write_megatron(out, split_tp(whole, parallel.tp_size, _split_rule), {"dit": layout}, MM_PIPELINE)
         return (f"resplit {opts.source_path} (tp {len(checkpoint.sources)}, {checkpoint.layouts['dit']}) -> "
                 f"{opts.target_path} (tp {parallel.tp_size}, {layout})")
 
@@ -255,7 +210,7 @@ class StepVideoConverter(Converter):
         """MindSpeed-MM checkpoint (any TP/PP layout) -> the release's transformer folder."""
         config = read_config(Path(opts.ckpt_path), STEP_CONFIG_HINT)
         checkpoint = read_megatron(opts.source_path, MM_PIPELINE)
-        tensors = release_rules(config.get("num_attention_heads", 48)).to_hf(merge_tp(checkpoint.sources))
+        tensors = release_rules(config.get("num_attention_heads", 48)).to_hf(merge_tp(checkpoint.sources, _split_rule))
         _write_release(Path(opts.target_path), tensors, config, opts.shard_size)
         return f"mm_to_hf {opts.source_path} -> {opts.target_path}"
 
