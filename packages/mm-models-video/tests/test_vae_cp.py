@@ -19,8 +19,9 @@ def test_wfvae_latents_on_two_ranks_equal_one_device(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_wan_and_stepvideo_latents_on_two_ranks_equal_one_device(tmp_path) -> None:
-    report = launch(2, tmp_path / "report.json", [("wan", 13), ("wan", 9), ("wfvae", 17), ("stepvideo", 2)])
-    for case in ("wan/13", "wan/9", "wfvae/17", "stepvideo/2"):
+    cases = [("wan", 13), ("wan", 9), ("wfvae", 17), ("stepvideo", 2), ("stepvideo_split", 1), ("stepvideo_split", 2)]
+    report = launch(2, tmp_path / "report.json", cases)
+    for case in ("wan/13", "wan/9", "wfvae/17", "stepvideo/2", "stepvideo_split/1", "stepvideo_split/2"):
         assert max(report[case]["whole"]) < TOLERANCE, case
     # keep_local: each rank holds its tensor_split share of the 4 (or 3) latent frames, equal to the whole's.
     assert report["wan/13"]["local_frames"] == [2, 2]
@@ -28,6 +29,17 @@ def test_wan_and_stepvideo_latents_on_two_ranks_equal_one_device(tmp_path) -> No
     assert max(report["wan/13"]["local"] + report["wan/9"]["local"]) < TOLERANCE
     # FrozenEncoders.encode_video (wan2_1, custom_dit) with vae_cp_group set: the same normalized latents.
     assert max(report["wan/13"]["encode_video"]) < TOLERANCE
+
+
+@pytest.mark.slow
+def test_three_ranks_with_rank_0_holding_only_the_first_frame(tmp_path) -> None:
+    # 9 frames (3 latents) and StepVideo's 17-frame chunk over 3 ranks: rank 0 encodes frame 0 alone, so the
+    # halos of rank 2 reach over rank 1 into rank 0.
+    cases = [("wan", 9), ("wfvae", 9), ("stepvideo_split", 1), ("stepvideo", 3)]
+    report = launch(3, tmp_path / "report.json", cases)
+    for name, size in cases:
+        assert max(report[f"{name}/{size}"]["whole"]) < TOLERANCE, name
+    assert report["wan/9"]["local_frames"] == [1, 1, 1]
 
 
 def test_frames_per_rank_keep_each_ranks_latents_whole() -> None:

@@ -6,7 +6,8 @@ Each rank encodes a contiguous range of frames (rank 0 the causal first frame); 
 temporal op is replaced by one that prepends the frames before its range (the "halo", from the previous ranks'
 tails at that op), runs the original op and drops the outputs of the halo. Ranks are cut at latent boundaries, so
 each one's output frames are whole. VAEs that encode fixed chunks independently (StepVideo) give whole chunks to
-each rank instead (:func:`encode_chunks`).
+each rank instead (:func:`encode_chunks`), or split each chunk the same way. An op that looks at all earlier
+frames (StepVideo's causal attention) takes the whole prefix as its halo: exact, without the saving.
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ from mm_core.errors import ConfigError
 class HaloOp:
     """A temporal op of an encoder: ``module`` reads ``kernel`` frames ending at input ``stride · j`` for output j.
 
-    ``clip_forward`` is the op on a clip that starts at the first frame (its own causal padding included); by
-    default the module's forward.
+    ``kernel`` None: output j reads every frame up to j (causal attention over all earlier frames; stride 1), so
+    the halo is the whole prefix. ``clip_forward`` is the op on a clip that starts at the first frame (its own
+    causal padding included); by default the module's forward.
     """
 
     module: nn.Module
-    kernel: int
+    kernel: int | None
     stride: int = 1
     clip_forward: Callable[[torch.Tensor], torch.Tensor] | None = None
 
@@ -78,7 +80,8 @@ def _wan_downsample3d(resample: nn.Module, x: torch.Tensor, feat_cache=None, fea
     b, _, t = x.shape[:3]
     frames = resample.resample(x.transpose(1, 2).flatten(0, 1))
     x = frames.unflatten(0, (b, t)).transpose(1, 2)
-    return torch.cat([x[:, :, :1], resample.time_conv(x)], dim=2)
+    # Frames 2j-2..2j for j >= 1: none in a clip of under 3 frames.
+    return torch.cat([x[:, :, :1], resample.time_conv(x)], dim=2) if t >= 3 else x[:, :, :1]
 
 
 def split_latents(latents: int, size: int) -> list[int]:
@@ -120,6 +123,11 @@ def halo_apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, kern
 
     Collective: every rank of ``group`` calls it at the same op. ``x`` is this rank's frames (along ``dim``).
     """
+    if kernel is None:
+        counts, whole = gather_counted(x, group, dim)
+        start = sum(counts[: dist.get_rank(group)])
+        out = fn(whole.narrow(dim, 0, start + x.shape[dim]))
+        return out.narrow(dim, start, x.shape[dim])
     keep = kernel - 1 + stride - 1
     frames = x.shape[dim]
     tail = x.narrow(dim, max(frames - keep, 0), min(frames, keep))
@@ -164,14 +172,19 @@ def halo_ops(ops: Sequence[HaloOp], group: ProcessGroup) -> Iterator[None]:
                 module.forward = previous
 
 
+def gather_counted(local: torch.Tensor, group: ProcessGroup, dim: int = 2) -> tuple[list[int], torch.Tensor]:
+    """Every rank's frame count and all their frames of ``group`` (uneven counts) in rank order, on every rank."""
+    counts = [int(c) for c in _all_gather(torch.tensor([local.shape[dim]], device=local.device), group)]
+    shape = list(local.shape)
+    shape[dim] = max(counts) - local.shape[dim]
+    padded = torch.cat([local, local.new_zeros(shape)], dim=dim)
+    parts = _all_gather(padded, group)
+    return counts, torch.cat([part.narrow(dim, 0, count) for part, count in zip(parts, counts)], dim=dim)
+
+
 def gather_frames(local: torch.Tensor, group: ProcessGroup, dim: int = 2) -> torch.Tensor:
     """Every rank's frames of ``group`` (uneven counts) in rank order, on every rank."""
-    counts = [int(c) for c in _all_gather(torch.tensor([local.shape[dim]], device=local.device), group)]
-    most = max(counts)
-    shape = list(local.shape)
-    shape[dim] = most - local.shape[dim]
-    padded = torch.cat([local, local.new_zeros(shape)], dim=dim)
-    return torch.cat([part.narrow(dim, 0, count) for part, count in zip(_all_gather(padded, group), counts)], dim=dim)
+    return gather_counted(local, group, dim)[1]
 
 
 def local_shard(frames: int, rank: int, size: int) -> tuple[int, int]:
