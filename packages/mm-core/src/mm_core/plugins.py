@@ -161,7 +161,8 @@ def merged_defaults(pm: pluggy.PluginManager, task: str) -> dict:
     for partial in reversed(pm.hook.default_config(task=task)):
         merged = deep_merge(merged, partial or {})
     if merged.get("model"):
-        merged["model"] = deep_merge({"lora": LORA}, merged["model"])
+        model = merged["model"]
+        merged["model"] = {**model, "lora": deep_merge(LORA, model.get("lora") or {})}  # after the plugin's keys
     return merged
 
 
