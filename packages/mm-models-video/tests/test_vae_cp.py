@@ -15,6 +15,8 @@ TOLERANCE = 1e-5
 def test_wfvae_latents_on_two_ranks_equal_one_device(tmp_path) -> None:
     report = launch(2, tmp_path / "report.json", [("wfvae", 13)])
     assert max(report["wfvae/13"]["whole"]) < TOLERANCE
+    # vae_cp_size 1 of a 2-rank context-parallel group: each rank a VAE-CP group of its own.
+    assert max(report["wfvae/13"]["alone"]) < TOLERANCE
 
 
 @pytest.mark.slow

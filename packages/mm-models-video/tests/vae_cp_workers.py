@@ -55,7 +55,8 @@ def wfvae(group: dist.ProcessGroup, frames: int) -> dict:
     expected = vae.encoder(clip)
     ops = vae_cp.causal_conv_ops(vae.encoder, CausalConv3d)
     whole = vae_cp.encode_split(vae.encoder, clip, ops, vae.strides[0], group)
-    return {"whole": _error(whole, expected)}
+    alone = vae_cp.encode_split(vae.encoder, clip, ops, vae.strides[0], vae_cp.vae_cp_group(group, 1))
+    return {"whole": _error(whole, expected), "alone": _error(alone, expected)}
 
 
 def stepvideo(group: dist.ProcessGroup, chunks: int) -> dict:

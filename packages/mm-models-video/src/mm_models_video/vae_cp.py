@@ -302,3 +302,25 @@ def check_vae_cp(vae_cp_size: int, cp_size: int, pp_size: int) -> None:
     if cp_size % vae_cp_size:
         raise ConfigError(f"model.ae.vae_cp_size={vae_cp_size} must divide parallel.cp.size={cp_size} "
                           "(the VAE-CP groups are sub-groups of the context-parallel group)")
+
+
+def vae_cp_group(cp_group: ProcessGroup, size: int) -> ProcessGroup:
+    """The group of ``size`` consecutive ranks of ``cp_group`` that holds this rank (``model.ae.vae_cp_size``).
+
+    Collective over the whole world: every rank builds every context-parallel group's sub-groups, in one order.
+    """
+    ranks = dist.get_process_group_ranks(cp_group)
+    if len(ranks) % size:
+        raise ConfigError(f"model.ae.vae_cp_size={size} must divide parallel.cp.size={len(ranks)}")
+    if size == len(ranks):
+        return cp_group
+    everyone: list = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, ranks)
+    mine = None
+    for group_ranks in sorted(set(map(tuple, everyone))):
+        for first in range(0, len(group_ranks), size):
+            members = list(group_ranks[first:first + size])
+            group = dist.new_group(members)
+            if dist.get_rank() in members:
+                mine = group
+    return mine
