@@ -4,10 +4,13 @@ StepVideo VAE; clear errors for what cannot work."""
 from __future__ import annotations
 
 import pytest
+import torch
+from diffusers import AutoencoderKLWan
 from vae_cp_workers import launch
 
 from mm_core.errors import ConfigError
 from mm_models_video import vae_cp
+from mm_models_video.encoders import TINY_VAE
 
 TOLERANCE = 1e-5
 
@@ -60,3 +63,7 @@ def test_what_cannot_be_split_is_one_error() -> None:
         vae_cp.check_vae_cp(3, 4, 1)
     with pytest.raises(ConfigError, match="parallel.pp.size=2"):
         vae_cp.check_vae_cp(2, 2, 2)
+    vae = AutoencoderKLWan(**TINY_VAE)
+    vae.enable_tiling()
+    with pytest.raises(ConfigError, match="turn off model.ae.enable_tiling"):
+        vae_cp.wan_encode(vae, torch.zeros(1, 3, 5, 16, 16), group=None)
