@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from transformers import UMT5Config, UMT5EncoderModel
+from wan_testing import wan_config
 
 from mm_core.config import Config
 from mm_core.data_iter import DataIterator
@@ -22,6 +23,7 @@ from mm_models_video.encoder_offload import EncoderOffload, check_encoder_engine
 from mm_models_video.encoders import TINY_UMT5
 from mm_models_video.pretrained import fixed_init
 from mm_models_video.read_ahead import read_ahead
+from mm_models_video.wan2_1.build import build_model
 
 STEPS = 8
 
@@ -135,3 +137,32 @@ def test_what_can_work_passes() -> None:
                           Config({"cp": {"size": 4}}))
     check_encoder_engines(Config({"enable_encoder_dp": True, "encoder_offload_interval": 2}),
                           Config({"cp": {"size": 2}, "tp": {"size": 2}}))
+
+
+def _wan_batches(count: int) -> list[dict]:
+    generator = torch.Generator().manual_seed(1)
+    return [{"video": torch.randint(0, 256, (1, 3, 9, 32, 32), dtype=torch.uint8, generator=generator),
+             "prompt": [f"a clip number {i}"], "noise_seeds": torch.tensor([100 + i])} for i in range(count)]
+
+
+@pytest.mark.slow
+def test_offload_losses_of_the_tiny_wan_equal_encoding_every_step() -> None:
+    torch.manual_seed(0)
+    model = build_model(wan_config().model)
+
+    @torch.no_grad()
+    def encode(batch: dict) -> dict:
+        return {"latents": model.encode_video(batch["video"]), "prompt_embeds": model.encode_text(batch["prompt"]),
+                "noise_seeds": batch["noise_seeds"]}
+
+    def loss(out: dict) -> float:
+        return torch.nn.functional.mse_loss(out["pred"].float(), out["target"].float()).item()
+
+    batches = _wan_batches(4)
+    with torch.no_grad():
+        online = [loss(model(video=b["video"], prompt=b["prompt"], noise_seeds=b["noise_seeds"])) for b in batches]
+        data = iter(batches)
+        engine = EncoderOffload([model.text_encoder], encode, 2, torch.device("cpu"))
+        offloaded = [loss(model(**engine.next(lambda: next(data)))) for _ in batches]
+    assert offloaded == pytest.approx(online, rel=1e-6)
+    assert engine.encode_windows == 2
