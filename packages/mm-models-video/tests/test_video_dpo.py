@@ -124,14 +124,17 @@ def test_bad_settings_are_one_clear_error(mm_train) -> None:
         mm_train(["video_dpo"], "training.train_iters=1")
 
 
-@pytest.mark.slow
+TINY_CLIPS = ["data.dataset_param.num_frames=5", "data.dataset_param.max_height=16", "data.dataset_param.max_width=16"]
+
+
 def test_learns_to_prefer_smooth_clips_and_checkpoints_only_the_actor(mm_train) -> None:
-    histogram = make_preference_set(9, 32, 32) / "video_score_histogram.json"
-    result = mm_train(["wan2_1", "video_dpo"], *DPO_RUN, "training.train_iters=16", "training.save_interval=16",
-                      "model.dpo.weight_alpha=1.0", f"model.dpo.histogram_path={histogram}")
+    histogram = make_preference_set(5, 16, 16) / "video_score_histogram.json"
+    result = mm_train(["wan2_1", "video_dpo"], *QUIET, *TINY_CLIPS, "training.train_iters=12",
+                      "training.save_interval=12", "training.lr=2e-3", "model.dpo.weight_alpha=1.0",
+                      f"model.dpo.histogram_path={histogram}")
     lines = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
     accuracy = [line["reward_accuracy"] for line in lines]
-    assert sum(accuracy[-6:]) / 6 > 0.8 and lines[-1]["reward_margin"] > 0
+    assert sum(accuracy[-8:]) / 8 >= 0.8 and lines[-1]["reward_margin"] > 0.1
     keys = FileSystemReader(str(result.checkpoint)).read_metadata().state_dict_metadata
     assert any(k.startswith("model.predictor.") for k in keys)
     assert not any(".reference." in k or k.startswith("model.reference") for k in keys)
@@ -155,3 +158,13 @@ def test_training_load_starts_actor_and_reference_from_a_checkpoint(tmp_path) ->
         assert torch.equal(model.reference.state_dict()[name], value)
     with pytest.raises(CheckpointError, match="training.load .* is neither an mm checkpoint"):
         dpo.start_checkpoint(tmp_path / "nothing")
+
+
+@pytest.mark.slow
+def test_stacks_on_stepvideo(mm_train) -> None:
+    result = mm_train(["stepvideo", "video_dpo"], *QUIET, "training.train_iters=3", "training.save_interval=3")
+    lines = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["loss"] == pytest.approx(math.log(2)) and lines[0]["reward_margin"] == 0
+    assert all(math.isfinite(line["loss"]) for line in lines) and lines[-1]["reward_margin"] != 0
+    keys = FileSystemReader(str(result.checkpoint)).read_metadata().state_dict_metadata
+    assert not any(k.startswith("model.reference") for k in keys)
