@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from mm_convert.cli import main as convert
 from mm_core.cli import main as mm
 from mm_core.errors import ConfigError
 from mm_core.plugins import load_plugins, make_config
 from mm_core.testing import run_training
-from mm_models_video.opensoraplan1_3.build import build_predictor
+from mm_models_video.opensoraplan1_3.build import build_model, build_predictor
 from mm_models_video.opensoraplan1_3.flavors import FLAVORS
 from mm_models_video.opensoraplan1_3.mindspeed import MINDSPEED_MODULES
 from mm_parallel.patterns import with_aliases
@@ -122,6 +123,22 @@ def test_an_architecture_that_differs_from_the_checkpoint_is_one_error_naming_th
                         ["model.flavor=tiny", f"model.predictor.from_pretrained={tmp_path / 'transformer'}"])
     with pytest.raises(ConfigError, match=r"model.predictor.num_layers is 3, .*config.json has num_layers 2$"):
         build_predictor(wrong.model, TINY)
+
+
+def test_load_of_a_mindspeed_mm_checkpoint_gives_the_release_weights(tmp_path):
+    files = _tiny_files(tmp_path)
+    config = make_config(load_plugins(PLUGIN), "run", [], files, ["model.flavor=tiny"])
+    release = build_predictor(config.model, TINY)
+    release.save_pretrained(tmp_path / "transformer")
+    ckpt = tmp_path / "mm_path"
+    assert convert(["OpenSoraPlanConverter", "hf_to_mm", "--cfg.source_path", str(tmp_path / "transformer"),
+                    "--cfg.target_path", str(ckpt), "--cfg.target_parallel_config.tp_size", "2",
+                    "--cfg.target_parallel_config.pp_layers", "[1,1]"]) == 0
+    loaded = build_model(make_config(load_plugins(PLUGIN), "run", [], files,
+                                     ["model.flavor=tiny", f"model.from_pretrained={ckpt}"]).model)
+    expected = release.state_dict()
+    for name, tensor in loaded.predictor.state_dict().items():
+        torch.testing.assert_close(tensor, expected[name], rtol=0, atol=0, msg=name)
 
 
 def test_mindspeed_module_paths_in_fsdp2_patterns_name_the_blocks():

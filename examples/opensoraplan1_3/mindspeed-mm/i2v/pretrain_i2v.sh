@@ -20,7 +20,8 @@ GBS=$(($WORLD_SIZE*$MBS/$CP/$TP/$PP*$ACC))
 MM_DATA="./examples/opensoraplan1_3/mindspeed-mm/i2v/data_i2v.json"
 MM_MODEL="./examples/opensoraplan1_3/mindspeed-mm/i2v/pretrain_i2v_model.json"
 MM_TOOL="./mindspeed_mm/tools/tools.json"
-# mm: a folder holding the release's transformer/ (config.json + safetensors), e.g. weights/open-sora-plan/93x480p
+# A MindSpeed-MM checkpoint (mm-convert OpenSoraPlanConverter hf_to_mm writes one), or a folder holding the
+# release's transformer/ (config.json + safetensors)
 LOAD_PATH="your_converted_dit_ckpt_dir"
 SAVE_PATH="your_ckpt_path_to_save"
 

@@ -11,12 +11,13 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, MT5Config, MT5EncoderModel
 
-from mm_core.config import Config
+from mm_core.config import Config, wrap
 from mm_core.errors import ConfigError, reason
 from mm_models_video.opensoraplan1_3.diffusion import OpenSoraDiffusion
 from mm_models_video.opensoraplan1_3.flavors import Flavor, flavor_name
 from mm_models_video.opensoraplan1_3.inpaint import OpenSoraInpaint, OpenSoraPlanI2V
 from mm_models_video.opensoraplan1_3.mindspeed import check_predictor
+from mm_models_video.opensoraplan1_3.mindspeed_checkpoint import is_mindspeed_checkpoint, read_mindspeed_checkpoint
 from mm_models_video.opensoraplan1_3.model import OpenSoraPlanT2V
 from mm_models_video.opensoraplan1_3.schema import AE_KEYS, check_model, dtype_of, predictor_overrides
 from mm_models_video.opensoraplan1_3.transformer import OpenSoraT2V
@@ -47,9 +48,14 @@ def read_state_dict(path: str | Path, key: str) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
-def load_weights(module: torch.nn.Module, path: str | Path, key: str) -> None:
-    """Load a state-dict file into ``module`` strictly; a mismatch names the first missing or unexpected keys."""
-    result = module.load_state_dict(read_state_dict(path, key), strict=False)
+def load_weights(module: torch.nn.Module, path: str | Path, key: str,
+                 tensors: dict[str, torch.Tensor] | None = None) -> None:
+    """Load a state-dict file (or its ``tensors`` read already) into ``module`` strictly; a mismatch names the first
+    missing or unexpected keys."""
+    try:
+        result = module.load_state_dict(read_state_dict(path, key) if tensors is None else tensors, strict=False)
+    except RuntimeError as exc:  # a tensor of another shape
+        raise ConfigError(f"{key}: {path} does not fit the configured {type(module).__name__}: {reason(exc)}") from None
     if result.missing_keys or result.unexpected_keys:
         raise ConfigError(
             f"{key}: {path} does not fit the configured {type(module).__name__}: "
@@ -107,16 +113,16 @@ def build_tokenizer(model: Config) -> Any:
     return build_char_tokenizer()
 
 
-def build_predictor(model: Config, flavor: Flavor) -> OpenSoraT2V:
+def build_predictor(model: Config, flavor: Flavor, checkpoint: str | None = None) -> OpenSoraT2V:
     """The trained transformer in float32: the release folder or state-dict file of predictor.from_pretrained, or
-    the flavor with the model.json keys."""
+    the flavor with the model.json keys (loading the MindSpeed-MM ``checkpoint`` given)."""
     i2v = model.task == "i2v"
     cls = OpenSoraInpaint if i2v else OpenSoraT2V
     arguments = {**flavor.predictor, **predictor_overrides(model.predictor)}
     if i2v:
         arguments["vae_scale_factor_t"] = model.predictor.vae_scale_factor_t or 4
-    path = source(model, "predictor", "transformer")
-    if path and Path(path).expanduser().is_dir():
+    path = checkpoint or source(model, "predictor", "transformer")
+    if not checkpoint and path and Path(path).expanduser().is_dir():
         predictor = load_pretrained(cls, path, "model.predictor.from_pretrained", torch_dtype=torch.float32)
         check_predictor(predictor_overrides(model.predictor), predictor.config, model.predictor,
                         f"{path}/config.json")
@@ -125,7 +131,9 @@ def build_predictor(model: Config, flavor: Flavor) -> OpenSoraT2V:
         predictor = cls(**arguments)
     except ValueError as exc:
         raise ConfigError(f"model.predictor: {exc}") from None
-    if path:
+    if checkpoint:
+        load_weights(predictor, checkpoint, "--load (model.from_pretrained)", read_mindspeed_checkpoint(checkpoint))
+    elif path:
         load_weights(predictor, path, "model.predictor.from_pretrained")
     elif (flavor_name(model) != "tiny" or predictor_overrides(model.predictor)) and os.environ.get("RANK", "0") == "0":
         count = sum(p.numel() for p in predictor.parameters())
@@ -138,6 +146,10 @@ def build_predictor(model: Config, flavor: Flavor) -> OpenSoraT2V:
 def build_model(model: Config) -> OpenSoraPlanT2V:
     """The OpenSoraPlanT2V (or OpenSoraPlanI2V for task i2v) the model section describes."""
     flavor = check_model(model)
+    checkpoint = None
+    if model.from_pretrained and not model.predictor.from_pretrained and is_mindspeed_checkpoint(model.from_pretrained):
+        # --load names MindSpeed-MM's predictor checkpoint; the other parts load from their own from_pretrained
+        checkpoint, model = str(model.from_pretrained), wrap({**model, "from_pretrained": None})
     cls = OpenSoraPlanI2V if model.task == "i2v" else OpenSoraPlanT2V
     external = [part for part, path in (("ae", model.ae.from_pretrained),
                                         ("text_encoder", source(model, "text_encoder", "text_encoder"))) if path]
@@ -145,7 +157,7 @@ def build_model(model: Config) -> OpenSoraPlanT2V:
         ae=build_vae(model, flavor),
         text_encoder=build_text_encoder(model, flavor),
         tokenizer=build_tokenizer(model),
-        predictor=build_predictor(model, flavor),
+        predictor=build_predictor(model, flavor, checkpoint),
         diffusion=OpenSoraDiffusion.from_config(model.diffusion),
         text_len=model.tokenizer.model_max_length or flavor.text_len,
         do_sample=flavor.do_sample if model.ae.do_sample is None else model.ae.do_sample,
