@@ -129,12 +129,12 @@ TINY_CLIPS = ["data.dataset_param.num_frames=5", "data.dataset_param.max_height=
 
 def test_learns_to_prefer_smooth_clips_and_checkpoints_only_the_actor(mm_train) -> None:
     histogram = make_preference_set(5, 16, 16) / "video_score_histogram.json"
-    result = mm_train(["wan2_1", "video_dpo"], *QUIET, *TINY_CLIPS, "training.train_iters=12",
-                      "training.save_interval=12", "training.lr=2e-3", "model.dpo.weight_alpha=1.0",
+    result = mm_train(["wan2_1", "video_dpo"], *QUIET, *TINY_CLIPS, "training.train_iters=8",
+                      "training.save_interval=8", "training.lr=2e-3", "model.dpo.weight_alpha=1.0",
                       f"model.dpo.histogram_path={histogram}")
     lines = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
     accuracy = [line["reward_accuracy"] for line in lines]
-    assert sum(accuracy[-8:]) / 8 >= 0.8 and lines[-1]["reward_margin"] > 0.1
+    assert accuracy[0] == 0 and sum(accuracy[-4:]) / 4 >= 0.75 and lines[-1]["reward_margin"] > 0.1
     keys = FileSystemReader(str(result.checkpoint)).read_metadata().state_dict_metadata
     assert any(k.startswith("model.predictor.") for k in keys)
     assert not any(".reference." in k or k.startswith("model.reference") for k in keys)
