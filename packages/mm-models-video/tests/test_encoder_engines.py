@@ -8,6 +8,7 @@ import os
 import socket
 from pathlib import Path
 
+import offload_toy
 import pytest
 import torch
 import torch.distributed as dist
@@ -18,6 +19,7 @@ from wan_testing import wan_config
 from mm_core.config import Config
 from mm_core.data_iter import DataIterator
 from mm_core.errors import ConfigError
+from mm_core.testing import toy
 from mm_models_video.encoder_dp import EncoderDP
 from mm_models_video.encoder_offload import EncoderOffload, check_encoder_engines
 from mm_models_video.encoders import TINY_UMT5
@@ -166,3 +168,20 @@ def test_offload_losses_of_the_tiny_wan_equal_encoding_every_step() -> None:
         offloaded = [loss(model(**engine.next(lambda: next(data)))) for _ in batches]
     assert offloaded == pytest.approx(online, rel=1e-6)
     assert engine.encode_windows == 2
+
+
+@pytest.mark.slow
+def test_a_run_resumed_inside_an_offload_window_trains_like_a_straight_one(mm_train, tmp_path) -> None:
+    # 4 micro-batches a step, windows of 3: the checkpoint after step 5 (20 batches trained) has read 21.
+    plugins = [toy, offload_toy]
+    every = mm_train(plugins, "model.encoder_offload_interval=1", "training.train_iters=10",
+                     "training.save_interval=0", output_dir=tmp_path / "every")
+    straight = mm_train(plugins, "training.train_iters=10", "training.save_interval=0",
+                        output_dir=tmp_path / "straight")
+    run = tmp_path / "resumed"
+    first = mm_train(plugins, "training.train_iters=5", "training.lr_decay_iters=10", "training.save_interval=5",
+                     output_dir=run)
+    second = mm_train(plugins, "training.train_iters=10", "training.resume=true", "training.save_interval=0",
+                      output_dir=run)
+    assert straight.losses == every.losses
+    assert {**first.losses, **second.losses} == straight.losses
