@@ -26,7 +26,8 @@ MINDSPEED = Path(__file__).resolve().parents[3] / "examples" / "opensoraplan1_3"
 PLUGIN = ["opensoraplan1_3"]
 FILES = [("t2v/pretrain_t2v_model.json", "t2v/data_static_resolution.json"),
          ("t2v/pretrain_t2v_model.json", "t2v/data_dynamic_resolution.json"),
-         ("i2v/pretrain_i2v_model.json", "i2v/data_i2v.json")]
+         ("i2v/pretrain_i2v_model.json", "i2v/data_i2v.json"),
+         ("t2v_A3/pretrain_t2v_model.json", "t2v_A3/data_feature.json")]
 # The tiny flavor in model.json's names (mindspeed.ARGUMENT_KEYS reversed).
 TINY = FLAVORS["tiny"]
 TINY_PREDICTOR = {"num_layers": 2, "num_heads": TINY.predictor["num_attention_heads"],
@@ -83,14 +84,20 @@ def test_the_launch_script_with_its_model_and_data_files_is_a_valid_run(capsys, 
         assert line in out, line
 
 
-def _tiny_files(tmp_path: Path, **predictor: object) -> dict[str, Path]:
-    """MindSpeed-MM's t2v model.json and static data.json with tiny architecture values, generated clips and no
-    pretrained weights."""
-    model = json.loads((MINDSPEED / "t2v/pretrain_t2v_model.json").read_text())
+def _tiny_model(path: Path, **predictor: object) -> dict:
+    """A MindSpeed-MM model.json with tiny architecture values and no pretrained weights."""
+    model = json.loads(path.read_text())
     model["predictor"].update(TINY_PREDICTOR, pipeline_num_layers=[2], **predictor)
     model["ae"].update(TINY_AE, from_pretrained=None, dtype="fp32")
     model["text_encoder"].update(from_pretrained=None, dtype="fp32")
     model["max_cp_size"] = 1  # the generated clips' 3 latent frames
+    return model
+
+
+def _tiny_files(tmp_path: Path, **predictor: object) -> dict[str, Path]:
+    """MindSpeed-MM's t2v model.json and static data.json with tiny architecture values, generated clips and no
+    pretrained weights."""
+    model = _tiny_model(MINDSPEED / "t2v/pretrain_t2v_model.json", **predictor)
     data = json.loads((MINDSPEED / "t2v/data_static_resolution.json").read_text())
     data["dataset_param"]["basic_parameters"]["data_path"] = ""
     data["dataset_param"]["preprocess_parameters"].update(num_frames=9, min_num_frames=9, max_height=32, max_width=48,
@@ -113,6 +120,40 @@ def test_a_model_json_architecture_builds_that_model_and_trains_two_steps(tmp_pa
     assert "the predictor (0.00B parameters, from the model section) starts from random weights" in caplog.text
     config = make_config(load_plugins(PLUGIN), "run", [], files, ["model.flavor=tiny"])
     assert len(build_predictor(config.model, TINY).transformer_blocks) == 2
+
+
+def _mindspeed_feature_store(folder: Path, samples: int) -> None:
+    """MindSpeed-MM's feature layout: data.jsonl lines naming features/N.pt, each with the normalized latents of a
+    9 × 32 × 48 clip and its padded prompt embeddings and mask."""
+    (folder / "features").mkdir(parents=True)
+    lines = []
+    for n in range(samples):
+        mask = torch.zeros(TINY.text_len, dtype=torch.long)
+        mask[: 5 + n] = 1
+        torch.save({"video": torch.randn(8, 3, 4, 6, dtype=torch.bfloat16),
+                    "prompt_ids": torch.randn(TINY.text_len, TINY.predictor["caption_channels"]) * mask[:, None],
+                    "prompt_mask": mask}, folder / "features" / f"{n}.pt")
+        lines.append(json.dumps({"file": f"features/{n}.pt", "cap": f"caption {n}"}))
+    (folder / "data.jsonl").write_text("\n".join(lines))
+
+
+def test_the_a3_feature_files_train_from_a_mindspeed_mm_feature_store(tmp_path, caplog):
+    store = tmp_path / "sora_features"
+    _mindspeed_feature_store(store, samples=3)
+    model = _tiny_model(MINDSPEED / "t2v_A3/pretrain_t2v_model.json")
+    data = json.loads((MINDSPEED / "t2v_A3/data_feature.json").read_text())
+    data["dataset_param"]["basic_parameters"].update(data_path=str(store / "data.jsonl"), data_folder=str(store))
+    data["dataset_param"]["tokenizer_config"].update(from_pretrained=None, model_max_length=TINY.text_len)
+    data["dataloader_param"]["num_workers"] = 0
+    files = {"model": tmp_path / "model.json", "data": tmp_path / "data.json"}
+    files["model"].write_text(json.dumps(model))
+    files["data"].write_text(json.dumps(data))
+    result = run_training(PLUGIN, tmp_path / "run", [
+        "model.flavor=tiny", "training.train_iters=2", "training.micro_batch_size=1", "training.global_batch_size=1",
+        "training.device=cpu", "logging.progress_bar=false", "logging.tensorboard=false", "training.save_interval=0",
+    ], sections=files)
+    assert len(result.losses) == 2 and all(torch.isfinite(torch.tensor(list(result.losses.values()))))
+    assert "model.load_video_features, model.load_text_features" in caplog.text
 
 
 def test_an_architecture_that_differs_from_the_checkpoint_is_one_error_naming_the_key(tmp_path):

@@ -24,6 +24,7 @@ from mm_data.annotations import AnnotatedClip, read_annotations
 from mm_data.bad_samples import BadSamples
 from mm_data.datasets import collate
 from mm_data.dynamic_resolution import ClipPlanner
+from mm_data.features import feature_prompts, open_feature_store
 from mm_data.formats import DataConfig, parse_data_config
 from mm_data.sampler import bucket_keys, build_rank_loader
 from mm_data.video import read_video
@@ -31,6 +32,7 @@ from mm_models_video.captions import clean_caption
 from mm_models_video.opensoraplan1_3.flavors import model_flavor
 from mm_models_video.opensoraplan1_3.inpaint import MASK_TYPES
 from mm_models_video.synthetic import with_synthetic_data
+from mm_models_video.video_text_data import FEATURE_TYPE, FeatureCollate
 
 # dataset_param keys of the seeds' OpenSoraPlan files that mm_data.formats does not know; read here.
 OWN_KEYS = ("vae_scale_factor", "seed", "use_aesthetic", "mask_type_ratio_dict_video", "train_pipeline_after_resize")
@@ -79,7 +81,10 @@ def parse_data(config: Config) -> OpenSoraData:
     if "dataset_type" not in flat:
         data = replace(data, dataset_param=replace(param, dataset_type=config.model.task))
         param = data.dataset_param
-    if param.dataset_type != config.model.task:
+    if param.dataset_type == FEATURE_TYPE and config.model.task == "i2v":
+        raise ConfigError("data.dataset_param.dataset_type 'feature': mm's opensoraplan1_3 trains I2V from videos "
+                          "only (its masks and first-frame conditions come from the clip)")
+    if param.dataset_type not in (config.model.task, FEATURE_TYPE):
         raise ConfigError(
             f"data.dataset_param.dataset_type {param.dataset_type!r} does not match model.task {config.model.task!r}"
         )
@@ -228,10 +233,38 @@ class PaddedCollate:
         return {**collate(padded), "video_mask": mask}
 
 
+class IndexedFeatures(Dataset):
+    """A feature store whose items carry their ``index`` (the per-sample noise seeds draw from it)."""
+
+    def __init__(self, store: Dataset) -> None:
+        self.store = store
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {**self.store[index], "index": index}
+
+
+def text_len(config: Config, parsed: OpenSoraData) -> int:
+    """The prompt length the model pads to: model.tokenizer's or data.json's model_max_length, else the flavor's."""
+    tokenizer = parsed.data.dataset_param.tokenizer_config
+    from_data = tokenizer.get("model_max_length") if isinstance(tokenizer, Mapping) else None
+    return config.model.tokenizer.model_max_length or from_data or model_flavor(config.model).text_len
+
+
 def build_train_loader(config: Config, runtime: Runtime) -> DataLoader:
     """This rank's resumable loader. Grouped (``group_data``), a micro-batch holds one clip shape; ungrouped, clips
-    of several shapes are padded to the largest and the batch carries their ``video_mask``."""
+    of several shapes are padded to the largest and the batch carries their ``video_mask``. A feature store
+    (``dataset_type: feature``, mm's or MindSpeed-MM's) gives latents and prompt embeddings (padded to the text
+    length, with their ``prompt_mask``); its samples are not grouped by shape."""
     parsed = parse_data(config)
+    param = parsed.data.dataset_param
+    if param.dataset_type == FEATURE_TYPE:
+        store = IndexedFeatures(open_feature_store(param.data_path, param.data_folder or None))
+        collate_fn = FeatureCollate(text_len(config, parsed), "prompt_mask", ("latents", "prompt_embeds"))
+        return build_rank_loader(store, parsed.data.dataloader_param, config.training.micro_batch_size, runtime,
+                                 config.training.seed, collate_fn, None, with_epoch=True)
     dataset = build_dataset(config, parsed)
     loader = parsed.data.dataloader_param
     return build_rank_loader(dataset, loader, config.training.micro_batch_size, runtime, config.training.seed,
@@ -242,6 +275,8 @@ def example_prompt(config: Config) -> str:
     """A caption from the training data (the configured inference prompt when there is none), for a first sample."""
     parsed = parse_data(config)
     param = parsed.data.dataset_param
+    if param.dataset_type == FEATURE_TYPE:
+        return next((c for c in feature_prompts(param.data_path) if c), config.inference.prompt)
     if not param.data_path:
         param = with_synthetic_data(param, model_flavor(config.model).fps)
     clips = read_annotations(param.data_path, param.data_folder or None)

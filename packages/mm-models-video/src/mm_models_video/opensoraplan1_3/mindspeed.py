@@ -13,6 +13,7 @@ from typing import Any
 from mm_core.config import Unused
 from mm_core.errors import ConfigError
 
+FEATURES = Unused("data.dataset_param.dataset_type 'feature' says whether features are loaded")
 # model.json keys mm accepts and does not read, by section (merged into schema.MODEL).
 MODEL_UNUSED: dict[str, dict[str, Unused]] = {
     "predictor": {"fa_layout": Unused("the tensor layout of Ascend's flash attention; torch's SDPA runs")},

@@ -16,7 +16,7 @@ from mm_models_video.infer_hint import print_infer_hint
 from mm_models_video.opensoraplan1_3 import schema
 from mm_models_video.opensoraplan1_3.build import build_model
 from mm_models_video.opensoraplan1_3.convert import register_converters  # noqa: F401 (mm-convert hook)
-from mm_models_video.opensoraplan1_3.data import build_train_loader, example_prompt, parse_data
+from mm_models_video.opensoraplan1_3.data import build_train_loader, example_prompt, parse_data, text_len
 from mm_models_video.opensoraplan1_3.diffusion import diffusion_loss
 from mm_models_video.opensoraplan1_3.flavors import flavor_name
 from mm_models_video.opensoraplan1_3.infer import generate
@@ -76,9 +76,7 @@ def model_provider(config: Config, runtime: Runtime) -> OpenSoraPlanT2V:
     parsed = parse_data(config)
     model.timestep_stratum = (runtime.dp_rank, runtime.dp_size)
     model.text_dropout = parsed.cfg
-    tokenizer = parsed.data.dataset_param.tokenizer_config
-    if config.model.tokenizer.model_max_length is None and isinstance(tokenizer, dict):
-        model.text_len = tokenizer.get("model_max_length") or model.text_len
+    model.text_len = text_len(config, parsed)
     if isinstance(model, OpenSoraPlanI2V):
         model.mask_type_ratio = parsed.mask_type_ratio
     return model

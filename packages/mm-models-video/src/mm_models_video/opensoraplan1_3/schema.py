@@ -21,8 +21,8 @@ MODEL: dict[str, Any] = {
     "flavor": None,
     "task": "t2v",
     "from_pretrained": None,
-    "load_video_features": False,
-    "load_text_features": False,
+    "load_video_features": mindspeed.FEATURES,
+    "load_text_features": mindspeed.FEATURES,
     "enable_encoder_dp": False,
     "encoder_offload_interval": 1,
     "predictor": {
@@ -141,8 +141,6 @@ FIXED = {
 }
 # MindSpeed-MM features whose keys load but which mm's opensoraplan1_3 does not implement: only these values.
 NOT_IMPLEMENTED = {
-    "load_video_features": False,
-    "load_text_features": False,
     "enable_encoder_dp": False,
     "encoder_offload_interval": 1,
     "use_dynamic_dpcp": False,
