@@ -117,7 +117,7 @@ def _all_gather(tensor: torch.Tensor, group: ProcessGroup) -> list[torch.Tensor]
     return out
 
 
-def halo_apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, kernel: int, stride: int,
+def halo_apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, kernel: int | None, stride: int,
                group: ProcessGroup, dim: int = 2) -> torch.Tensor:
     """This rank's outputs of the temporal op ``fn`` (see :class:`HaloOp`) on the clip split over ``group``.
 
@@ -157,6 +157,7 @@ def halo_ops(ops: Sequence[HaloOp], group: ProcessGroup) -> Iterator[None]:
     for op in ops:
         clip_forward = op.clip_forward or functools.partial(type(op.module).forward, op.module)
 
+        # Extra arguments (Wan's cache_x, feat_cache) belong to a chunked encode; the split encode needs none.
         def forward(x: torch.Tensor, *args, _fn=clip_forward, _op=op, **kwargs) -> torch.Tensor:
             return halo_apply(_fn, x, _op.kernel, _op.stride, group)
 
