@@ -3,6 +3,8 @@ or from its flavor."""
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +26,11 @@ from mm_models_video.pretrained import load_pretrained, source
 from mm_models_video.tokenizer import build_char_tokenizer
 from mm_models_video.wan2_1.flavors import Flavor, task_of
 from mm_models_video.wan2_1.i2v import WanI2V
+from mm_models_video.wan2_1.mindspeed import diffusers_tiling
 from mm_models_video.wan2_1.model import WanT2V
 from mm_models_video.wan2_1.schema import check_model, dtype_of
+
+log = logging.getLogger("mm")
 
 # The seeds' predictor keys (MindSpeed-MM's wandit) and the WanTransformer3DModel arguments they set.
 PREDICTOR_KEYS = {
@@ -91,7 +96,13 @@ def build_predictor(model: Config, flavor: Flavor) -> WanTransformer3DModel:
     wanted = predictor_overrides(model.predictor, flavor, model.task)
     path = source(model, "predictor", "transformer")
     if path is None:
-        return WanTransformer3DModel(**{**flavor.predictor_for(model.task), **wanted})
+        predictor = WanTransformer3DModel(**{**flavor.predictor_for(model.task), **wanted})
+        if model.flavor != "tiny" and int(os.environ.get("RANK", "0")) == 0:
+            count = sum(p.numel() for p in predictor.parameters())
+            log.warning("warning: wan2_1: the %s transformer (%.2fB parameters) starts from random weights; give "
+                        "--load DIR or model.from_pretrained (a diffusers folder) to start from trained ones",
+                        model.flavor, count / 1e9)
+        return predictor
     predictor = load_pretrained(
         WanTransformer3DModel, path, "model.predictor.from_pretrained", torch_dtype=torch.float32
     )
@@ -146,9 +157,10 @@ def build_model(model: Config) -> WanT2V:
             f"model.tokenizer.from_pretrained (or model.from_pretrained) is needed for flavor {model.flavor!r}: "
             "the UMT5 tokenizer of Wan2.1, e.g. Wan2.1-T2V-1.3B-Diffusers/tokenizer"
         )
+    ae_section = Config({**model.ae, "tiling_param": diffusers_tiling(model.ae.tiling_param)})
     text_dtype = dtype_of(model.text_encoder.dtype, flavor, "model.text_encoder.dtype")
     parts = {
-        "ae": build_vae(model.ae, ae_path, dtype_of(model.ae.dtype, flavor, "model.ae.dtype"), flavor.ae),
+        "ae": build_vae(ae_section, ae_path, dtype_of(model.ae.dtype, flavor, "model.ae.dtype"), flavor.ae),
         "text_encoder": build_text_encoder(text_path, text_dtype, flavor.text_encoder),
         "tokenizer": tokenizer,
         "predictor": build_predictor(model, flavor),

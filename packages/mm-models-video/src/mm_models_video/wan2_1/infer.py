@@ -19,6 +19,7 @@ from mm_data.transforms import resize_center_crop
 from mm_models_video.wan2_1.build import build_model
 from mm_models_video.wan2_1.flavors import Flavor, flavor_of, get_flavor, task_of
 from mm_models_video.wan2_1.i2v import WanI2V
+from mm_models_video.wan2_1.mindspeed import inference_values, unipc_scheduler
 from mm_models_video.wan2_1.model import WanT2V
 from mm_models_video.wan2_1.schema import check_clip, dtype_of
 
@@ -116,9 +117,16 @@ def output_paths(output: str, prompts: int, per_prompt: int) -> list[str]:
 
 def sampling_pipeline(model: WanT2V, flavor: Flavor, model_config: Config, flow_shift: float | None):
     """T2V: WanPipeline with the Euler scheduler; I2V: WanImageToVideoPipeline with UniPC at MindSpeed-MM's flow shift
-    (``flow_shift`` when given; the training shift when neither is set)."""
+    (``flow_shift`` when given; the training shift when neither is set). A MindSpeed-MM inference model.json's
+    UniPCMultistepScheduler diffusion section is that sampler, for either task."""
     training_shift = float(model_config.diffusion.shift)
-    if isinstance(model, WanI2V):
+    unipc = unipc_scheduler(model_config.diffusion, model.diffusion.num_train_timesteps)
+    if unipc is not None:
+        if flow_shift:
+            unipc = UniPCMultistepScheduler.from_config(unipc.config, flow_shift=flow_shift)
+        pipe = model.image_pipeline(unipc) if isinstance(model, WanI2V) else model.pipeline()
+        pipe.scheduler = unipc
+    elif isinstance(model, WanI2V):
         shift = flow_shift or flavor.i2v_flow_shift or training_shift
         scheduler = UniPCMultistepScheduler(
             num_train_timesteps=model.diffusion.num_train_timesteps, prediction_type="flow_prediction",
@@ -138,7 +146,7 @@ def sampling_pipeline(model: WanT2V, flavor: Flavor, model_config: Config, flow_
 def generate(config: Config, runtime: Runtime) -> str:
     """Sample ``num_inference_videos_per_sample`` videos for the prompt (or each line of a prompt .txt file) and,
     for I2V, its first-frame image, with WanPipeline / WanImageToVideoPipeline; write them as mp4."""
-    inf = config.inference
+    inf = inference_values(config)
     model_config, checkpoint = model_source(config)
     flavor = get_flavor(model_config.flavor)
     task = model_config.task

@@ -22,6 +22,7 @@ from mm_models_video.wan2_1.data import build_train_loader, check_clip_fits, exa
 from mm_models_video.wan2_1.extract import extract_features as run_extraction
 from mm_models_video.wan2_1.i2v import WanI2V
 from mm_models_video.wan2_1.infer import generate
+from mm_models_video.wan2_1.mindspeed import MINDSPEED_MODULES, inferred_flavor
 from mm_models_video.wan2_1.model import Carry, WanT2V, run_block
 from mm_models_video.wan2_1.tp import tensor_parallel_plan
 
@@ -65,6 +66,7 @@ def model_provider(config: Config, runtime: Runtime) -> WanT2V:
 
     With context parallelism its self-attention runs through ``mm_parallel.attention`` (see ``cp``).
     """
+    settle(config)
     model = build_model(config.model)
     check_clip_fits(config, model)
     if runtime.dims["cp"] > 1:
@@ -96,15 +98,18 @@ def parallel_plan(model: WanT2V, config: Config) -> ParallelPlan:
             post=lambda model, carry, batch: model.predict(Carry(*carry)),
             pre_modules=[*FROZEN, *frozen_extra(model), *(f"predictor.{name}" for name in PP_PRE)],
             post_modules=[f"predictor.{name}" for name in PP_POST],
+            num_layers=config.model.predictor.pipeline_num_layers,
         ),
         tp=tensor_parallel_plan(model.predictor),
         lora_targets=WAN_BLOCK,
+        module_aliases=MINDSPEED_MODULES,
     )
 
 
 @hookimpl
 def datasets_provider(config: Config, runtime: Runtime) -> tuple:
     """This rank's training dataloader (videos or extracted features); no validation or test split."""
+    settle(config)
     return build_train_loader(config, runtime), None, None
 
 
@@ -115,6 +120,12 @@ def get_batch(data_iterator: DataIterator, runtime: Runtime) -> dict:
     With context parallelism only cp rank 0 reads it; the other ranks of its group receive it.
     """
     return read_seeded_batch(data_iterator, runtime)
+
+
+def settle(config: Config) -> None:
+    """Give a MindSpeed-MM model.json without a flavor the flavor its predictor keys describe (before any hook reads
+    model.flavor)."""
+    config.model["flavor"] = inferred_flavor(config.model)
 
 
 def frozen_extra(model: WanT2V) -> tuple[str, ...]:
@@ -156,10 +167,12 @@ def after_training(config: Config, runtime: Runtime, checkpoint) -> None:
 @hookimpl
 def inference(config: Config, runtime: Runtime) -> str:
     """``mm infer``: generate one video from the inference section's prompt and write it as mp4."""
+    settle(config)
     return generate(config, runtime)
 
 
 @hookimpl
 def extract_features(config: Config, runtime: Runtime) -> str:
     """``mm extract``: encode the data section's videos and captions once into feature shards."""
+    settle(config)
     return run_extraction(config, runtime)

@@ -11,11 +11,11 @@ from mm_core.config import Config, Unused
 from mm_core.dtypes import parse_dtype
 from mm_core.errors import ConfigError
 from mm_models_video import clip_shape, sections
+from mm_models_video.wan2_1 import mindspeed
 from mm_models_video.wan2_1.flavors import Flavor, get_flavor, get_task
 from mm_models_video.wan2_1.model import WanT2V
 
 _FEATURES = Unused("data.dataset_param.dataset_type 'feature' says whether features are loaded")
-_KERNEL = Unused("Ascend kernel switches; torch's kernels run")
 
 MODEL: dict[str, Any] = {
     "flavor": "tiny",
@@ -26,7 +26,10 @@ MODEL: dict[str, Any] = {
     # MindSpeed-MM's feature extraction names the I2V image encoder in ae.i2v_processor.
     "ae": {
         **copy.deepcopy(sections.AE),
-        "i2v_processor": {"processor_id": "wan_i2v_processor", "image_encoder": None, "i2v_vae_encode_tiling": "auto"},
+        # Wan2.1's tiles in latent pixels ([height, width]), as MindSpeed-MM's wan_video_vae takes them
+        "tiling_param": {**sections.AE["tiling_param"], "tile_size": None, "tile_stride": None},
+        "i2v_processor": {"processor_id": "wan_i2v_processor", "image_encoder": None, "i2v_vae_encode_tiling": Unused(
+            "the first frame's latents are encoded as ae.enable_tiling says")},
     },
     "text_encoder": copy.deepcopy(sections.TEXT_ENCODER),
     "tokenizer": {"autotokenizer_name": "AutoTokenizer", "hub_backend": "hf", "from_pretrained": None},
@@ -55,11 +58,13 @@ MODEL: dict[str, Any] = {
         "cross_attn_norm": None,
         "eps": None,
         "max_seq_len": None,
-        "pipeline_num_layers": Unused("parallel.pp.pipeline_num_layers cuts the pipeline"),
-        "attention_async_offload": _KERNEL,
-        "use_fused_rmsnorm": _KERNEL,
+        "pipeline_num_layers": None,  # blocks per pipeline stage (parallel.pp.pipeline_num_layers wins)
+        **mindspeed.PREDICTOR_UNUSED,
     },
-    "diffusion": copy.deepcopy(sections.DIFFUSION),
+    # training: wan_flow_match_scheduler; an inference model.json's UniPCMultistepScheduler samples in mm infer
+    "diffusion": {**copy.deepcopy(sections.DIFFUSION), **mindspeed.DIFFUSION_KEYS},
+    **mindspeed.INFERENCE_KEYS,
+    **mindspeed.TOP_UNUSED,
 }
 
 # data.json's blocks are validated by mm_data.formats (the seeds' keys); an empty dataset_param.data_path
@@ -88,7 +93,7 @@ EXTRACT: dict[str, Any] = {"output_dir": None, "shard_size": 64, "batch_size": 1
 
 # Values model.json keys must have: mm implements exactly these components.
 FIXED = {
-    **sections.FIXED,
+    **{k: v for k, v in sections.FIXED.items() if k != "diffusion.model_id"},
     "ae.i2v_processor.processor_id": "wan_i2v_processor",
     "tokenizer.autotokenizer_name": "AutoTokenizer",
     "tokenizer.hub_backend": "hf",
@@ -106,6 +111,10 @@ def check_model(model: Config) -> Flavor:
     flavor = get_flavor(model.flavor)
     task = get_task(model.task)
     sections.check_fixed(model, FIXED, "mm's wan2_1 implements only that")
+    schedulers = (sections.DIFFUSION["model_id"], mindspeed.UNIPC)
+    if model.diffusion.model_id not in schedulers:
+        raise ConfigError(f"model.diffusion.model_id must be one of {', '.join(map(repr, schedulers))} (training "
+                          f"or mm infer's sampler), got {model.diffusion.model_id!r}")
     if model.predictor.model_type not in (None, task):
         raise ConfigError(f"model.predictor.model_type {model.predictor.model_type!r} differs from model.task {task!r}")
     for part in ("ae", "text_encoder", "image_encoder", "predictor"):
