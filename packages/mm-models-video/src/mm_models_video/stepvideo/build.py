@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -13,7 +14,14 @@ from mm_models_video.flow_matching import NoiseToDataFlowMatching
 from mm_models_video.pretrained import fixed_init, load_pretrained
 from mm_models_video.stepvideo.flavors import Flavor
 from mm_models_video.stepvideo.model import StepVideo
-from mm_models_video.stepvideo.schema import PREDICTOR_KEYS, check_model, dtype_of, predictor_arguments
+from mm_models_video.stepvideo.schema import (
+    PREDICTOR_KEYS,
+    check_model,
+    dtype_of,
+    flavor_name,
+    predictor_arguments,
+    text_encoder,
+)
 from mm_models_video.stepvideo.step_llm import StepTokenizer
 from mm_models_video.stepvideo.text_encoders import (
     LLM_TOKENIZER_FILE,
@@ -26,7 +34,11 @@ from mm_models_video.stepvideo.text_encoders import (
 from mm_models_video.stepvideo.transformer import StepVideoModel
 from mm_models_video.stepvideo.vae import StepVideoVAE
 
+log = logging.getLogger("mm")
+
 VAE_FILE = "vae_v2.safetensors"
+# A transformer this large built without weights is a real model trained from scratch: say so.
+REAL_SIZE = 100_000_000
 # Where each part lies in a release folder (model.from_pretrained).
 RELEASE_LAYOUT = {
     "predictor": "transformer",
@@ -40,16 +52,20 @@ RELEASE_LAYOUT = {
 
 def part_source(model: Config, part: str) -> str | None:
     """Where ``part`` (a dotted model-section key) loads from: its own from_pretrained, else the release folder's."""
-    own = model.get_path(f"{part}.from_pretrained")
+    kind, _, name = part.partition(".")
+    if kind == "text_encoder":
+        own = text_encoder(model, name).from_pretrained
+    else:
+        own = model.get_path(f"{part}.from_pretrained")
     if own:
         return str(own)
     return str(Path(model.from_pretrained) / RELEASE_LAYOUT[part]) if model.from_pretrained else None
 
 
 def _needs(flavor: Flavor, model: Config, part: str, what: str) -> None:
-    if model.flavor != "tiny":
+    if flavor_name(model) != "tiny":
         raise ConfigError(f"model.{part}.from_pretrained (or model.from_pretrained) is needed for flavor "
-                          f"{model.flavor!r}: {what}")
+                          f"{flavor_name(model)!r}: {what}")
 
 
 def build_vae(model: Config, flavor: Flavor) -> StepVideoVAE:
@@ -94,9 +110,9 @@ def build_text_encoders(model: Config, flavor: Flavor) -> StepVideoTextEncoders:
         _needs(flavor, model, "text_encoder.llm", "the release's step_llm folder")
     if clip_path is None:
         _needs(flavor, model, "text_encoder.clip", "the release's hunyuan_clip/clip_text_encoder")
-    llm = build_llm(llm_path, dtype_of(model.text_encoder.llm.dtype, flavor, "model.text_encoder.llm.dtype"),
+    llm = build_llm(llm_path, dtype_of(text_encoder(model, "llm").dtype, flavor, "model.text_encoder.llm.dtype"),
                     flavor.llm or {})
-    clip = build_clip(clip_path, dtype_of(model.text_encoder.clip.dtype, flavor, "model.text_encoder.clip.dtype"),
+    clip = build_clip(clip_path, dtype_of(text_encoder(model, "clip").dtype, flavor, "model.text_encoder.clip.dtype"),
                       flavor.clip or {}, clip_tokenizer.vocab_size)
     return StepVideoTextEncoders(llm, clip, llm_tokenizer, clip_tokenizer, clip_len)
 
@@ -106,6 +122,11 @@ def build_predictor(model: Config, flavor: Flavor) -> StepVideoModel:
     wanted = predictor_arguments(model, flavor)
     path = part_source(model, "predictor")
     if path is None:
+        with torch.device("meta"):
+            size = sum(p.numel() for p in StepVideoModel(**wanted).parameters())
+        if size >= REAL_SIZE:
+            log.warning("warning: model.predictor: the model.json architecture (%.2fB parameters) starts from random "
+                        "weights (no model.predictor.from_pretrained, model.from_pretrained or --load)", size / 1e9)
         return StepVideoModel(**wanted)
     predictor = load_pretrained(StepVideoModel, path, "model.predictor.from_pretrained", torch_dtype=torch.float32)
     for ours, key in PREDICTOR_KEYS.items():

@@ -43,7 +43,7 @@ from mm_convert.tp_split import merge_tp, split_tp
 from mm_core import hookimpl
 from mm_models_video.pretrained import source
 from mm_models_video.stepvideo.flavors import get_flavor
-from mm_models_video.stepvideo.schema import predictor_arguments
+from mm_models_video.stepvideo.schema import flavor_name, predictor_arguments
 from mm_models_video.stepvideo.transformer import StepVideoModel
 from mm_models_video.transformer_folder import (
     read_checked,
@@ -228,7 +228,7 @@ def _predictor_config(model: Any) -> dict:
     path = source(model, "predictor", "transformer")
     if path is not None and Path(path).is_dir():
         return read_config(Path(path), STEP_CONFIG_HINT)
-    return predictor_arguments(model, get_flavor(model.flavor))
+    return predictor_arguments(model, get_flavor(flavor_name(model)))
 
 
 @hookimpl

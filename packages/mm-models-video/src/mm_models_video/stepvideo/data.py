@@ -13,8 +13,9 @@ from mm_data.formats import DataConfig
 from mm_models_video import clip_shape
 from mm_models_video import video_text_data as shared
 from mm_models_video.data_section import parse_data_section
+from mm_models_video.stepvideo import model_json
 from mm_models_video.stepvideo.flavors import get_flavor
-from mm_models_video.stepvideo.schema import check_model
+from mm_models_video.stepvideo.schema import check_model, flavor_name
 from mm_models_video.stepvideo.vae import FRAME_LEN, SPATIAL_STRIDE
 from mm_models_video.video_text_data import FEATURE_TYPE
 
@@ -31,7 +32,7 @@ def data_config(config: Config) -> DataConfig:
     flavor = check_model(config.model)
     clip = {"num_frames": flavor.num_frames[config.model.task], "max_height": flavor.height,
             "max_width": flavor.width}
-    return parse_data_section(config.data, clip)
+    return parse_data_section(model_json.given(config.data), clip)
 
 
 def check_clip(num_frames: int, height: int, width: int, patch_size: int, where: str) -> None:
@@ -53,7 +54,7 @@ def check_clip_fits(config: Config, patch_size: int) -> None:
 
 def video_dataset(config: Config, data: DataConfig) -> VideoTextDataset:
     """The raw video-caption dataset the data section names (generated when it names none)."""
-    return shared.video_dataset(config, data, get_flavor(config.model.flavor).fps)
+    return shared.video_dataset(config, data, get_flavor(flavor_name(config.model)).fps)
 
 
 def check_features(config: Config, data: DataConfig) -> None:
@@ -73,8 +74,8 @@ def build_train_loader(config: Config, runtime: Runtime) -> DataLoader:
 
     Features hold the LLM embeddings trimmed: they are zero-padded to ``llm_len`` with their mask.
     """
-    flavor = get_flavor(config.model.flavor)
-    llm_len = config.model.tokenizer.llm.model_max_length or flavor.llm_len
+    flavor = get_flavor(flavor_name(config.model))
+    llm_len = model_json.with_data_tokenizers(config).tokenizer.llm.model_max_length or flavor.llm_len
     data = data_config(config)
     if data.dataset_param.dataset_type == FEATURE_TYPE:
         check_features(config, data)
@@ -86,4 +87,4 @@ def build_train_loader(config: Config, runtime: Runtime) -> DataLoader:
 
 def example_prompt(config: Config) -> str:
     """A caption from the training data (the configured inference prompt when there is none), for a first sample."""
-    return shared.example_prompt(config, data_config(config), get_flavor(config.model.flavor).fps)
+    return shared.example_prompt(config, data_config(config), get_flavor(flavor_name(config.model)).fps)

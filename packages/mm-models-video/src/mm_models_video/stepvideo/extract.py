@@ -11,6 +11,7 @@ from mm_core.config import Config
 from mm_core.runtime import Runtime
 from mm_models_video import feature_extraction
 from mm_models_video.flow_matching import noise_seeds
+from mm_models_video.stepvideo import model_json
 from mm_models_video.stepvideo.build import build_model
 from mm_models_video.stepvideo.data import IMAGE_KEY, check_clip_fits, data_config, video_dataset
 
@@ -24,7 +25,7 @@ def extract_features(config: Config, runtime: Runtime) -> str:
     """
 
     def encoder() -> feature_extraction.Encode:
-        model = build_model(config.model)
+        model = build_model(model_json.with_data_tokenizers(config))
         check_clip_fits(config, model.predictor.config.patch_size)
         model = model.to(runtime.device).eval()
         llm_dtype, clip_dtype = model.text_encoder.llm.dtype, model.text_encoder.clip.dtype

@@ -23,7 +23,7 @@ from mm_models_video.stepvideo.build import build_model
 from mm_models_video.stepvideo.data import check_clip
 from mm_models_video.stepvideo.flavors import get_flavor
 from mm_models_video.stepvideo.model import StepVideo, image_condition, text_mask
-from mm_models_video.stepvideo.schema import dtype_of
+from mm_models_video.stepvideo.schema import dtype_of, flavor_name
 from mm_models_video.stepvideo.vae import FRAME_LEN, LATENT_LEN, SPATIAL_STRIDE
 
 
@@ -105,7 +105,7 @@ def generate(config: Config, runtime: Runtime) -> str:
     """Sample ``num_inference_videos_per_sample`` videos for the inference section's prompt; write them as mp4."""
     inf = config.inference
     model_config, checkpoint = model_source(config)
-    flavor = get_flavor(model_config.flavor)
+    flavor = get_flavor(flavor_name(model_config))
     task = model_config.task
     frames = inf.num_frames or flavor.num_frames[task]
     height, width = inf.height or flavor.height, inf.width or flavor.width
@@ -140,6 +140,6 @@ def generate(config: Config, runtime: Runtime) -> str:
     output = Path(inf.output)
     paths = [write_video(output if count == 1 else output.with_name(f"{output.stem}_{i}{output.suffix}"),
                          pixels[i], inf.fps or flavor.fps) for i in range(count)]
-    source = checkpoint or model_config.from_pretrained or f"untrained {model_config.flavor} model"
+    source = checkpoint or model_config.from_pretrained or f"untrained {flavor_name(model_config)} model"
     written = ", ".join(str(p) for p in paths)
     return f"wrote {written}: {frames} frames of {width}x{height} each, from {source}"

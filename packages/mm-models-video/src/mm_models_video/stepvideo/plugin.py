@@ -13,7 +13,7 @@ from mm_models_video.flow_matching import velocity_loss
 from mm_models_video.frozen import FROZEN
 from mm_models_video.infer_hint import print_infer_hint
 from mm_models_video.lora_targets import STEPVIDEO_BLOCK
-from mm_models_video.stepvideo import schema
+from mm_models_video.stepvideo import model_json, schema
 from mm_models_video.stepvideo.build import build_model
 from mm_models_video.stepvideo.convert import register_converters  # noqa: F401 (mm-convert hook)
 from mm_models_video.stepvideo.data import build_train_loader, check_clip_fits, example_prompt
@@ -57,7 +57,7 @@ def default_config(task: str) -> dict:
 @hookimpl
 def model_provider(config: Config, runtime: Runtime) -> StepVideo:
     """Build the StepVideo (on the CPU; the engines place it) and check the data's clip shape against it."""
-    model = build_model(config.model)
+    model = build_model(model_json.with_data_tokenizers(config))
     check_clip_fits(config, model.predictor.config.patch_size)
     return model
 
@@ -70,6 +70,7 @@ def parallel_plan(model: StepVideo, config: Config) -> ParallelPlan:
     CP splits after the patch embedding (with the RoPE tables, computed for the whole sequence, so each token keeps
     its position) and gathers after ``proj_out``; the self-attention goes through ``mm_parallel.attention``. Under
     PP the first stage encodes, noises and embeds (``StepVideo.embed``), the last predicts (``StepVideo.predict``).
+    MindSpeed-MM's module paths in an fsdp2 yaml resolve through ``model_json.MINDSPEED_MODULES``.
     """
     predictor = model.predictor
     return ParallelPlan(
@@ -91,6 +92,7 @@ def parallel_plan(model: StepVideo, config: Config) -> ParallelPlan:
         ),
         tp=tensor_parallel_plan(predictor),
         lora_targets=STEPVIDEO_BLOCK,
+        module_aliases=model_json.MINDSPEED_MODULES,
     )
 
 

@@ -1,4 +1,8 @@
-"""The stepvideo config sections (model.json, data.json, inference, extract) and the checks defaults cannot express."""
+"""The stepvideo config sections (model.json, data.json, inference, extract) and the checks defaults cannot express.
+
+MindSpeed-MM's model.json loads unchanged (``model_json``): its text encoder list, architecture keys and the keys mm
+has no use for. Without ``flavor``, a file that loads its encoders or release from files is the 30b model.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,13 @@ from mm_core.config import Config
 from mm_core.dtypes import parse_dtype
 from mm_core.errors import ConfigError
 from mm_models_video import sections
+from mm_models_video.stepvideo import model_json
 from mm_models_video.stepvideo.flavors import Flavor, get_flavor
 
 TASKS = ("t2v", "i2v")
 
 MODEL: dict[str, Any] = {
-    "flavor": "tiny",
+    "flavor": None,  # see flavor_name
     # The release folder (stepvideo-t2v / stepvideo-ti2v): transformer/, vae/, step_llm/, hunyuan_clip/.
     "from_pretrained": None,
     "task": "t2v",
@@ -28,11 +33,10 @@ MODEL: dict[str, Any] = {
         "frame_len": 17,
         "version": 2,
         "do_sample": None,
+        **model_json.AE,
     },
-    "text_encoder": {
-        "llm": {"model_id": "StepLLmModel", "hub_backend": "hf", "from_pretrained": None, "dtype": None},
-        "clip": {"model_id": "BertModel", "hub_backend": "hf", "from_pretrained": None, "dtype": None},
-    },
+    # {llm: {...}, clip: {...}} or MindSpeed-MM's list [step_llm, hunyuan_clip]: read through text_encoder().
+    "text_encoder": None,
     "tokenizer": {
         "llm": {"autotokenizer_name": "stepchat", "from_pretrained": None, "model_max_length": None},
         "clip": {"autotokenizer_name": "BertTokenizer", "from_pretrained": None, "model_max_length": None},
@@ -50,6 +54,7 @@ MODEL: dict[str, Any] = {
         "patch_size": None,
         "caption_channels": None,
         "pipeline_num_layers": None,
+        **model_json.PREDICTOR,
     },
     "diffusion": {
         "model_id": "flow_match_discrete_scheduler",
@@ -60,9 +65,10 @@ MODEL: dict[str, Any] = {
         "reverse": False,
         "solver": "euler",
     },
+    **model_json.TOP,
 }
 
-DATA: dict[str, Any] = {"dataset_param": {}, "dataloader_param": {}, "on_bad_sample": "skip"}
+DATA: dict[str, Any] = model_json.DATA
 
 INFERENCE: dict[str, Any] = {
     "checkpoint": None,
@@ -89,8 +95,6 @@ FIXED = {
     "ae.model_id": "stepvideovae",
     "ae.frame_len": 17,
     "ae.version": 2,
-    "text_encoder.llm.model_id": "StepLLmModel",
-    "text_encoder.clip.model_id": "BertModel",
     "tokenizer.llm.autotokenizer_name": "stepchat",
     "tokenizer.clip.autotokenizer_name": "BertTokenizer",
     "predictor.model_id": "stepvideodit",
@@ -117,14 +121,31 @@ def dtype_of(name: str | None, flavor: Flavor, key: str) -> torch.dtype:
     return parse_dtype(name or flavor.dtype, key)
 
 
+def flavor_name(model: Config) -> str:
+    """model.flavor; when not given, ``30b`` if the release or an encoder loads from files (MindSpeed-MM's
+    model.json names no flavor), else ``tiny``."""
+    if model.flavor:
+        return model.flavor
+    parts = [model.ae, *model_json.text_encoders(model).values()]
+    return "30b" if model.from_pretrained or any(part.from_pretrained for part in parts) else "tiny"
+
+
+def text_encoder(model: Config, part: str) -> Config:
+    """The ``llm`` or ``clip`` text encoder entry of the model section (its defaults filled in)."""
+    return model_json.text_encoders(model)[part]
+
+
 def check_model(model: Config) -> Flavor:
     """Check the model section beyond its schema; returns its flavor."""
-    flavor = get_flavor(model.flavor)
+    flavor = get_flavor(flavor_name(model))
     if model.task not in TASKS:
         raise ConfigError(f"model.task must be one of {', '.join(TASKS)}, got {model.task!r}")
     sections.check_fixed(model, FIXED, "mm's stepvideo implements only that")
-    for key in ("ae.dtype", "text_encoder.llm.dtype", "text_encoder.clip.dtype", "predictor.dtype"):
+    model_json.check(model)
+    for key in ("ae.dtype", "predictor.dtype"):
         dtype_of(model.get_path(key), flavor, f"model.{key}")
+    for part in model_json.TEXT_ENCODER_PARTS:
+        dtype_of(text_encoder(model, part).dtype, flavor, f"model.text_encoder.{part}.dtype")
     return flavor
 
 
@@ -132,6 +153,8 @@ def predictor_arguments(model: Config, flavor: Flavor) -> dict[str, Any]:
     """The StepVideoModel arguments of the flavor, the model.json predictor keys and the task."""
     out = dict(flavor.predictor)
     out.update({PREDICTOR_KEYS[k]: v for k, v in model.predictor.items() if k in PREDICTOR_KEYS and v is not None})
+    if model_json.patch_size(model) is not None:
+        out["patch_size"] = model_json.patch_size(model)
     out["use_additional_conditions"] = model.task == "i2v"
     heads, head_dim = out["num_attention_heads"], out["attention_head_dim"]
     split = out.get("rope_ch_split")
