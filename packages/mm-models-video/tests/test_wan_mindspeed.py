@@ -13,12 +13,14 @@ import pytest
 import torch
 from wan_testing import QUIET, SMALL_CLIPS
 
+from mm_convert.cli import main as convert
 from mm_core.cli import main as mm
 from mm_core.errors import ConfigError
 from mm_core.plugins import load_plugins, make_config
 from mm_core.testing import run_training
 from mm_models_video.wan2_1.build import build_model
 from mm_models_video.wan2_1.mindspeed import diffusers_tiling, inference_values, inferred_flavor
+from mm_models_video.wan2_1.plugin import settle
 
 MINDSPEED = Path(__file__).resolve().parents[3] / "examples" / "wan2_1" / "mindspeed-mm"
 PLUGIN = ["wan2_1"]
@@ -129,3 +131,33 @@ def test_a_launch_scripts_flags_are_a_valid_run(script, capsys, tmp_path, restor
     assert "Traceback" not in err and "error" not in err
     assert "--mm-tool ./mindspeed_mm/tools/tools.json" in err and "model.predictor.use_fused_rmsnorm" in err
     assert "from_pretrained: ./weights/Wan-AI/Wan2.1-" in out and "lr: 1.0e-05" in out
+
+
+def test_the_readme_converter_commands_and_load_of_the_folder_converted_in_place(tmp_path, capsys):
+    tiny = make_config(load_plugins(PLUGIN), "run", [], {"model": _tiny_model_json(tmp_path)})
+    predictor = build_model(tiny.model).predictor
+    reference = predictor.state_dict()
+    folder = tmp_path / "Wan2.1-T2V-1.3B-Diffusers" / "transformer"
+    predictor.save_pretrained(folder)
+    assert convert(["WanConverter", "hf_to_mm", "--cfg.source_path", str(folder), "--cfg.target_path", str(folder),
+                    "--cfg.target_parallel_config.pp_layers", "[1,1]"]) == 0
+    assert convert(["WanConverter", "mm_to_hf", "--cfg.source_path", str(folder), "--cfg.target_path",
+                    str(tmp_path / "back"), "--cfg.hf_dir", str(folder)]) == 0
+    for weights in folder.glob("*.safetensors"):
+        weights.unlink()  # what --load reads now is the MindSpeed-MM checkpoint
+    config = make_config(load_plugins(PLUGIN), "run", [], {"model": _tiny_model_json(tmp_path)},
+                         [f"model.from_pretrained={folder}/", f"training.output_dir={tmp_path / 'run'}"])
+    settle(config)
+    assert config.model.from_pretrained is None and "wan2_1-from-mindspeed-" in config.model.predictor.from_pretrained
+    for name, tensor in build_model(config.model).predictor.state_dict().items():
+        torch.testing.assert_close(tensor, reference[name], rtol=0, atol=0, msg=name)
+    back = build_model(make_config(load_plugins(PLUGIN), "run", [], {"model": _tiny_model_json(tmp_path)},
+                                   [f"model.predictor.from_pretrained={tmp_path / 'back'}"]).model)
+    torch.testing.assert_close(back.predictor.state_dict(), reference, rtol=0, atol=0)
+
+
+def test_load_of_a_mindspeed_checkpoint_without_its_config_is_one_error(tmp_path):
+    (tmp_path / "save" / "release").mkdir(parents=True)
+    config = make_config(load_plugins(PLUGIN), "run", [], {}, [f"model.from_pretrained={tmp_path / 'save'}"])
+    with pytest.raises(ConfigError, match="is a MindSpeed-MM checkpoint without config.json"):
+        settle(config)

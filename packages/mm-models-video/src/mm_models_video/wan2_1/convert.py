@@ -212,6 +212,7 @@ class Wan21Converter(Converter):
     """Wan2.1 transformer: diffusers <-> MindSpeed-MM (PP/VPP) <-> Wan-AI original; training checkpoint export."""
 
     name = "Wan21Converter"
+    other_names = ("WanConverter",)  # MindSpeed-MM's name
     description = "Wan2.1 T2V/I2V transformer: diffusers, MindSpeed-MM and Wan-AI layouts; mm checkpoint export"
     aliases = {"convert_to_mm": "hf_to_mm", "convert_to_hf": "mm_to_hf"}
 

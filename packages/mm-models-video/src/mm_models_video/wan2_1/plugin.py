@@ -3,6 +3,8 @@ hooks."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from mm_core import ContextParallelPlan, ParallelPlan, PipelinePlan, hookimpl
@@ -23,6 +25,7 @@ from mm_models_video.wan2_1.extract import extract_features as run_extraction
 from mm_models_video.wan2_1.i2v import WanI2V
 from mm_models_video.wan2_1.infer import generate
 from mm_models_video.wan2_1.mindspeed import MINDSPEED_MODULES, inferred_flavor
+from mm_models_video.wan2_1.mindspeed_checkpoint import resolve_load
 from mm_models_video.wan2_1.model import Carry, WanT2V, run_block
 from mm_models_video.wan2_1.tp import tensor_parallel_plan
 
@@ -123,9 +126,11 @@ def get_batch(data_iterator: DataIterator, runtime: Runtime) -> dict:
 
 
 def settle(config: Config) -> None:
-    """Give a MindSpeed-MM model.json without a flavor the flavor its predictor keys describe (before any hook reads
-    model.flavor)."""
+    """Before any hook reads the model section: give a MindSpeed-MM model.json without a flavor the flavor its
+    predictor keys describe, and read ``--load DIR`` (a transformer folder or MindSpeed-MM checkpoint) as the
+    predictor's weights."""
     config.model["flavor"] = inferred_flavor(config.model)
+    resolve_load(config.model, Path(config.training.output_dir) / "cache")
 
 
 def frozen_extra(model: WanT2V) -> tuple[str, ...]:
