@@ -12,14 +12,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from mm_convert import TensorSource
 from mm_convert.cli import main as convert
 from mm_core.cli import main as mm
 from mm_core.errors import ConfigError
 from mm_core.plugins import load_plugins, make_config
 from mm_core.testing import run_training
 from mm_models_video.opensoraplan1_3.build import build_model, build_predictor
+from mm_models_video.opensoraplan1_3.convert import RELEASE_TO_MM
 from mm_models_video.opensoraplan1_3.flavors import FLAVORS
 from mm_models_video.opensoraplan1_3.mindspeed import MINDSPEED_MODULES
+from mm_models_video.opensoraplan1_3.schema import check_model
 from mm_parallel.patterns import with_aliases
 
 MINDSPEED = Path(__file__).resolve().parents[3] / "examples" / "opensoraplan1_3" / "mindspeed-mm"
@@ -66,6 +69,21 @@ def test_each_real_file_loads_and_the_warnings_name_the_ignored_keys(model, data
         assert ignored in caplog.text, ignored
         assert config.get_path(ignored) is None
     assert "fa_layout" not in config.model.predictor
+
+
+@pytest.mark.parametrize("task", ["t2v", "i2v"])
+def test_each_inference_model_json_loads_and_names_what_mm_infer_does_its_own_way(task, caplog):
+    files = {"model": MINDSPEED / f"{task}/inference_{task}_model.json"}
+    config = make_config(load_plugins(PLUGIN), "infer", [], files, [f"model.task={task}"])
+    assert config.model.diffusion.num_inference_steps == 100
+    assert config.model.pipeline_config.input_size == [93, 352, 640]
+    for ignored in ("model.pipeline_class", "model.use_prompt_preprocess", "model.frame_interval", "model.device"):
+        assert ignored in caplog.text, ignored
+    check_model(config.model)
+    i2v_without_task = make_config(load_plugins(PLUGIN), "infer", [],
+                                   {"model": MINDSPEED / "i2v/inference_i2v_model.json"}, [])
+    with pytest.raises(ConfigError, match="model.pipeline_config.model_type 'i2v' needs model.task=i2v"):
+        check_model(i2v_without_task.model)
 
 
 @pytest.mark.parametrize("script", ["t2v/pretrain_t2v.sh", "i2v/pretrain_i2v.sh", "t2v_A3/pretrain_t2v_A3.sh"])
@@ -183,6 +201,30 @@ def test_load_of_a_mindspeed_mm_checkpoint_gives_the_release_weights(tmp_path):
     expected = release.state_dict()
     for name, tensor in loaded.predictor.state_dict().items():
         torch.testing.assert_close(tensor, expected[name], rtol=0, atol=0, msg=name)
+
+
+def test_the_inference_model_json_generates_with_its_prompt_file_steps_and_size(tmp_path, capsys, restored_logging):
+    files = _tiny_files(tmp_path)
+    config = make_config(load_plugins(PLUGIN), "run", [], files, ["model.flavor=tiny"])
+    release = build_predictor(config.model, TINY)
+    weights = tmp_path / "sparsedit_mm.pth"  # MindSpeed-MM's names, as its predictor.from_pretrained holds them
+    torch.save({name: tensor for name, tensor in RELEASE_TO_MM.to_mm(TensorSource(
+        {k: v.to("meta") for k, v in release.state_dict().items()}, release.state_dict().__getitem__, "tiny")).items()},
+        weights)
+    model = _tiny_model(MINDSPEED / "t2v/inference_t2v_model.json")
+    (tmp_path / "prompts.txt").write_text("a red circle\na blue square\n")
+    model["predictor"].update(from_pretrained=str(weights), dtype="fp32")
+    model["diffusion"]["num_inference_steps"] = 2
+    model["tokenizer"].update(from_pretrained=None, model_max_length=TINY.text_len)
+    model["pipeline_config"]["input_size"] = [9, 32, 48]
+    model.update(prompt=str(tmp_path / "prompts.txt"), save_path=str(tmp_path / "samples"))
+    (tmp_path / "inference.json").write_text(json.dumps(model))
+    assert mm(["infer", "--plugin", "opensoraplan1_3", "--model", str(tmp_path / "inference.json"),
+               "model.flavor=tiny", "training.device=cpu"]) == 0
+    out, err = capsys.readouterr()
+    assert "model.pipeline_class" in err and "model.use_prompt_preprocess" in err
+    assert f"wrote {tmp_path / 'samples'}/opensoraplan1_3_0.mp4, {tmp_path / 'samples'}/opensoraplan1_3_1.mp4: " \
+           f"9 frames of 48x32 from {weights}" in out
 
 
 def test_mindspeed_module_paths_in_fsdp2_patterns_name_the_blocks():

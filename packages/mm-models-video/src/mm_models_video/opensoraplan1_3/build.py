@@ -17,7 +17,11 @@ from mm_models_video.opensoraplan1_3.diffusion import OpenSoraDiffusion
 from mm_models_video.opensoraplan1_3.flavors import Flavor, flavor_name
 from mm_models_video.opensoraplan1_3.inpaint import OpenSoraInpaint, OpenSoraPlanI2V
 from mm_models_video.opensoraplan1_3.mindspeed import check_predictor
-from mm_models_video.opensoraplan1_3.mindspeed_checkpoint import is_mindspeed_checkpoint, read_mindspeed_checkpoint
+from mm_models_video.opensoraplan1_3.mindspeed_checkpoint import (
+    is_mindspeed_checkpoint,
+    read_mindspeed_checkpoint,
+    release_names,
+)
 from mm_models_video.opensoraplan1_3.model import OpenSoraPlanT2V
 from mm_models_video.opensoraplan1_3.schema import AE_KEYS, check_model, dtype_of, predictor_overrides
 from mm_models_video.opensoraplan1_3.transformer import OpenSoraT2V
@@ -134,7 +138,8 @@ def build_predictor(model: Config, flavor: Flavor, checkpoint: str | None = None
     if checkpoint:
         load_weights(predictor, checkpoint, "--load (model.from_pretrained)", read_mindspeed_checkpoint(checkpoint))
     elif path:
-        load_weights(predictor, path, "model.predictor.from_pretrained")
+        where = "model.predictor.from_pretrained"
+        load_weights(predictor, path, where, release_names(read_state_dict(path, where), f"{where} {path}"))
     elif (flavor_name(model) != "tiny" or predictor_overrides(model.predictor)) and os.environ.get("RANK", "0") == "0":
         count = sum(p.numel() for p in predictor.parameters())
         log.warning("warning: opensoraplan1_3: the predictor (%.2fB parameters, from the model section) starts from "

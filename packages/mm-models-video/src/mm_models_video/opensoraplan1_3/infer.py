@@ -17,6 +17,7 @@ from mm_models_video import clip_shape
 from mm_models_video.opensoraplan1_3.build import build_model
 from mm_models_video.opensoraplan1_3.flavors import flavor_name, model_flavor
 from mm_models_video.opensoraplan1_3.inpaint import OpenSoraPlanI2V, frame_mask
+from mm_models_video.opensoraplan1_3.mindspeed import inference_section
 from mm_models_video.opensoraplan1_3.model import OpenSoraPlanT2V
 from mm_models_video.opensoraplan1_3.schema import dtype_of
 
@@ -145,7 +146,7 @@ def sample(model: OpenSoraPlanT2V, prompt: str, negative_prompt: str, num_frames
 def generate(config: Config, runtime: Runtime) -> str:
     """Sample a video for the inference section's prompt (and ``image`` for I2V), or for each line of a prompt .txt
     file (``output`` numbered), and write it as mp4."""
-    inf = config.inference
+    inf = inference_section(config)
     model_config, checkpoint = model_source(config)
     flavor = model_flavor(model_config)
     num_frames = inf.num_frames or flavor.num_frames

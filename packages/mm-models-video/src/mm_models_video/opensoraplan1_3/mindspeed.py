@@ -8,9 +8,10 @@ predictor keys build the transformer, or are checked against the config.json of 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-from mm_core.config import Unused
+from mm_core.config import Config, Unused, wrap
 from mm_core.errors import ConfigError
 
 FEATURES = Unused("data.dataset_param.dataset_type 'feature' says whether features are loaded")
@@ -18,7 +19,6 @@ FEATURES = Unused("data.dataset_param.dataset_type 'feature' says whether featur
 MODEL_UNUSED: dict[str, dict[str, Unused]] = {
     "predictor": {"fa_layout": Unused("the tensor layout of Ascend's flash attention; torch's SDPA runs")},
     "diffusion": {
-        "guidance_scale": Unused("inference.guidance_scale (mm infer --guidance-scale) sets the sampler's CFG"),
         "timestep_spacing": Unused("noising draws every training timestep; mm infer's sampler spaces its steps "
                                    "trailing with zero terminal SNR, as v1.3's does"),
         "device": Unused("the schedule runs on the model's device"),
@@ -26,7 +26,37 @@ MODEL_UNUSED: dict[str, dict[str, Unused]] = {
     "text_encoder": {"low_cpu_mem_usage": Unused("transformers loads the encoder its own way")},
     "ae": {"output_dtype": Unused("the latents are normalized in float32 before the predictor takes them")},
 }
-TOP_UNUSED = {"max_seq_size": Unused("a bound of use_dynamic_dpcp, which mm's opensoraplan1_3 does not implement")}
+_IMAGE = Unused("mm infer resizes and center-crops the image to the inference height × width")
+TOP_UNUSED = {
+    "max_seq_size": Unused("a bound of use_dynamic_dpcp, which mm's opensoraplan1_3 does not implement"),
+    "frame_interval": Unused("mm infer writes every generated frame"),
+    "use_prompt_preprocess": Unused("mm infer formats the prompt with inference.prompt_template"),
+    "pipeline_class": Unused("mm infer runs its own OpenSoraPlan 1.3 sampler (Euler ancestral, v-prediction)"),
+    "device": Unused("mm picks the device"),
+    "dtype": Unused("model.predictor.dtype sets the sampling dtype"),
+    "crop_for_hw": _IMAGE,
+    "max_hxw": _IMAGE,
+    "eval_config": Unused("mm has no VBench evaluation; mm infer generates the videos"),
+}
+# The inference model.json's keys mm infer reads (None: not given), and the diffusion keys it adds.
+INFERENCE_KEYS: dict[str, Any] = {
+    "pipeline_config": {"version": None, "input_size": None, "model_type": None,
+                        "use_attention_mask": Unused("mm infer always masks the prompt's padding")},
+    "save_path": None,
+    "fps": None,
+    "prompt": None,
+    "conditional_pixel_values_path": None,
+    "mask_type": None,
+}
+DIFFUSION_KEYS = {"num_inference_steps": None, "guidance_scale": None}
+# model.json dotted key -> inference key, for mm infer (an inference key the user sets wins).
+TO_INFERENCE = {
+    "diffusion.num_inference_steps": "steps",
+    "diffusion.guidance_scale": "guidance_scale",
+    "fps": "fps",
+    "prompt": "prompt",
+    "conditional_pixel_values_path": "conditional_pixel_values_path",
+}
 
 _DECODE = Unused("mm decodes with decord (PyAV when missing) and plans every clip itself")
 _TRANSFORMS = Unused("mm's clip planner resizes to max_hxw (or max_height × max_width), crops to hw_stride and "
@@ -101,3 +131,26 @@ def check_predictor(overrides: Mapping[str, Any], loaded: Mapping[str, Any], mod
             wrong.append(entry)
     if wrong:
         raise ConfigError(f"the model section does not describe the predictor it loads: {'; '.join(wrong)}")
+
+
+def inference_section(config: Config) -> Config:
+    """The inference section with what an inference model.json gives (its prompt file, steps, CFG, fps,
+    ``pipeline_config.input_size`` and ``save_path``) where the inference section's own key was not set."""
+    model, values = config.model, dict(config.inference)
+
+    def unset(key: str) -> bool:
+        return config.source_of(f"inference.{key}") is None
+
+    for dotted, key in TO_INFERENCE.items():
+        if model.get_path(dotted) is not None and unset(key):
+            values[key] = model.get_path(dotted)
+    size = model.get_path("pipeline_config.input_size")
+    if size is not None:
+        if not isinstance(size, (list, tuple)) or len(size) != 3:
+            raise ConfigError(f"model.pipeline_config.input_size must be [frames, height, width], got {size!r}")
+        for key, value in zip(("num_frames", "height", "width"), size):
+            if unset(key):
+                values[key] = int(value)
+    if model.get("save_path") and unset("output"):
+        values["output"] = str(Path(model.save_path) / Path(values["output"]).name)
+    return wrap(values)

@@ -1,4 +1,5 @@
-"""A MindSpeed-MM OpenSoraPlan checkpoint (``release/`` or ``iter_*/`` with ``mp_rank_*``) as the predictor's weights.
+"""A MindSpeed-MM OpenSoraPlan checkpoint (``release/`` or ``iter_*/`` with ``mp_rank_*``, or one state-dict file in
+its names) as the predictor's weights.
 
 ``--load`` in a MindSpeed-MM launch script names such a checkpoint (as ``mm-convert OpenSoraPlanConverter hf_to_mm``
 writes it): its TP ranks are merged, its pipeline stages joined and its names mapped back to the release's, and the
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from mm_convert import read_megatron
+from mm_convert import TensorSource, read_megatron
 from mm_convert.megatron_layout import ITERATION_FILE
 from mm_convert.tp_split import merge_tp
 from mm_core.errors import ConfigError, MMError
@@ -33,3 +34,21 @@ def read_mindspeed_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         return {name: tensors[name] for name in tensors}
     except MMError as exc:
         raise ConfigError(f"--load {path}: not a readable MindSpeed-MM OpenSoraPlan checkpoint: {exc}") from None
+
+
+MINDSPEED_BLOCKS = "videodit_sparse_blocks."
+
+
+def release_names(tensors: dict[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
+    """A state dict in MindSpeed-MM's names (``videodit_sparse_blocks.*``, as its inference model.json's
+    predictor.from_pretrained .pth holds) by the release's names; any other state dict as it is."""
+    if not any(name.startswith(MINDSPEED_BLOCKS) for name in tensors):
+        return tensors
+    from mm_models_video.opensoraplan1_3.convert import RELEASE_TO_MM
+
+    source = TensorSource({k: v.to("meta") for k, v in tensors.items()}, tensors.__getitem__, where)
+    try:
+        renamed = RELEASE_TO_MM.to_hf(source)
+        return {name: renamed[name] for name in renamed}
+    except MMError as exc:
+        raise ConfigError(f"{where}: not an OpenSoraPlan transformer in MindSpeed-MM's names: {exc}") from None

@@ -58,6 +58,7 @@ MODEL: dict[str, Any] = {
         "rescale_betas_zero_snr": True,
         "snr_gamma": 5.0,
         "t_sample_method": "explicit_uniform",
+        **mindspeed.DIFFUSION_KEYS,
         **mindspeed.MODEL_UNUSED["diffusion"],
     },
     "text_encoder": {
@@ -100,6 +101,7 @@ MODEL: dict[str, Any] = {
     "patch": {"ae_float32": True},
     "use_dynamic_dpcp": False,
     "max_cp_size": None,
+    **mindspeed.INFERENCE_KEYS,
     **mindspeed.TOP_UNUSED,
 }
 
@@ -131,7 +133,6 @@ INFERENCE: dict[str, Any] = {
 
 # Values model.json keys must have: mm implements exactly these components.
 FIXED = {
-    "diffusion.model_id": "DDPM",
     "text_encoder.model_id": "MT5",
     "text_encoder.hub_backend": "hf",
     "tokenizer.hub_backend": "hf",
@@ -139,6 +140,8 @@ FIXED = {
     "ae.model_id": "wfvae",
     "ae.i2v_processor.processor_id": "opensoraplan_i2v_processor",
 }
+# DDPM (training's noising) or the sampler of MindSpeed-MM's inference model.json.
+DIFFUSION_IDS = ("DDPM", "EulerAncestralDiscrete")
 # MindSpeed-MM features whose keys load but which mm's opensoraplan1_3 does not implement: only these values.
 NOT_IMPLEMENTED = {
     "enable_encoder_dp": False,
@@ -211,6 +214,13 @@ def check_model(model: Config) -> Flavor:
         raise ConfigError(f"model.task must be one of {', '.join(TASKS)}, got {model.task!r}")
     sections.check_fixed(model, FIXED, "mm's opensoraplan1_3 implements only that")
     sections.check_fixed(model, NOT_IMPLEMENTED, "mm's opensoraplan1_3 does not implement the others yet")
+    if model.diffusion.model_id not in DIFFUSION_IDS:
+        raise ConfigError(f"model.diffusion.model_id must be one of {', '.join(DIFFUSION_IDS)} (DDPM noises for "
+                          f"training, mm infer samples with Euler ancestral), got {model.diffusion.model_id!r}")
+    for key in ("pipeline_config.model_type", "mask_type"):
+        if model.get_path(key) not in (None, model.task):
+            raise ConfigError(f"model.{key} {model.get_path(key)!r} needs model.task={model.get_path(key)} "
+                              f"(model.task is {model.task!r})")
     expected = PREDICTOR_IDS[model.task]
     if model.predictor.model_id not in (None, expected):
         raise ConfigError(
