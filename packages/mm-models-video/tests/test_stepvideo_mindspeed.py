@@ -18,6 +18,7 @@ from mm_core.plugins import load_plugins, make_config
 from mm_core.testing import run_training
 from mm_models_video.stepvideo import model_json
 from mm_models_video.stepvideo.build import build_model, build_predictor
+from mm_models_video.stepvideo.data import check_features, data_config
 from mm_models_video.stepvideo.flavors import get_flavor
 from mm_models_video.stepvideo.schema import check_model
 from mm_models_video.stepvideo.transformer import StepVideoModel
@@ -143,3 +144,13 @@ def test_mindspeed_module_paths_resolve_to_the_model():
                              "predictor.transformer_blocks.{*}.attn1.proj_qkv"], model_json.MINDSPEED_MODULES)
     assert patterns == ["predictor.transformer_blocks.{*}", "text_encoder.llm",
                         "predictor.transformer_blocks.{*}.attn1.wqkv"]
+
+
+def test_a_mindspeed_feature_store_is_one_error_saying_to_extract_with_mm(tmp_path):
+    (tmp_path / "data.jsonl").write_text(json.dumps({"file": "features/a.pt", "cap": "a red circle"}) + "\n")
+    data = json.loads((MINDSPEED / FILES["t2v"][1]).read_text())
+    data["dataset_param"]["basic_parameters"].update(data_path=str(tmp_path / "data.jsonl"), data_folder=str(tmp_path))
+    (tmp_path / "data.json").write_text(json.dumps(data))
+    config = make_config(load_plugins(PLUGIN), "run", [], {"data": tmp_path / "data.json"}, [])
+    with pytest.raises(ConfigError, match=r"is a MindSpeed-MM feature store; stepvideo trains on mm's \(mm extract"):
+        check_features(config, data_config(config))

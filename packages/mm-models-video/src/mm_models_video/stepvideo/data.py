@@ -8,7 +8,7 @@ from mm_core.config import Config
 from mm_core.errors import ConfigError
 from mm_core.runtime import Runtime
 from mm_data.datasets import VideoTextDataset
-from mm_data.features import read_feature_index
+from mm_data.features import is_mindspeed_index, read_feature_index
 from mm_data.formats import DataConfig
 from mm_models_video import clip_shape
 from mm_models_video import video_text_data as shared
@@ -61,6 +61,11 @@ def check_features(config: Config, data: DataConfig) -> None:
     """A ConfigError unless the feature store holds what the task trains on (TI2V: the first-frame condition)."""
     path = data.dataset_param.data_path
     entries = read_feature_index(path)
+    if is_mindspeed_index(entries):
+        # Its reader trims each text encoder's embeddings to the mask; Step-Video attends to all CLIP tokens.
+        raise ConfigError(f"data.dataset_param.data_path: {path} is a MindSpeed-MM feature store; stepvideo trains "
+                          "on mm's (mm extract --plugin stepvideo with the same model.json and data.json), since "
+                          "MindSpeed-MM's reader keeps only the unmasked hunyuan_clip tokens")
     wanted = [*FEATURE_KEYS, IMAGE_KEY] if config.model.task == "i2v" else list(FEATURE_KEYS)
     missing = [key for key in wanted if entries and key not in entries[0]["keys"]]
     if missing:
