@@ -114,6 +114,7 @@ IGNORED_SWITCHES = {
     "--use-fused-swiglu": "an Ascend fused kernel",
     "--use-fused-rotary-pos-emb": "an Ascend fused kernel",
     "--use-flash-attn": "attention runs on torch's fused SDPA kernels",
+    "--allow-tf32": "torch's default matmul precision applies",
     "--swiglu": "the activation comes from the model",
     "--no-masked-softmax-fusion": "a Megatron kernel switch",
     "--no-gradient-accumulation-fusion": "a Megatron kernel switch",
