@@ -159,3 +159,20 @@ def test_flavors_of_both_tasks() -> None:
             in_channels, 1280, inner)
         assert get_flavor(name).predictor_for("t2v")["in_channels"] == 16
     assert get_flavor("14b").clip_size("i2v") == (480, 832) and get_flavor("14b").clip_size("t2v") == (720, 1280)
+
+
+def test_the_tiny_i2v_embedded_run_takes_shorter_clips_and_fewer_steps_unless_the_user_sets_them():
+    from mm_core.plugins import load_plugins, make_config
+    from mm_models_video.wan2_1.data import data_config
+    from mm_models_video.wan2_1.plugin import settle
+
+    config = make_config(load_plugins(["wan2_1"]), "run", [], None, ["model.task=i2v"])
+    settle(config)
+    assert (config.training.train_iters, config.training.save_interval) == (30, 30)
+    assert data_config(config).dataset_param.num_frames == 9
+    config = make_config(load_plugins(["wan2_1"]), "run", [], None, ["model.task=i2v", "training.train_iters=5"])
+    settle(config)
+    assert (config.training.train_iters, config.training.save_interval) == (5, 30)
+    t2v = make_config(load_plugins(["wan2_1"]), "run", [], None, [])
+    settle(t2v)
+    assert t2v.training.train_iters == 60 and data_config(t2v).dataset_param.num_frames == 17

@@ -30,7 +30,7 @@ def data_config(config: Config) -> DataConfig:
     """The data section parsed as a data.json (once); clip shape defaults come from the model flavor."""
     flavor = get_flavor(config.model.flavor)
     height, width = flavor.clip_size(config.model.task)
-    clip = {"num_frames": flavor.num_frames, "max_height": height, "max_width": width}
+    clip = {"num_frames": flavor.clip_frames(config.model.task), "max_height": height, "max_width": width}
     return parse_data_section(config.data, clip)
 
 

@@ -30,6 +30,8 @@ class Flavor:
     height: int = 480
     width: int = 832
     i2v_size: tuple[int, int] = (480, 832)
+    # I2V's default clip length when it differs (the tiny I2V: shorter clips keep its embedded run near a minute)
+    i2v_num_frames: int | None = None
     # MindSpeed-MM's I2V inference: UniPC at flow shift 3 (None: the training shift, for the tiny model).
     i2v_flow_shift: float | None = 3.0
     fps: int = 16
@@ -48,6 +50,10 @@ class Flavor:
             "image_dim": self.image_encoder["hidden_size"],
             "added_kv_proj_dim": inner,
         }
+
+    def clip_frames(self, task: str) -> int:
+        """The default number of frames of ``task``'s clips."""
+        return self.i2v_num_frames if task == "i2v" and self.i2v_num_frames else self.num_frames
 
     def clip_size(self, task: str) -> tuple[int, int]:
         """The default (height, width) of ``task``'s clips (Wan2.1-I2V-14B-480P trains and samples at 480 × 832)."""
@@ -76,6 +82,7 @@ FLAVORS: dict[str, Flavor] = {
         height=64,
         width=64,
         i2v_size=(64, 64),
+        i2v_num_frames=9,
         i2v_flow_shift=None,
         fps=8,
         dtype="fp32",

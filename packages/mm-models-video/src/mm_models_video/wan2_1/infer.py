@@ -150,7 +150,7 @@ def generate(config: Config, runtime: Runtime) -> str:
     model_config, checkpoint = model_source(config)
     flavor = get_flavor(model_config.flavor)
     task = model_config.task
-    num_frames = inf.num_frames or flavor.num_frames
+    num_frames = inf.num_frames or flavor.clip_frames(task)
     default_height, default_width = flavor.clip_size(task)
     height, width = inf.height or default_height, inf.width or default_width
     per_prompt = inf.num_inference_videos_per_sample

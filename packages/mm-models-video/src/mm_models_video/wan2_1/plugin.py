@@ -39,6 +39,9 @@ TRAINING = {
     "bf16": False,
     "save_interval": 60,
 }
+# The tiny I2V's embedded run (model.task=i2v): its clips cost twice the VAE (first-frame conditioning), so it
+# trains fewer steps on shorter clips (Flavor.i2v_num_frames) to stay near a minute; used where the user sets none.
+TINY_I2V_TRAINING = {"train_iters": 30, "save_interval": 30}
 
 MODEL_INPUTS = ("latents", "prompt_embeds", "video", "prompt", "noise_seeds")
 # I2V's first-frame conditions, when the batch holds them as features.
@@ -127,9 +130,13 @@ def get_batch(data_iterator: DataIterator, runtime: Runtime) -> dict:
 
 def settle(config: Config) -> None:
     """Before any hook reads the model section: give a MindSpeed-MM model.json without a flavor the flavor its
-    predictor keys describe, and read ``--load DIR`` (a transformer folder or MindSpeed-MM checkpoint) as the
-    predictor's weights."""
+    predictor keys describe, give the tiny I2V its embedded run's steps where the user set none, and read
+    ``--load DIR`` (a transformer folder or MindSpeed-MM checkpoint) as the predictor's weights."""
     config.model["flavor"] = inferred_flavor(config.model)
+    if config.model.task == "i2v" and config.model.flavor == "tiny":
+        for key, value in TINY_I2V_TRAINING.items():
+            if config.source_of(f"training.{key}") is None:
+                config.training[key] = value
     resolve_load(config.model, Path(config.training.output_dir) / "cache")
 
 
