@@ -31,6 +31,7 @@ FILES = {
     "i2v": ("i2v/pretrain_i2v_model.json", "i2v/data_static_resolution.json"),
     "extract t2v": ("feature_extract/model_stepvideo.json", "feature_extract/data.json"),
     "extract i2v": ("feature_extract/model_stepvideo_i2v.json", "feature_extract/data_i2v.json"),
+    "dpo": ("t2v/posttrain_t2v_model.json", "t2v/data_dpo.json"),
 }
 
 
@@ -55,7 +56,8 @@ def restored_logging():
 @pytest.mark.parametrize("name", FILES)
 def test_each_real_model_and_data_json_loads_and_names_the_keys_it_ignores(name, caplog):
     model, data = (MINDSPEED / path for path in FILES[name])
-    config = make_config(load_plugins(PLUGIN), "run", [], {"model": model, "data": data}, [])
+    plugins = [*PLUGIN, "video_dpo"] if name == "dpo" else PLUGIN
+    config = make_config(load_plugins(plugins), "run", [], {"model": model, "data": data}, [])
     assert config.model.predictor.get("fa_layout") is None and config.model.get("load_video_features") is None
     for ignored in ("data.dataset_param.preprocess_parameters.video_reader_type", "data.dataloader_param.sampler_type",
                     "data.dataset_param.use_text_processer"):
@@ -66,12 +68,19 @@ def test_each_real_model_and_data_json_loads_and_names_the_keys_it_ignores(name,
     assert encoders["llm"].dtype == "bf16" and encoders["clip"].from_pretrained.endswith("clip_text_encoder")
     if name.endswith("i2v"):
         assert "model.ae.i2v_processor" in caplog.text
+    if name == "dpo":
+        assert config.model.dpo.loss_beta == 2000 and config.model.patch.ae_float32
 
 
-def test_the_launch_script_with_its_model_and_data_files_is_a_valid_config(capsys, tmp_path, restored_logging):
-    flags = _flags(MINDSPEED / "t2v" / "pretrain_t2v.sh", MM_DATA=str(MINDSPEED / FILES["t2v"][1]),
-                   MM_MODEL=str(MINDSPEED / FILES["t2v"][0]), SAVE_PATH=str(tmp_path / "save"), GBS="8")
-    assert mm(["config", "--plugin", "stepvideo", *flags]) == 0
+@pytest.mark.parametrize(("script", "name", "plugins"), [
+    ("t2v/pretrain_t2v.sh", "t2v", ["stepvideo"]),
+    ("t2v/posttrain_t2v_dpo.sh", "dpo", ["stepvideo", "video_dpo"]),
+])
+def test_the_launch_script_with_its_model_and_data_files_is_a_valid_config(script, name, plugins, capsys, tmp_path,
+                                                                           restored_logging):
+    flags = _flags(MINDSPEED / script, MM_DATA=str(MINDSPEED / FILES[name][1]),
+                   MM_MODEL=str(MINDSPEED / FILES[name][0]), SAVE_PATH=str(tmp_path / "save"), GBS="8")
+    assert mm(["config", *(arg for plugin in plugins for arg in ("--plugin", plugin)), *flags]) == 0
     out, err = capsys.readouterr()
     assert "Traceback" not in err and "error" not in err
     for named in ("--no-gradient-accumulation-fusion: accepted and ignored", "--allow-tf32",
@@ -109,7 +118,10 @@ def _tiny_files(tmp_path: Path, **predictor: object) -> dict[str, Path]:
 def test_a_model_json_architecture_builds_that_model_and_trains_two_steps(tmp_path):
     files = _tiny_files(tmp_path, num_layers=3)
     config = make_config(load_plugins(PLUGIN), "run", [], files, ["training.device=cpu"])
-    assert len(build_model(config.model).predictor.transformer_blocks) == 3
+    model = build_model(config.model)
+    assert len(model.predictor.transformer_blocks) == 3 and next(model.ae.parameters()).dtype == torch.bfloat16
+    patched = make_config(load_plugins(PLUGIN), "run", [], files, ["model.patch.ae_float32=true"])
+    assert next(build_model(patched.model).ae.parameters()).dtype == torch.float32
     result = run_training(PLUGIN, tmp_path / "run", ["training.train_iters=2", "training.micro_batch_size=1",
                                                      "training.global_batch_size=1", "training.bf16=false",
                                                      "training.device=cpu", "logging.progress_bar=false",

@@ -71,7 +71,7 @@ def _needs(flavor: Flavor, model: Config, part: str, what: str) -> None:
 def build_vae(model: Config, flavor: Flavor) -> StepVideoVAE:
     """The VAE v2 from ``vae_v2.safetensors`` (a file or the folder holding it), else the tiny flavor's."""
     path = part_source(model, "ae")
-    dtype = dtype_of(model.ae.dtype, flavor, "model.ae.dtype")
+    dtype = torch.float32 if model.patch.ae_float32 else dtype_of(model.ae.dtype, flavor, "model.ae.dtype")
     if path is None:
         _needs(flavor, model, "ae", f"the release's vae/{VAE_FILE}")
         return fixed_init(lambda: StepVideoVAE(**flavor.vae), dtype)

@@ -2,7 +2,7 @@
 
 MindSpeed-MM lists the two text encoders (step_llm, then hunyuan_clip); mm's own files name them ``llm`` and ``clip``.
 The file's predictor keys build the transformer (``schema.PREDICTOR_KEYS``) or are checked against the layer design
-mm implements (``DESIGN``); Ascend switches and MindSpeed-MM's runtime patches are accepted with a warning.
+mm implements (``DESIGN``); Ascend switches are accepted with a warning.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ TOP: dict[str, Any] = {
     "load_video_features": _FEATURES,
     "load_text_features": _FEATURES,
     "enable_encoder_dp": False,
-    "patch": Unused("MindSpeed-MM's runtime patches of its own modules"),
+    "patch": {"ae_float32": None},  # true: the VAE runs in float32 whatever ae.dtype says
 }
 AE: dict[str, Any] = {
     "i2v_processor": Unused("model.task=i2v (give it to extract TI2V features) conditions on the first frame")
