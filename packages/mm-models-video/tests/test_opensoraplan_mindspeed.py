@@ -96,7 +96,8 @@ def test_each_launch_script_with_its_model_and_data_files_is_a_valid_run(script,
     assert mm(["config", "--plugin", "opensoraplan1_3", *flags]) == 0
     out, err = capsys.readouterr()
     assert "Traceback" not in err and "error" not in err
-    for named in ("--use-distributed-optimizer: accepted and ignored", "--allow-tf32: accepted and ignored", "model.predictor.fa_layout",
+    for named in ("--use-distributed-optimizer: accepted and ignored", "--allow-tf32: accepted and ignored",
+                  "model.predictor.fa_layout",
                   "data.dataloader_param.sampler_type"):
         assert named in err, named
     for line in ("from_pretrained: weights/open-sora-plan/93x480p", "global_batch_size: 8", "granularity: full",

@@ -73,3 +73,14 @@ def test_usp_on_four_ranks_equals_one_process(single, tmp_path) -> None:
     run = parallel_run(4, tmp_path, "parallel.cp.size=4", "parallel.cp.mode=usp", "parallel.cp.ulysses_degree=2")
     assert run["loss"] == pytest.approx(single["loss"], rel=1e-5)
     assert run["grad_norm"] == pytest.approx(single["grad_norm"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_vae_context_parallelism_trains_like_one_encode(tmp_path) -> None:
+    """model.ae.vae_cp_size=2: each CP rank encodes half the clip's frames (halos passed), the same latents."""
+    whole = parallel_run(2, tmp_path / "whole", "parallel.cp.size=2", "parallel.cp.mode=ulysses")
+    split = parallel_run(2, tmp_path / "split", "parallel.cp.size=2", "parallel.cp.mode=ulysses",
+                         "model.ae.vae_cp_size=2")
+    assert split["loss"] == pytest.approx(whole["loss"], rel=1e-5)
+    assert split["grad_norm"] == pytest.approx(whole["grad_norm"], rel=1e-5)
+

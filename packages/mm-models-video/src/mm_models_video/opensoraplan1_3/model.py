@@ -80,8 +80,11 @@ class OpenSoraPlanT2V(FrozenEncoders):
         """Pixels [B, 3, 1+4k, H, W] (uint8 or [-1, 1]) -> float32 latents (z - shift) · scale [B, 8, 1+k, H/8, W/8].
 
         With ``do_sample`` the posterior is sampled, each sample from its generator (the global RNG without them).
+        With ``vae_cp_group`` set (``model.ae.vae_cp_size``) the clip's frames are encoded split over that group.
         """
-        posterior = self.ae.encode(normalize_pixels(video).to(self.ae.dtype))
+        pixels = normalize_pixels(video).to(self.ae.dtype)
+        posterior = (self.ae.encode(pixels) if self.vae_cp_group is None
+                     else self.ae.encode_split(pixels, self.vae_cp_group))
         mean, std = posterior.mean.float(), posterior.std.float()
         if self.do_sample:
             if generators is None:

@@ -24,6 +24,7 @@ from mm_models_video.opensoraplan1_3.inpaint import OpenSoraPlanI2V
 from mm_models_video.opensoraplan1_3.mindspeed import MINDSPEED_MODULES
 from mm_models_video.opensoraplan1_3.model import Carry, OpenSoraPlanT2V, run_block
 from mm_models_video.opensoraplan1_3.tp import tensor_parallel_plan
+from mm_models_video.vae_cp import check_vae_cp, vae_cp_group
 
 # The embedded run: a tiny OpenSoraPlan on generated clips, about a minute on two CPU cores.
 TRAINING = {
@@ -73,6 +74,10 @@ def model_provider(config: Config, runtime: Runtime) -> OpenSoraPlanT2V:
     """Build the model (on the CPU; the engines place it), checked against the data and the parallel layout."""
     model = build_model(config.model)
     check_clips(config, model)
+    size = config.model.ae.vae_cp_size
+    check_vae_cp(size, config.parallel.cp.size, config.parallel.pp.size)
+    if size > 1:
+        model.vae_cp_group = vae_cp_group(runtime.submesh("cp").get_group(), size)
     parsed = parse_data(config)
     model.timestep_stratum = (runtime.dp_rank, runtime.dp_size)
     model.text_dropout = parsed.cfg

@@ -147,7 +147,6 @@ NOT_IMPLEMENTED = {
     "enable_encoder_dp": False,
     "encoder_offload_interval": 1,
     "use_dynamic_dpcp": False,
-    "ae.vae_cp_size": 1,
 }
 # MindSpeed-MM's predictor of each task.
 PREDICTOR_IDS = {"t2v": "videoditsparse", "i2v": "videoditsparsei2v"}

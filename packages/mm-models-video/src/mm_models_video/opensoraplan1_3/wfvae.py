@@ -16,7 +16,9 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
+from torch.distributed import ProcessGroup
 
+from mm_core.errors import ConfigError
 from mm_models_video.opensoraplan1_3.wfvae_blocks import (
     AttnBlock3DFix,
     CausalConv3d,
@@ -34,6 +36,7 @@ from mm_models_video.opensoraplan1_3.wfvae_blocks import (
     normalize,
     swish,
 )
+from mm_models_video.vae_cp import causal_conv_ops, encode_split
 
 # The (temporal, spatial) compression of WF-VAE D8 4×8×8.
 VAE_STRIDES = (4, 8)
@@ -230,6 +233,18 @@ class WFVAEModel(ModelMixin, ConfigMixin):
         """The posterior of pixels [B, 3, 1+4k, H, W] in [-1, 1]."""
         self._start(self.encoder)
         return DiagonalGaussianDistribution(self._tile_encode(x) if self.use_tiling else self.encoder(x))
+
+    def encode_split(self, x: torch.Tensor, group: ProcessGroup) -> DiagonalGaussianDistribution:
+        """The posterior of ``x`` with its frames split over ``group`` (VAE-CP: every rank passes the whole clip and
+        encodes its share, the causal convolutions' halos passed between ranks); equal to :meth:`encode`."""
+        if self.use_tiling:
+            raise ConfigError("model.ae.vae_cp_size: VAE-CP encodes whole clips; turn off model.ae.enable_tiling")
+        if self.config.norm_type == "groupnorm":
+            raise ConfigError("model.ae.vae_cp_size: a WF-VAE with norm_type groupnorm normalizes over all frames, "
+                              "which a split of the frames cannot reproduce")
+        self._start(self.encoder)
+        ops = causal_conv_ops(self.encoder, CausalConv3d)
+        return DiagonalGaussianDistribution(encode_split(self.encoder, x, ops, self.strides[0], group))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Raw (unscaled) latents -> pixels."""
