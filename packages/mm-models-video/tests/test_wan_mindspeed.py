@@ -161,3 +161,27 @@ def test_load_of_a_mindspeed_checkpoint_without_its_config_is_one_error(tmp_path
     config = make_config(load_plugins(PLUGIN), "run", [], {}, [f"model.from_pretrained={tmp_path / 'save'}"])
     with pytest.raises(ConfigError, match="is a MindSpeed-MM checkpoint without config.json"):
         settle(config)
+
+
+def test_mm_infer_runs_a_mindspeed_inference_model_json_with_its_unipc_sampler(tmp_path, capsys, restored_logging):
+    model = json.loads((MINDSPEED / "1.3b/t2v/inference_model.json").read_text())
+    model["predictor"].update({k: v for k, v in TINY_PREDICTOR.items() if k != "pipeline_num_layers"})
+    for part in ("ae", "tokenizer", "text_encoder"):
+        model[part].pop("from_pretrained")
+    model.update(prompt="a red circle", save_path=str(tmp_path / "samples"),
+                 pipeline_config={"input_size": [5, 32, 32]})
+    model["diffusion"]["num_inference_steps"] = 2
+    path = tmp_path / "inference_model.json"
+    path.write_text(json.dumps(model))
+    assert mm(["infer", "--plugin", "wan2_1", "--model", str(path), "training.device=cpu"]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {tmp_path / 'samples' / 'wan2_1.mp4'}: 5 frames of 32x32" in out
+
+
+def test_an_inference_scripts_flags_are_a_valid_infer(capsys, restored_logging):
+    flags = _flags(MINDSPEED / "1.3b/t2v/inference.sh", MM_MODEL=str(MINDSPEED / "1.3b/t2v/inference_model.json"),
+                   GBS="1")
+    assert mm(["config", "--plugin", "wan2_1", *flags]) == 0
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err and "error" not in err and "model.pipeline_class" in err
+    assert "from_pretrained: ./weights/Wan-AI/Wan2.1-T2V-1.3B-Diffusers/transformer/" in out
