@@ -185,3 +185,13 @@ def test_an_inference_scripts_flags_are_a_valid_infer(capsys, restored_logging):
     out, err = capsys.readouterr()
     assert "Traceback" not in err and "error" not in err and "model.pipeline_class" in err
     assert "from_pretrained: ./weights/Wan-AI/Wan2.1-T2V-1.3B-Diffusers/transformer/" in out
+
+
+def test_the_feature_extraction_scripts_flags_are_a_valid_extract(capsys, restored_logging):
+    folder = MINDSPEED / "feature_extract"
+    flags = _flags(folder / "feature_extraction.sh", MM_MODEL=str(folder / "model_i2v.json"),
+                   MM_DATA=str(folder / "data.json"), GBS="1")
+    assert mm(["config", "--plugin", "wan2_1", *flags]) == 0
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err and "error" not in err and "i2v_vae_encode_tiling" in err
+    assert "tile_size:\n      - 34\n      - 34" in out and "task: i2v" in out
