@@ -161,6 +161,9 @@ def test_load_of_a_mindspeed_checkpoint_without_its_config_is_one_error(tmp_path
     config = make_config(load_plugins(PLUGIN), "run", [], {}, [f"model.from_pretrained={tmp_path / 'save'}"])
     with pytest.raises(ConfigError, match="is a MindSpeed-MM checkpoint without config.json"):
         settle(config)
+    config = make_config(load_plugins(PLUGIN), "run", [], {}, [f"model.from_pretrained={tmp_path / 'weights'}"])
+    with pytest.raises(ConfigError, match=r"model.from_pretrained \(--load\) .*weights does not exist"):
+        settle(config)
 
 
 def test_mm_infer_runs_a_mindspeed_inference_model_json_with_its_unipc_sampler(tmp_path, capsys, restored_logging):

@@ -45,6 +45,9 @@ def resolve_load(model: Config, cache: Path) -> None:
     if not model.from_pretrained:
         return
     path = Path(model.from_pretrained).expanduser()
+    if not path.exists() and str(model.from_pretrained).startswith((".", "/", "~")):
+        raise ConfigError(f"model.from_pretrained (--load) {model.from_pretrained} does not exist: give a diffusers "
+                          "Wan2.1 folder, its transformer/ folder or a MindSpeed-MM checkpoint")
     if not path.is_dir() or (path / PIPELINE_INDEX).is_file():
         return
     if is_mindspeed_checkpoint(path):
