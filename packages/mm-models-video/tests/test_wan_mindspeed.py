@@ -198,3 +198,14 @@ def test_the_feature_extraction_scripts_flags_are_a_valid_extract(capsys, restor
     out, err = capsys.readouterr()
     assert "Traceback" not in err and "error" not in err and "i2v_vae_encode_tiling" in err
     assert "tile_size:\n      - 34\n      - 34" in out and "task: i2v" in out
+
+
+def test_the_posttrain_script_with_video_dpo_stacked_reads_the_dpo_block(capsys, restored_logging):
+    folder = MINDSPEED / "14b/i2v"
+    flags = _flags(folder / "posttrain.sh", MM_MODEL=str(folder / "posttrain_model.json"),
+                   MM_DATA=str(folder / "feature_data.json"), GBS="8")
+    assert "--plugin wan2_1 --plugin video_dpo" in (folder / "posttrain.sh").read_text()
+    assert mm(["config", "--plugin", "wan2_1", "--plugin", "video_dpo", *flags]) == 0
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err and "error" not in err and "model.dpo" not in err
+    assert "histogram_path: /video_path/video_score_histogram.json" in out and "loss_beta: 2000" in out

@@ -1,6 +1,7 @@
 #!/bin/bash
-# MindSpeed-MM's examples/wan2.1/14b/i2v/posttrain.sh, its paths pointing here. Its DPO entry point (posttrain_sora_dpo.py) is not
-# replaced: mm's video_dpo plugin trains DPO with its own config (docs/video_dpo.md).
+# MindSpeed-MM's examples/wan2.1/14b/i2v/posttrain.sh with one change: `posttrain_sora_dpo.py` is now
+# `$(which mm) run --plugin wan2_1 --plugin video_dpo` (and its paths point here). The model and data files beside it
+# are MindSpeed-MM's, unchanged; see docs/video_dpo.md.
 # 根据实际情况修改 ascend-toolkit 路径
 source /usr/local/Ascend/cann/set_env.sh
 # 该变量只用于规避megatron对其校验，对npu无效
@@ -96,7 +97,7 @@ OUTPUT_ARGS="
 
 logfile=$(date +%Y%m%d)_$(date +%H%M%S)
 mkdir -p logs
-torchrun $DISTRIBUTED_ARGS posttrain_sora_dpo.py \
+torchrun $DISTRIBUTED_ARGS $(which mm) run --plugin wan2_1 --plugin video_dpo \
     $GPT_ARGS \
     $MM_ARGS \
     $OUTPUT_ARGS \

@@ -29,7 +29,7 @@ PREDICTOR_UNUSED: dict[str, Unused] = {
 }
 TOP_UNUSED: dict[str, Any] = {
     "patch": Unused("MindSpeed-MM's runtime patches of its own modules"),
-    "dpo": Unused("the video_dpo plugin (mm run --plugin video_dpo) trains DPO; wan2_1 trains flow matching"),
+    "dpo": Unused("wan2_1 alone trains flow matching; stack --plugin video_dpo to train DPO with these keys"),
     "pipeline_class": Unused("mm infer runs WanPipeline (t2v) or WanImageToVideoPipeline (i2v) from model.task"),
     "use_prompt_preprocess": Unused("mm infer encodes the prompts as given"),
     "dtype": Unused("each part's dtype (model.predictor.dtype ...) sets its dtype"),
