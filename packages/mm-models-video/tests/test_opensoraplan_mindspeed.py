@@ -4,9 +4,7 @@ model.json's architecture, and MindSpeed-MM's module paths in fsdp2 patterns."""
 from __future__ import annotations
 
 import json
-import logging
 import re
-import shlex
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,7 @@ from mm_convert.cli import main as convert
 from mm_core.cli import main as mm
 from mm_core.errors import ConfigError
 from mm_core.plugins import load_plugins, make_config
-from mm_core.testing import run_training
+from mm_core.testing import launch_script_flags, run_training
 from mm_models_video.opensoraplan1_3.build import build_model, build_predictor
 from mm_models_video.opensoraplan1_3.convert import RELEASE_TO_MM
 from mm_models_video.opensoraplan1_3.flavors import FLAVORS
@@ -39,24 +37,6 @@ TINY_PREDICTOR = {"num_layers": 2, "num_heads": TINY.predictor["num_attention_he
 TINY_AE = {key: TINY.ae[key] for key in ("base_channels", "encoder_num_resblocks", "encoder_energy_flow_hidden_size",
                                          "decoder_num_resblocks", "decoder_energy_flow_hidden_size",
                                          "connect_res_layer_num", "scale", "shift")}
-
-
-def _flags(script: Path, **values: str) -> list[str]:
-    """The GPT_ARGS, MM_ARGS and OUTPUT_ARGS of a launch script, its shell variables filled in."""
-    text = script.read_text()
-    known = dict(re.findall(r"^(\w+)=\"?([^\"\n]*)\"?$", text, re.M)) | values
-    args = " ".join(re.findall(r'^(?:GPT|MM|OUTPUT)_ARGS="(.*?)"', text, re.M | re.S))
-    args = re.sub(r"\$\{?(\w+)\}?", lambda m: known.get(m.group(1), m.group(0)), args.replace("\\\n", " "))
-    return shlex.split(args)
-
-
-@pytest.fixture
-def restored_logging():
-    """``mm``'s main points the root logger at this test's captured stderr: put the handlers back after it."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:], root.level = handlers, level
 
 
 @pytest.mark.parametrize(("model", "data"), FILES)
@@ -91,7 +71,7 @@ def test_each_launch_script_with_its_model_and_data_files_is_a_valid_run(script,
     text = (MINDSPEED / script).read_text()
     repo = MINDSPEED.parents[2]
     files = {name: str(repo / path) for name, path in re.findall(r'^(MM_DATA|MM_MODEL)="(.*)"', text, re.M)}
-    flags = _flags(MINDSPEED / script, **files, SAVE_PATH=str(tmp_path / "save"),
+    flags = launch_script_flags(MINDSPEED / script, **files, SAVE_PATH=str(tmp_path / "save"),
                    LOAD_PATH="weights/open-sora-plan/93x480p", GBS="8")
     assert mm(["config", "--plugin", "opensoraplan1_3", *flags]) == 0
     out, err = capsys.readouterr()

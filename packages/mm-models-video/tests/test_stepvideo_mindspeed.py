@@ -4,9 +4,7 @@ architecture, and its module paths in fsdp2 patterns."""
 from __future__ import annotations
 
 import json
-import logging
 import re
-import shlex
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ import torch
 from mm_core.cli import main as mm
 from mm_core.errors import ConfigError
 from mm_core.plugins import load_plugins, make_config
-from mm_core.testing import run_training
+from mm_core.testing import launch_script_flags, run_training
 from mm_models_video.stepvideo import model_json
 from mm_models_video.stepvideo.build import build_model, build_predictor
 from mm_models_video.stepvideo.data import check_features, data_config
@@ -33,24 +31,6 @@ FILES = {
     "extract i2v": ("feature_extract/model_stepvideo_i2v.json", "feature_extract/data_i2v.json"),
     "dpo": ("t2v/posttrain_t2v_model.json", "t2v/data_dpo.json"),
 }
-
-
-def _flags(script: Path, **paths: str) -> list[str]:
-    """The GPT_ARGS, MM_ARGS and OUTPUT_ARGS of a launch script, its shell variables filled in."""
-    text = script.read_text()
-    values = dict(re.findall(r"^(\w+)=\"?([^\"\n]*)\"?$", text, re.M)) | paths
-    args = " ".join(re.findall(r'^(?:GPT|MM|OUTPUT)_ARGS="(.*?)"', text, re.M | re.S))
-    args = re.sub(r"\$\{?(\w+)\}?", lambda m: values.get(m.group(1), m.group(0)), args.replace("\\\n", " "))
-    return shlex.split(args)
-
-
-@pytest.fixture
-def restored_logging():
-    """``mm``'s main points the root logger at this test's captured stderr: put the handlers back after it."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:], root.level = handlers, level
 
 
 @pytest.mark.parametrize("name", FILES)
@@ -78,7 +58,7 @@ def test_each_real_model_and_data_json_loads_and_names_the_keys_it_ignores(name,
 ])
 def test_the_launch_script_with_its_model_and_data_files_is_a_valid_config(script, name, plugins, capsys, tmp_path,
                                                                            restored_logging):
-    flags = _flags(MINDSPEED / script, MM_DATA=str(MINDSPEED / FILES[name][1]),
+    flags = launch_script_flags(MINDSPEED / script, MM_DATA=str(MINDSPEED / FILES[name][1]),
                    MM_MODEL=str(MINDSPEED / FILES[name][0]), SAVE_PATH=str(tmp_path / "save"), GBS="8")
     assert mm(["config", *(arg for plugin in plugins for arg in ("--plugin", plugin)), *flags]) == 0
     out, err = capsys.readouterr()

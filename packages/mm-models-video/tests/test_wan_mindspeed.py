@@ -4,9 +4,6 @@ data.json files, fsdp2_config.yaml and the launch scripts' flags; a model.json's
 from __future__ import annotations
 
 import json
-import logging
-import re
-import shlex
 from pathlib import Path
 
 import pytest
@@ -17,7 +14,7 @@ from mm_convert.cli import main as convert
 from mm_core.cli import main as mm
 from mm_core.errors import ConfigError
 from mm_core.plugins import load_plugins, make_config
-from mm_core.testing import run_training
+from mm_core.testing import launch_script_flags, run_training
 from mm_models_video.wan2_1.build import build_model
 from mm_models_video.wan2_1.mindspeed import diffusers_tiling, inference_values, inferred_flavor
 from mm_models_video.wan2_1.plugin import settle
@@ -35,24 +32,6 @@ def _data_file(model_file: str) -> Path:
     folder = MINDSPEED / Path(model_file).parent
     own = folder / "feature_data.json"
     return own if own.is_file() else MINDSPEED / "feature_extract" / "data.json"
-
-
-def _flags(script: Path, **paths: str) -> list[str]:
-    """The GPT_ARGS, MM_ARGS and OUTPUT_ARGS of a launch script, its shell variables filled in."""
-    text = script.read_text()
-    values = dict(re.findall(r"^(\w+)=\"?([^\"\n#]*?)\"?\s*(?:#.*)?$", text, re.M)) | paths
-    args = " ".join(re.findall(r'^(?:GPT|MM|OUTPUT)_ARGS="(.*?)"', text, re.M | re.S))
-    args = re.sub(r"\$\{?(\w+)\}?", lambda m: values.get(m.group(1), m.group(0)), args.replace("\\\n", " "))
-    return shlex.split(args)
-
-
-@pytest.fixture
-def restored_logging():
-    """``mm``'s main points the root logger at this test's captured stderr: put the handlers back after it."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:], root.level = handlers, level
 
 
 @pytest.mark.parametrize("model_file", MODEL_FILES)
@@ -123,7 +102,7 @@ def test_a_predictor_key_that_differs_from_the_transformer_it_loads_is_one_error
 def test_a_launch_scripts_flags_are_a_valid_run(script, capsys, tmp_path, restored_logging):
     folder = MINDSPEED / Path(script).parent
     model = next(p for p in sorted(folder.glob("pretrain_model*.json")) if ("fsdp2" in script) == ("fsdp2" in p.name))
-    flags = _flags(MINDSPEED / script, MM_DATA=str(folder / "feature_data.json"), MM_MODEL=str(model),
+    flags = launch_script_flags(MINDSPEED / script, MM_DATA=str(folder / "feature_data.json"), MM_MODEL=str(model),
                    SAVE_PATH=str(tmp_path / "save"), GBS="8")
     flags = [str(MINDSPEED / "fsdp2_config.yaml") if f.endswith("fsdp2_config.yaml") else f for f in flags]
     assert mm(["config", "--plugin", "wan2_1", *flags]) == 0
@@ -182,8 +161,8 @@ def test_mm_infer_runs_a_mindspeed_inference_model_json_with_its_unipc_sampler(t
 
 
 def test_an_inference_scripts_flags_are_a_valid_infer(capsys, restored_logging):
-    flags = _flags(MINDSPEED / "1.3b/t2v/inference.sh", MM_MODEL=str(MINDSPEED / "1.3b/t2v/inference_model.json"),
-                   GBS="1")
+    flags = launch_script_flags(MINDSPEED / "1.3b/t2v/inference.sh",
+                                MM_MODEL=str(MINDSPEED / "1.3b/t2v/inference_model.json"), GBS="1")
     assert mm(["config", "--plugin", "wan2_1", *flags]) == 0
     out, err = capsys.readouterr()
     assert "Traceback" not in err and "error" not in err and "model.pipeline_class" in err
@@ -192,7 +171,7 @@ def test_an_inference_scripts_flags_are_a_valid_infer(capsys, restored_logging):
 
 def test_the_feature_extraction_scripts_flags_are_a_valid_extract(capsys, restored_logging):
     folder = MINDSPEED / "feature_extract"
-    flags = _flags(folder / "feature_extraction.sh", MM_MODEL=str(folder / "model_i2v.json"),
+    flags = launch_script_flags(folder / "feature_extraction.sh", MM_MODEL=str(folder / "model_i2v.json"),
                    MM_DATA=str(folder / "data.json"), GBS="1")
     assert mm(["config", "--plugin", "wan2_1", *flags]) == 0
     out, err = capsys.readouterr()
@@ -202,7 +181,7 @@ def test_the_feature_extraction_scripts_flags_are_a_valid_extract(capsys, restor
 
 def test_the_posttrain_script_with_video_dpo_stacked_reads_the_dpo_block(capsys, restored_logging):
     folder = MINDSPEED / "14b/i2v"
-    flags = _flags(folder / "posttrain.sh", MM_MODEL=str(folder / "posttrain_model.json"),
+    flags = launch_script_flags(folder / "posttrain.sh", MM_MODEL=str(folder / "posttrain_model.json"),
                    MM_DATA=str(folder / "feature_data.json"), GBS="8")
     assert "--plugin wan2_1 --plugin video_dpo" in (folder / "posttrain.sh").read_text()
     assert mm(["config", "--plugin", "wan2_1", "--plugin", "video_dpo", *flags]) == 0

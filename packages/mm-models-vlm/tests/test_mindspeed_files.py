@@ -4,9 +4,6 @@ a model.json's architecture, and --load of a MindSpeed-MM checkpoint."""
 from __future__ import annotations
 
 import json
-import logging
-import re
-import shlex
 from pathlib import Path
 
 import pytest
@@ -17,7 +14,7 @@ from mm_convert.cli import main as convert
 from mm_core.cli import main as mm
 from mm_core.errors import ConfigError
 from mm_core.plugins import load_plugins, make_config
-from mm_core.testing import run_training
+from mm_core.testing import launch_script_flags, run_training
 from mm_models_vlm.qwen2_5_vl import model_json
 from mm_models_vlm.qwen2_5_vl.build import build_model
 from mm_models_vlm.qwen2_5_vl.synthetic import make_shapes_dataset
@@ -26,27 +23,9 @@ MINDSPEED = Path(__file__).resolve().parents[3] / "examples" / "qwen2_5_vl" / "m
 PLUGIN = ["qwen2_5_vl"]
 
 
-def _flags(script: Path, **paths: str) -> list[str]:
-    """The GPT_ARGS, MM_ARGS and OUTPUT_ARGS of a launch script, its shell variables filled in."""
-    text = script.read_text()
-    values = dict(re.findall(r"^(\w+)=\"?([^\"\n]*)\"?$", text, re.M)) | paths
-    args = " ".join(re.findall(r'^(?:GPT|MM|OUTPUT)_ARGS="(.*?)"', text, re.M | re.S))
-    args = re.sub(r"\$\{?(\w+)\}?", lambda m: values.get(m.group(1), m.group(0)), args.replace("\\\n", " "))
-    return shlex.split(args)
-
-
-@pytest.fixture
-def restored_logging():
-    """``mm``'s main points the root logger at this test's captured stderr: put the handlers back after it."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:], root.level = handlers, level
-
-
 def test_the_launch_script_with_its_model_data_and_fsdp2_files_is_a_valid_run(capsys, tmp_path, restored_logging):
     fsdp2 = ["--fsdp2-config", str(MINDSPEED / "fsdp2_config.yaml")]
-    flags = _flags(MINDSPEED / "finetune_qwen2_5_vl_3b.sh", MM_DATA=str(MINDSPEED / "data_3b.json"),
+    flags = launch_script_flags(MINDSPEED / "finetune_qwen2_5_vl_3b.sh", MM_DATA=str(MINDSPEED / "data_3b.json"),
                    MM_MODEL=str(MINDSPEED / "model_3b.json"), SAVE_PATH=str(tmp_path / "save"), GBS="32")
     assert mm(["config", "--plugin", "qwen2_5_vl", *flags, *fsdp2]) == 0
     out, err = capsys.readouterr()

@@ -6,6 +6,7 @@ only appears in test text does not count.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -71,3 +72,13 @@ def mm_train(tmp_path: Path):
         return run_training(plugins, output_dir or tmp_path / "run", ["training.device=cpu", *overrides])
 
     return train
+
+
+@pytest.fixture
+def restored_logging():
+    """Put the root logger's handlers back after the test: ``mm``'s main points them at the test's captured
+    stderr, which is closed once the test ends."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:], root.level = handlers, level
