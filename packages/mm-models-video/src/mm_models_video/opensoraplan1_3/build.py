@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, MT5Config, MT5EncoderModel
 
+from mm_convert.load_cache import is_megatron_checkpoint
 from mm_core.config import Config, wrap
 from mm_core.errors import ConfigError, reason
 from mm_models_video.opensoraplan1_3.diffusion import OpenSoraDiffusion
@@ -18,7 +19,6 @@ from mm_models_video.opensoraplan1_3.flavors import Flavor, flavor_name
 from mm_models_video.opensoraplan1_3.inpaint import OpenSoraInpaint, OpenSoraPlanI2V
 from mm_models_video.opensoraplan1_3.mindspeed import check_predictor
 from mm_models_video.opensoraplan1_3.mindspeed_checkpoint import (
-    is_mindspeed_checkpoint,
     read_mindspeed_checkpoint,
     release_names,
 )
@@ -152,7 +152,8 @@ def build_model(model: Config) -> OpenSoraPlanT2V:
     """The OpenSoraPlanT2V (or OpenSoraPlanI2V for task i2v) the model section describes."""
     flavor = check_model(model)
     checkpoint = None
-    if model.from_pretrained and not model.predictor.from_pretrained and is_mindspeed_checkpoint(model.from_pretrained):
+    loaded = Path(model.from_pretrained).expanduser() if model.from_pretrained else None
+    if loaded is not None and not model.predictor.from_pretrained and is_megatron_checkpoint(loaded):
         # --load names MindSpeed-MM's predictor checkpoint; the other parts load from their own from_pretrained
         checkpoint, model = str(model.from_pretrained), wrap({**model, "from_pretrained": None})
     cls = OpenSoraPlanI2V if model.task == "i2v" else OpenSoraPlanT2V

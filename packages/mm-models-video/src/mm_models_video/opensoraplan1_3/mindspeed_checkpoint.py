@@ -13,15 +13,8 @@ from pathlib import Path
 import torch
 
 from mm_convert import TensorSource, read_megatron
-from mm_convert.megatron_layout import ITERATION_FILE
 from mm_convert.tp_split import merge_tp
 from mm_core.errors import ConfigError, MMError
-
-
-def is_mindspeed_checkpoint(path: str | Path) -> bool:
-    """Whether ``path`` is a MindSpeed-MM (Megatron) checkpoint folder rather than the release's layout."""
-    path = Path(path).expanduser()
-    return (path / ITERATION_FILE).is_file() or (path / "release").is_dir() or any(path.glob("iter_*/mp_rank_*"))
 
 
 def read_mindspeed_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:

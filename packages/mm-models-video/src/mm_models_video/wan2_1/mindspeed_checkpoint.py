@@ -9,22 +9,14 @@ section says, else from DIR's parent when it is a diffusers pipeline folder (mod
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
-import torch
-
-from mm_convert.megatron_layout import ITERATION_FILE
+from mm_convert.load_cache import converted_once, is_megatron_checkpoint
 from mm_core.config import Config
 from mm_core.errors import ConfigError, MMError
 
 PIPELINE_INDEX = "model_index.json"
-
-
-def is_mindspeed_checkpoint(path: Path) -> bool:
-    """Whether ``path`` holds a MindSpeed-MM (Megatron) checkpoint."""
-    return (path / ITERATION_FILE).is_file() or (path / "release").is_dir() or any(path.glob("iter_*/mp_rank_*"))
 
 
 def is_transformer_folder(path: Path) -> bool:
@@ -50,7 +42,7 @@ def resolve_load(model: Config, cache: Path) -> None:
                           "Wan2.1 folder, its transformer/ folder or a MindSpeed-MM checkpoint")
     if not path.is_dir() or (path / PIPELINE_INDEX).is_file():
         return
-    if is_mindspeed_checkpoint(path):
+    if is_megatron_checkpoint(path):
         transformer = as_diffusers_transformer(path, cache)
     elif is_transformer_folder(path):
         transformer = path
@@ -68,15 +60,7 @@ def as_diffusers_transformer(checkpoint: Path, cache: Path) -> Path:
         raise ConfigError(f"--load {checkpoint} is a MindSpeed-MM checkpoint without config.json: mm needs the "
                           "diffusers transformer's config.json beside it (mm-convert WanConverter hf_to_mm converts "
                           "the transformer/ folder in place, which keeps it)")
-    stamp = hashlib.sha256("\n".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(
-        checkpoint.rglob("*")) if p.is_file()).encode()).hexdigest()[:16]
-    target = cache / f"wan2_1-from-mindspeed-{stamp}"
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    if not (target / "config.json").is_file() and (not distributed or torch.distributed.get_rank() == 0):
-        _convert(checkpoint, target)
-    if distributed:
-        torch.distributed.barrier()
-    return target
+    return converted_once(checkpoint, cache, "wan2_1-from-mindspeed", lambda target: _convert(checkpoint, target))
 
 
 def _convert(checkpoint: Path, target: Path) -> None:

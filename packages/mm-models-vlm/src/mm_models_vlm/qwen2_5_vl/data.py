@@ -9,6 +9,7 @@ from pathlib import Path
 from torch.utils.data import DataLoader
 from transformers import Qwen2_5_VLConfig
 
+from mm_convert.load_cache import is_megatron_checkpoint
 from mm_core.config import Config
 from mm_core.errors import ConfigError
 from mm_data.bad_samples import BadSamples
@@ -19,7 +20,7 @@ from mm_models_vlm.qwen2_5_vl.batch import Batch, collate_padded
 from mm_models_vlm.qwen2_5_vl.cache import cache_key, load_or_encode, load_processor
 from mm_models_vlm.qwen2_5_vl.dataset import ConversationDataset
 from mm_models_vlm.qwen2_5_vl.encode import EncodeSettings
-from mm_models_vlm.qwen2_5_vl.mindspeed_checkpoint import as_hf_folder, is_mindspeed_checkpoint
+from mm_models_vlm.qwen2_5_vl.mindspeed_checkpoint import as_hf_folder
 from mm_models_vlm.qwen2_5_vl.packing import RopeIndex, collate_packed
 from mm_models_vlm.qwen2_5_vl.synthetic import make_shapes_dataset
 from mm_models_vlm.qwen2_5_vl.tiny import make_tiny_checkpoint
@@ -38,7 +39,7 @@ def model_dir(config: Config) -> Path:
     once into the cache), or the generated tiny model."""
     if config.model.from_pretrained:
         path = Path(config.model.from_pretrained)
-        if is_mindspeed_checkpoint(path):
+        if is_megatron_checkpoint(path):
             hf_dir = config.data.dataset_param.preprocess_parameters.model_name_or_path
             return as_hf_folder(path, Path(hf_dir or path), cache_root(config))
         return path

@@ -7,22 +7,13 @@ Hugging Face folder in the data cache, keyed by the checkpoint's files, and load
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
-import torch
-
 from mm_convert import read_megatron, staged_output, write_safetensors
-from mm_convert.megatron_layout import ITERATION_FILE
+from mm_convert.load_cache import converted_once
 from mm_convert.tp_split import merge_tp
 from mm_core.errors import ConfigError, MMError
-
-
-def is_mindspeed_checkpoint(path: str | Path) -> bool:
-    """Whether ``path`` is a MindSpeed-MM (Megatron) checkpoint folder rather than a Hugging Face one."""
-    path = Path(path)
-    return (path / ITERATION_FILE).is_file() or (path / "release").is_dir() or any(path.glob("iter_*/mp_rank_*"))
 
 
 def as_hf_folder(checkpoint: Path, hf_dir: Path, cache: Path) -> Path:
@@ -31,15 +22,7 @@ def as_hf_folder(checkpoint: Path, hf_dir: Path, cache: Path) -> Path:
         raise ConfigError(f"--load {checkpoint} is a MindSpeed-MM checkpoint: mm needs the Hugging Face folder it "
                           "was converted from for its config and processor; set data preprocess_parameters."
                           "model_name_or_path to it")
-    stamp = hashlib.sha256("\n".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(
-        checkpoint.rglob("*")) if p.is_file()).encode()).hexdigest()[:16]
-    target = cache / f"from-mindspeed-{stamp}"
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    if not (target / "config.json").is_file() and (not distributed or torch.distributed.get_rank() == 0):
-        _convert(checkpoint, hf_dir, target)
-    if distributed:
-        torch.distributed.barrier()
-    return target
+    return converted_once(checkpoint, cache, "from-mindspeed", lambda target: _convert(checkpoint, hf_dir, target))
 
 
 def _convert(checkpoint: Path, hf_dir: Path, target: Path) -> None:
