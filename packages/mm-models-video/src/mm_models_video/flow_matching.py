@@ -69,6 +69,23 @@ class FlowMatching:
             )
         return torch.stack(noise), torch.cat(indices)
 
+    def noise_and_indices(
+        self,
+        latents: torch.Tensor,
+        noise: torch.Tensor | None,
+        timestep_indices: torch.Tensor | None,
+        seeds: torch.Tensor | Sequence[int] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The noise and timestep indices given, else drawn per sample from ``seeds`` (:meth:`draw`), else from the
+        global RNG."""
+        if noise is None and timestep_indices is None and seeds is not None:
+            noise, timestep_indices = self.draw(latents, seeds)
+        if noise is None:
+            noise = torch.randn_like(latents)
+        if timestep_indices is None:
+            timestep_indices = self.sample_indices(latents.shape[0])
+        return noise, timestep_indices
+
     def add_noise(
         self, latents: torch.Tensor, noise: torch.Tensor, indices: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:

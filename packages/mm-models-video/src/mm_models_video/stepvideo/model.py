@@ -131,12 +131,7 @@ class StepVideo(FrozenEncoders):
             prompt_embeds, prompt_mask, clip_embeds = text["prompt_embeds"], text["prompt_mask"], text["clip_embeds"]
         if self.task == "i2v" and image_latents is None:
             image_latents = self.encode_image_condition(video, latents, seeds or [0] * latents.shape[0])
-        if noise is None and timestep_indices is None and seeds is not None:
-            noise, timestep_indices = self.diffusion.draw(latents, seeds)
-        if noise is None:
-            noise = torch.randn_like(latents)
-        if timestep_indices is None:
-            timestep_indices = self.diffusion.sample_indices(latents.shape[0])
+        noise, timestep_indices = self.diffusion.noise_and_indices(latents, noise, timestep_indices, seeds)
         noised, timesteps = self.diffusion.add_noise(latents, noise, timestep_indices)
         tokens, context, keep, modulation, embedded, cos, sin = self.predictor.embed(
             noised, timesteps, prompt_embeds, text_mask(prompt_mask, clip_embeds.shape[1]), clip_embeds,

@@ -24,7 +24,7 @@ from transformers import CLIPImageProcessor, CLIPVisionModel, PreTrainedTokenize
 from mm_data.transforms import normalize_pixels
 from mm_models_video.flow_matching import FlowMatching
 from mm_models_video.wan2_1.flavors import MASK_CHANNELS
-from mm_models_video.wan2_1.model import Carry, WanT2V, run_block
+from mm_models_video.wan2_1.model import Carry, WanT2V
 
 
 def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -129,27 +129,6 @@ class WanI2V(WanT2V):
         mask[:, :, 0] = 1
         return torch.cat([mask, latents], dim=1)
 
-    def forward(
-        self,
-        latents: torch.Tensor | None = None,
-        prompt_embeds: torch.Tensor | None = None,
-        video: torch.Tensor | None = None,
-        prompt: Sequence[str] | None = None,
-        noise: torch.Tensor | None = None,
-        timestep_indices: torch.Tensor | None = None,
-        noise_seeds: Sequence[int] | torch.Tensor | None = None,
-        image_embeds: torch.Tensor | None = None,
-        condition: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor | int]:
-        """WanT2V's forward with the first frame's conditions: ``image_embeds`` (CLIP tokens) and ``condition``
-        (mask + first-frame latents) given as features, or made here from ``video``'s first frame."""
-        carry = self.embed(
-            latents, prompt_embeds, video, prompt, noise, timestep_indices, noise_seeds, image_embeds, condition
-        )
-        for block in self.predictor.blocks:
-            carry = run_block(block, carry)
-        return self.predict(carry)
-
     def embed(
         self,
         latents: torch.Tensor | None = None,
@@ -162,7 +141,11 @@ class WanI2V(WanT2V):
         image_embeds: torch.Tensor | None = None,
         condition: torch.Tensor | None = None,
     ) -> Carry:
-        """Encode, noise, concatenate the condition channels to the noisy latents, then embed (image tokens first)."""
+        """Encode, noise, concatenate the condition channels to the noisy latents, then embed (image tokens first).
+
+        ``image_embeds`` (CLIP tokens) and ``condition`` (mask + first-frame latents) come as features, or are made
+        here from ``video``'s first frame.
+        """
         if latents is None:
             latents = self.encode_video(video)
         if image_embeds is None:
@@ -171,7 +154,7 @@ class WanI2V(WanT2V):
             condition = self.condition_latents(video[:, :, 0], video.shape[2])
         if prompt_embeds is None:
             prompt_embeds = self.encode_text(prompt)
-        noise, timestep_indices = self.draw_noise(latents, noise, timestep_indices, noise_seeds)
+        noise, timestep_indices = self.diffusion.noise_and_indices(latents, noise, timestep_indices, noise_seeds)
         noised, timesteps = self.diffusion.add_noise(latents, noise, timestep_indices)
         hidden = torch.cat([noised, condition.to(noised.dtype)], dim=1)
         return self.embed_tokens(hidden, timesteps, prompt_embeds, self.diffusion.target(latents, noise), image_embeds)

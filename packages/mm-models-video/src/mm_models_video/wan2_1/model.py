@@ -91,15 +91,17 @@ class WanT2V(FrozenEncoders):
         noise: torch.Tensor | None = None,
         timestep_indices: torch.Tensor | None = None,
         noise_seeds: Sequence[int] | torch.Tensor | None = None,
+        **conditions: torch.Tensor | None,
     ) -> dict[str, torch.Tensor | int]:
         """Noise the clip's latents and predict the velocity: ``{"pred", "target", "tokens"}``.
 
         Give ``latents`` and ``prompt_embeds`` (precomputed features) or ``video`` and ``prompt``
         (encoded here). Without ``noise`` and ``timestep_indices`` they are drawn per sample from
-        ``noise_seeds`` (see ``diffusion.noise_seeds``), else from the global RNG. It runs
-        :meth:`embed`, each block through :func:`run_block` and :meth:`predict`, as pipeline stages do.
+        ``noise_seeds`` (see ``diffusion.noise_seeds``), else from the global RNG. ``conditions`` go to
+        :meth:`embed` as they are (I2V's image tokens and condition latents). It runs :meth:`embed`, each block
+        through :func:`run_block` and :meth:`predict`, as pipeline stages do.
         """
-        carry = self.embed(latents, prompt_embeds, video, prompt, noise, timestep_indices, noise_seeds)
+        carry = self.embed(latents, prompt_embeds, video, prompt, noise, timestep_indices, noise_seeds, **conditions)
         for block in self.predictor.blocks:
             carry = run_block(block, carry)
         return self.predict(carry)
@@ -122,25 +124,9 @@ class WanT2V(FrozenEncoders):
             latents = self.encode_video(video)
         if prompt_embeds is None:
             prompt_embeds = self.encode_text(prompt)
-        noise, timestep_indices = self.draw_noise(latents, noise, timestep_indices, noise_seeds)
+        noise, timestep_indices = self.diffusion.noise_and_indices(latents, noise, timestep_indices, noise_seeds)
         noised, timesteps = self.diffusion.add_noise(latents, noise, timestep_indices)
         return self.embed_tokens(noised, timesteps, prompt_embeds, self.diffusion.target(latents, noise))
-
-    def draw_noise(
-        self,
-        latents: torch.Tensor,
-        noise: torch.Tensor | None,
-        timestep_indices: torch.Tensor | None,
-        noise_seeds: Sequence[int] | torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The noise and timestep indices given, else drawn from ``noise_seeds``, else from the global RNG."""
-        if noise is None and timestep_indices is None and noise_seeds is not None:
-            noise, timestep_indices = self.diffusion.draw(latents, noise_seeds)
-        if noise is None:
-            noise = torch.randn_like(latents)
-        if timestep_indices is None:
-            timestep_indices = self.diffusion.sample_indices(latents.shape[0])
-        return noise, timestep_indices
 
     def embed_tokens(
         self,
