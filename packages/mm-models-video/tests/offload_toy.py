@@ -1,4 +1,4 @@
-"""Stacked on mm-core's toy: its inputs pass a frozen encoder (a fixed Linear) served by EncoderOffload every
+"""Stacked on mm-core's toy: its inputs pass a frozen encoder (a fixed Linear) served by EncodedBatches every
 ``model.encoder_offload_interval`` batches, with the data iterator's ReadAhead (tests of exact resume)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import torch
 from mm_core import hookimpl
 from mm_core.defaults import to_device
 from mm_core.testing import toy
-from mm_models_video.encoder_offload import EncoderOffload
+from mm_models_video.encoder_engines import EncodedBatches
 from mm_models_video.read_ahead import read_ahead
 
 
@@ -17,16 +17,16 @@ def default_config(task: str) -> dict:
     return {"model": {"encoder_offload_interval": 3}}
 
 
-def _engine(data_iterator, runtime) -> EncoderOffload:
+def _engine(data_iterator, runtime) -> EncodedBatches:
     engine = getattr(data_iterator, "_offload", None)
     if engine is None:
         encoder = torch.nn.Linear(toy.IN, toy.IN).requires_grad_(False)
         with torch.no_grad():
             encoder.weight.copy_(torch.randn(toy.IN, toy.IN, generator=torch.Generator().manual_seed(5)))
             encoder.bias.zero_()
-        engine = data_iterator._offload = EncoderOffload(
-            [encoder], lambda batch: {"x": encoder(batch["x"]), "y": batch["y"]},
-            runtime.config.model.encoder_offload_interval, runtime.device, ahead=read_ahead(data_iterator))
+        engine = data_iterator._offload = EncodedBatches(
+            lambda batch: {"x": encoder(batch["x"]), "y": batch["y"]}, runtime.device,
+            interval=runtime.config.model.encoder_offload_interval, offload=[encoder], ahead=read_ahead(data_iterator))
     return engine
 
 

@@ -20,8 +20,7 @@ from mm_core.config import Config
 from mm_core.data_iter import DataIterator
 from mm_core.errors import ConfigError
 from mm_core.testing import toy
-from mm_models_video.encoder_dp import EncoderDP
-from mm_models_video.encoder_offload import EncoderOffload, check_encoder_engines
+from mm_models_video.encoder_engines import EncodedBatches, check_encoder_engines
 from mm_models_video.encoders import TINY_UMT5
 from mm_models_video.pretrained import fixed_init
 from mm_models_video.read_ahead import read_ahead
@@ -53,18 +52,20 @@ class Counted:
         return {"prompt_embeds": self.encoder(batch["input_ids"]).last_hidden_state, "index": batch["index"]}
 
 
-def _encoder_dp_worker(rank: int, world: int, port: int, out: str) -> None:
+def _encoder_dp_worker(rank: int, world: int, port: int, out: str, interval: int) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     encode = Counted(_text_encoder())
     data = DataIterator(_batches())
-    engine = EncoderDP(dist.group.WORLD, encode, torch.device("cpu"), ahead=read_ahead(data))
+    engine = EncodedBatches(encode, torch.device("cpu"), dist.group.WORLD, interval, [encode.encoder],
+                            ahead=read_ahead(data))
     served = [engine.next(lambda: next(data)) for _ in range(STEPS)]
     reference = Counted(_text_encoder())
     expected = [reference(batch) for batch in _batches()]
     report = {
         "calls": encode.calls,
+        "windows": engine.windows,
         "reference_calls": reference.calls,
         "indices": [f["index"] for f in served],
         "error": max((f["prompt_embeds"] - e["prompt_embeds"]).abs().max().item() for f, e in zip(served, expected)),
@@ -77,27 +78,31 @@ def _encoder_dp_worker(rank: int, world: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-def test_encoder_dp_on_two_ranks_gives_every_feature_with_half_the_encodes(tmp_path) -> None:
+@pytest.mark.parametrize("interval", [1, 2])
+def test_encoder_dp_on_two_ranks_gives_every_feature_with_half_the_encodes(tmp_path, interval: int) -> None:
+    # With offload too (interval 2), each rank encodes 2 batches a window and the group trains 4 steps on them.
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "report.json"
-    mp.start_processes(_encoder_dp_worker, args=(2, port, str(out)), nprocs=2, join=True, start_method="fork")
+    mp.start_processes(_encoder_dp_worker, args=(2, port, str(out), interval), nprocs=2, join=True, start_method="fork")
     ranks = json.loads(out.read_text())
     for report in ranks:
         assert report["indices"] == list(range(STEPS))
         assert report["error"] == 0.0
         assert report["calls"] == STEPS // 2 and report["reference_calls"] == STEPS
+        assert report["windows"] == STEPS // (2 * interval)
     # Rank 0 reads for the group; its checkpointed position is the last batch trained on, not the last one read.
     assert ranks[0]["position"] == STEPS
 
 
-def _offload_run(interval: int, steps: range, state: dict | None = None) -> tuple[list[dict], dict, EncoderOffload]:
+def _offload_run(interval: int, steps: range, state: dict | None = None) -> tuple[list[dict], dict, EncodedBatches]:
     data = DataIterator(_batches())
     if state is not None:
         data.load_state_dict(state)
     encoder = _text_encoder()
-    engine = EncoderOffload([encoder], Counted(encoder), interval, torch.device("cpu"), ahead=read_ahead(data))
+    engine = EncodedBatches(Counted(encoder), torch.device("cpu"), interval=interval, offload=[encoder],
+                            ahead=read_ahead(data))
     served = [engine.next(lambda: next(data)) for _ in steps]
     return served, data.state_dict(), engine
 
@@ -105,7 +110,7 @@ def _offload_run(interval: int, steps: range, state: dict | None = None) -> tupl
 def test_offload_serves_the_features_of_encoding_every_step_and_resumes_exactly() -> None:
     every, _, _ = _offload_run(1, range(STEPS))
     interleaved, _, engine = _offload_run(3, range(STEPS))
-    assert engine.encode_windows == 3 and engine.encode.calls == 9
+    assert engine.windows == 3 and engine.encode.calls == 9
     for got, want in zip(interleaved, every):
         assert got["index"] == want["index"]
         assert torch.equal(got["prompt_embeds"], want["prompt_embeds"])
@@ -164,10 +169,10 @@ def test_offload_losses_of_the_tiny_wan_equal_encoding_every_step() -> None:
     with torch.no_grad():
         online = [loss(model(video=b["video"], prompt=b["prompt"], noise_seeds=b["noise_seeds"])) for b in batches]
         data = iter(batches)
-        engine = EncoderOffload([model.text_encoder], encode, 2, torch.device("cpu"))
+        engine = EncodedBatches(encode, torch.device("cpu"), interval=2, offload=[model.text_encoder])
         offloaded = [loss(model(**engine.next(lambda: next(data)))) for _ in batches]
     assert offloaded == pytest.approx(online, rel=1e-6)
-    assert engine.encode_windows == 2
+    assert engine.windows == 2
 
 
 @pytest.mark.slow

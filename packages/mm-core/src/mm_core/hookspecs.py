@@ -99,13 +99,16 @@ def datasets_provider(config: Config, runtime: Runtime) -> tuple[Iterable, Itera
 
 
 @hookspec(firstresult=True)
-def get_batch(data_iterator: Iterator, runtime: Runtime) -> Any:
+def get_batch(data_iterator: Iterator, runtime: Runtime, model: torch.nn.Module) -> Any:
     """Take the next micro-batch from ``data_iterator`` and return it on ``runtime.device``.
 
-    Stops at the first non-None result (mm-core's default moves every tensor to the device).
+    Stops at the first non-None result (mm-core's default moves every tensor to the device). An implementation
+    takes only the arguments it names: ``model`` is there for plugins whose frozen encoders turn batches into
+    features ahead of the step (the video families' encoder engines).
 
     :param data_iterator: the trainer's iterator over the train (or valid) iterable.
     :param runtime: device, process group and mesh of this process.
+    :param model: what ``parallelize_model`` returned (under PP, the pipeline runner).
     :returns: the batch: a dict of tensors and plain values, or a plugin's own batch type (a dataclass with
         ``to(device)``, say), handed as it is to ``forward_step`` and ``loss_func``.
     """

@@ -234,6 +234,10 @@ class ParallelPlan:
     """Module patterns FSDP2 shards as one unit each (``["blocks.{*}"]``), when ``fsdp2_config.yaml`` names no
     ``sub_modules_to_wrap``; also the blocks ``parallel.compile`` compiles by default."""
 
+    fsdp_ignored: Sequence[str] = ()
+    """Frozen modules FSDP2 leaves whole on every rank, besides ``parallel.fsdp2.ignored_modules``: those that run
+    outside the model's forward (encoders that turn batches into features in ``get_batch``)."""
+
     pretrained: Pretrained | None = None
     """The weights to load after a meta-device model is allocated; None: the model's own initialization."""
 
@@ -257,6 +261,7 @@ class ParallelPlan:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fsdp_modules", _paths("ParallelPlan", "fsdp_modules", self.fsdp_modules))
+        object.__setattr__(self, "fsdp_ignored", _paths("ParallelPlan", "fsdp_ignored", self.fsdp_ignored))
         object.__setattr__(self, "lora_targets", _paths("ParallelPlan", "lora_targets", self.lora_targets))
         aliases = self.module_aliases
         if not isinstance(aliases, Mapping) or not all(isinstance(k, str) and isinstance(v, str)

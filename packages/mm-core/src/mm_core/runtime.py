@@ -191,6 +191,8 @@ def create_runtime(config: Config, plugin_name: str = "mm") -> Runtime:
         flat["dp"] = mesh["dp_replicate", "dp_shard"]._flatten("dp")
         flat["dp_shard_cp"] = mesh["dp_shard", "cp"]._flatten("dp_shard_cp")
         flat["dp_cp"] = mesh["dp_replicate", "dp_shard", "cp"]._flatten("dp_cp")
+        # The ranks that train on the same batch.
+        flat["cp_tp"] = mesh["cp", "tp"]._flatten("cp_tp")
     output_dir = Path(training.get("output_dir") or Path("runs") / plugin_name)
     seed_everything(int(training.get("seed", 1234)))
     return Runtime(

@@ -125,10 +125,10 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.rt.device.type, dtype=self.autocast_dtype)
 
-    def _batch(self, data_iter: DataIterator) -> tuple[Any, float]:
+    def _batch(self, data_iter: DataIterator, model: torch.nn.Module) -> tuple[Any, float]:
         """The next micro-batch and the seconds spent waiting for it."""
         t0 = time.perf_counter()
-        batch = _call(self.pm.hook.get_batch, "get_batch", data_iterator=data_iter, runtime=self.rt)
+        batch = _call(self.pm.hook.get_batch, "get_batch", data_iterator=data_iter, runtime=self.rt, model=model)
         return batch, time.perf_counter() - t0
 
     def _loss_of(self, output, batch) -> tuple[torch.Tensor, dict]:
@@ -144,7 +144,7 @@ class Trainer:
 
     def _loss(self, data_iter: DataIterator, model: torch.nn.Module) -> tuple[torch.Tensor, dict, float]:
         """Loss and metrics of one micro-batch, and the seconds spent waiting for it."""
-        batch, data_s = self._batch(data_iter)
+        batch, data_s = self._batch(data_iter, model)
         with self._autocast():
             output = _call(self.pm.hook.forward_step, "forward_step", batch=batch, model=model, runtime=self.rt)
             loss, metrics = self._loss_of(output, batch)
@@ -158,7 +158,7 @@ class Trainer:
         A StepRunner gets them all at once; otherwise they run one by one, gradients reduced after the last.
         """
         if isinstance(model, StepRunner):
-            drawn = [self._batch(data_iter) for _ in range(count)]
+            drawn = [self._batch(data_iter, model) for _ in range(count)]
             loss, sums = model.forward_backward([b for b, _ in drawn], self._loss_of, self._autocast, backward)
             return loss, sums, sum(wait for _, wait in drawn)
         total = torch.zeros((), device=self.rt.device)

@@ -30,6 +30,13 @@ def broadcast_batch(batch: dict[str, Any] | None, group: ProcessGroup, device: t
     return out
 
 
+def seeded_batch(data_iterator: DataIterator, seed: int) -> dict[str, Any]:
+    """The next batch as read, with per-sample noise seeds from (``seed``, epoch, index) of its items."""
+    batch = next(data_iterator)
+    batch["noise_seeds"] = noise_seeds(seed, batch["epoch"], batch["index"])
+    return batch
+
+
 def read_seeded_batch(data_iterator: DataIterator, runtime: Runtime) -> dict[str, Any]:
     """The next batch on the device, with per-sample noise seeds from (training seed, epoch, index) of its items.
 
@@ -38,8 +45,7 @@ def read_seeded_batch(data_iterator: DataIterator, runtime: Runtime) -> dict[str
     group = runtime.submesh("cp").get_group() if runtime.dims["cp"] > 1 else None
     batch = None
     if group is None or dist.get_rank(group) == 0:
-        batch = next(data_iterator)
-        batch["noise_seeds"] = noise_seeds(runtime.config.training.seed, batch["epoch"], batch["index"])
+        batch = seeded_batch(data_iterator, runtime.config.training.seed)
     if group is None:
         return to_device(batch, runtime.device)
     return broadcast_batch(batch, group, runtime.device)

@@ -1,23 +1,13 @@
-"""Encoder data parallelism (``model.enable_encoder_dp``): the ranks of a context- or tensor-parallel group encode
-different samples and share the features.
-
-Without it every rank of such a group encodes the same sample each step. With it the group's rank 0 reads the next
-``size`` batches, rank i encodes the i-th, the features are all-gathered, and the group trains on them one after
-another over the next ``size`` steps: the same batches in the same order, each encoded once instead of ``size``
-times.
-"""
+"""The collectives of encoder data parallelism (``model.enable_encoder_dp``, see ``encoder_engines``): raw batches
+scattered from a group's rank 0 to its ranks, and the features they encode gathered back on every rank."""
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch.distributed import ProcessGroup
-
-from mm_models_video.read_ahead import ReadAhead
 
 Batch = dict[str, Any]
 
@@ -63,36 +53,3 @@ def gather_batches(batch: Batch, group: ProcessGroup) -> list[Batch]:
         for rank, part in enumerate(parts):
             out[rank][key] = part[: numels[rank]].view(headers[rank][0][key][0])
     return out
-
-
-class EncoderDP:
-    """Serves a group's batches, each encoded by one rank of ``group`` (``encode``: raw batch -> features).
-
-    Call :meth:`next` on every rank of the group each step with ``read`` (the next raw batch; only the group's
-    rank 0 calls it). With ``ahead`` (the data iterator's :class:`ReadAhead`) a checkpoint records the position
-    after the batch trained on. ``encode_calls`` counts this rank's encodes.
-    """
-
-    def __init__(self, group: ProcessGroup, encode: Callable[[Batch], Batch], device: torch.device,
-                 ahead: ReadAhead | None = None) -> None:
-        self.group, self.encode, self.device, self.ahead = group, encode, device, ahead
-        self.size, self.rank = dist.get_world_size(group), dist.get_rank(group)
-        self.pending: deque[tuple[Batch, dict | None]] = deque()
-        self.encode_calls = 0
-
-    def _read(self, read: Callable[[], Batch]) -> tuple[Batch, dict | None]:
-        batch = read()
-        return batch, self.ahead.position() if self.ahead is not None else None
-
-    def next(self, read: Callable[[], Batch]) -> Batch:
-        """The features of the group's next batch."""
-        if not self.pending:
-            raws = [self._read(read) for _ in range(self.size)] if self.rank == 0 else [(None, None)] * self.size
-            own = scatter_batches([b for b, _ in raws] if self.rank == 0 else None, self.group, self.device)
-            self.encode_calls += 1
-            features = gather_batches(self.encode(own), self.group)
-            self.pending.extend(zip(features, [p for _, p in raws]))
-        features, position = self.pending.popleft()
-        if position is not None:
-            self.ahead.served(position)
-        return features

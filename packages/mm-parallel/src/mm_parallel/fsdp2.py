@@ -98,12 +98,15 @@ def _ignored_modules(model: torch.nn.Module, patterns: Sequence[str], wrapped: l
 
 
 def resolve(
-    model: torch.nn.Module, options: Mapping[str, Any], default_modules: Sequence[str] = ()
+    model: torch.nn.Module, options: Mapping[str, Any], default_modules: Sequence[str] = (),
+    ignored: Sequence[str] = (),
 ) -> tuple[list[tuple[str, torch.nn.Module]], list[torch.nn.Module]]:
-    """The modules to wrap (sub_modules_to_wrap, else the plugin's ``default_modules``) and the ignored ones."""
+    """The modules to wrap (sub_modules_to_wrap, else the plugin's ``default_modules``) and the ignored ones
+    (ignored_modules and the plugin's ``ignored``)."""
     patterns = options["sub_modules_to_wrap"] or list(default_modules)
     wrapped = expand(patterns, model, "parallel.fsdp2.sub_modules_to_wrap") if patterns else []
-    return wrapped, _ignored_modules(model, options["ignored_modules"], [n for n, _ in wrapped])
+    ignored_patterns = list(dict.fromkeys([*options["ignored_modules"], *ignored]))
+    return wrapped, _ignored_modules(model, ignored_patterns, [n for n, _ in wrapped])
 
 
 def _set_prefetch(units: list[FSDPModule], forward: int, backward: int) -> None:
@@ -120,17 +123,19 @@ def apply_fsdp2(
     mesh: DeviceMesh,
     options: Mapping[str, Any],
     default_modules: Sequence[str] = (),
+    ignored: Sequence[str] = (),
 ) -> torch.nn.Module:
-    """fully_shard each module matched by sub_modules_to_wrap (else ``default_modules``), then the root.
+    """fully_shard each module matched by sub_modules_to_wrap (else ``default_modules``), then the root; the
+    ignored_modules and ``ignored`` stay whole.
 
     A model with a ``fully_shard(mesh, fsdp_kwargs, config)`` method shards itself instead
     (the seeds' custom ``_fully_shard``); the root is sharded afterwards if the method did not.
     """
     device = torch.device(mesh.device_type)
     kwargs = fsdp_kwargs(options, device)
-    wrapped, ignored = resolve(model, options, default_modules)
-    if ignored:
-        kwargs["ignored_params"] = {p for module in ignored for p in module.parameters()}
+    wrapped, ignored_modules = resolve(model, options, default_modules, ignored)
+    if ignored_modules:
+        kwargs["ignored_params"] = {p for module in ignored_modules for p in module.parameters()}
     if callable(getattr(model, "fully_shard", None)):
         model.fully_shard(mesh, dict(kwargs), options)
     else:
@@ -144,7 +149,7 @@ def apply_fsdp2(
         # torch's default (None) keeps the root unsharded after forward: backward needs it right away.
         fully_shard(model, mesh=mesh, **{**kwargs, "reshard_after_forward": None})
     # FSDP2 leaves what it ignores as it is; these frozen modules still get inputs cast to param_dtype.
-    for module in ignored:
+    for module in ignored_modules:
         on_meta = any(t.is_meta for t in (*module.parameters(), *module.buffers()))
         module.to(device=None if on_meta else device, dtype=kwargs["mp_policy"].param_dtype)
     return model

@@ -65,9 +65,10 @@ def parallelize(model: torch.nn.Module, plan: ParallelPlan, config: Config, runt
         return apply_pipeline(model, plan, config, runtime, on_meta)
     sharded = bool(fsdp.enable) and runtime.mesh is not None
     if sharded:
-        model = apply_fsdp2(model, data_parallel_mesh(runtime), fsdp, default_modules=plan.fsdp_modules)
+        model = apply_fsdp2(model, data_parallel_mesh(runtime), fsdp, default_modules=plan.fsdp_modules,
+                            ignored=plan.fsdp_ignored)
     elif fsdp.enable:
-        resolve(model, fsdp, plan.fsdp_modules)
+        resolve(model, fsdp, plan.fsdp_modules, plan.fsdp_ignored)
         log.info("parallel.fsdp2: one process, nothing to shard; the model trains unsharded in its own dtype")
     if on_meta:
         materialize(model, runtime.device, plan.pretrained, offload=sharded and fsdp.offload_to_cpu)

@@ -129,6 +129,18 @@ class WanI2V(WanT2V):
         mask[:, :, 0] = 1
         return torch.cat([mask, latents], dim=1)
 
+    def features(self, batch: dict) -> dict:
+        """WanT2V's features, and the first frame's CLIP tokens and condition latents."""
+        if "video" not in batch:
+            return batch
+        first = batch["video"][:, :, 0]
+        return {**super().features(batch), "image_embeds": self.encode_image(first),
+                "condition": self.condition_latents(first, batch["video"].shape[2])}
+
+    def offloaded(self) -> list[nn.Module]:
+        """The text encoder and the image encoder."""
+        return [*super().offloaded(), self.image_encoder]
+
     def embed(
         self,
         latents: torch.Tensor | None = None,

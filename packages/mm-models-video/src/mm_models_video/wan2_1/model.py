@@ -106,6 +106,19 @@ class WanT2V(FrozenEncoders):
             carry = run_block(block, carry)
         return self.predict(carry)
 
+    def features(self, batch: dict) -> dict:
+        """A raw batch with the clip's latents and the caption's embeddings in place of its ``video`` and
+        ``prompt``: what the forward takes, as the encoder engines serve it (a feature batch as it is)."""
+        if "video" not in batch:
+            return batch
+        out = {key: value for key, value in batch.items() if key not in ("video", "prompt")}
+        out.update(latents=self.encode_video(batch["video"]), prompt_embeds=self.encode_text(batch["prompt"]))
+        return out
+
+    def offloaded(self) -> list[nn.Module]:
+        """The encoders interleaved offload keeps on the CPU between its windows: the text encoder."""
+        return [self.text_encoder]
+
     def embed(
         self,
         latents: torch.Tensor | None = None,

@@ -11,11 +11,12 @@ from mm_core import ContextParallelPlan, ParallelPlan, PipelinePlan, hookimpl
 from mm_core.config import Config
 from mm_core.data_iter import DataIterator
 from mm_core.runtime import Runtime
-from mm_models_video.cp_batch import read_seeded_batch
+from mm_models_video.encoder_engines import FeatureEncoder, check_encoder_engines, engine_batch, fsdp_ignored
 from mm_models_video.flow_matching import velocity_loss
 from mm_models_video.frozen import FROZEN
 from mm_models_video.infer_hint import print_infer_hint
 from mm_models_video.lora_targets import WAN_BLOCK
+from mm_models_video.vae_cp import vae_cp_group
 from mm_models_video.wan2_1 import schema
 from mm_models_video.wan2_1.build import build_model
 from mm_models_video.wan2_1.convert import register_converters  # noqa: F401 (mm-convert hook)
@@ -70,11 +71,15 @@ def default_config(task: str) -> dict:
 def model_provider(config: Config, runtime: Runtime) -> WanT2V:
     """Build the WanT2V or WanI2V (on the CPU; the engines place it) and check the data's clip shape against it.
 
-    With context parallelism its self-attention runs through ``mm_parallel.attention`` (see ``cp``).
+    With context parallelism its self-attention runs through ``mm_parallel.attention`` (see ``cp``); with
+    ``model.ae.vae_cp_size`` its VAE encodes each clip split over that many ranks of the CP group.
     """
     settle(config)
+    check_encoder_engines(config.model, config.parallel)
     model = build_model(config.model)
     check_clip_fits(config, model)
+    if config.model.ae.vae_cp_size > 1:
+        model.vae_cp_group = vae_cp_group(runtime.submesh("cp").get_group(), config.model.ae.vae_cp_size)
     if runtime.dims["cp"] > 1:
         use_context_parallel_attention(model.predictor)
     return model
@@ -87,10 +92,13 @@ def parallel_plan(model: WanT2V, config: Config) -> ParallelPlan:
 
     CP splits after patch embedding (with the RoPE tables, computed for the whole sequence, so each token keeps its
     position) and gathers after ``proj_out``. Under PP the first stage encodes, noises and embeds
-    (``WanT2V.embed``), the last predicts (``WanT2V.predict``).
+    (``WanT2V.embed``), the last predicts (``WanT2V.predict``). With the encoder engines on, FSDP2 leaves the
+    frozen encoders whole: they encode in ``get_batch``.
     """
+    frozen = (*FROZEN, *frozen_extra(model))
     return ParallelPlan(
         fsdp_modules=["predictor.blocks.{*}"],
+        fsdp_ignored=fsdp_ignored(config.model, frozen),
         cp=ContextParallelPlan(
             split_inputs={"predictor.blocks.0": 1},
             split_outputs={"predictor.rope": 1},
@@ -102,7 +110,7 @@ def parallel_plan(model: WanT2V, config: Config) -> ParallelPlan:
             pre=lambda model, batch: tuple(model.embed(**model_inputs(batch))),
             layer=lambda block, carry: tuple(run_block(block, carry)),
             post=lambda model, carry, batch: model.predict(Carry(*carry)),
-            pre_modules=[*FROZEN, *frozen_extra(model), *(f"predictor.{name}" for name in PP_PRE)],
+            pre_modules=[*frozen, *(f"predictor.{name}" for name in PP_PRE)],
             post_modules=[f"predictor.{name}" for name in PP_POST],
             num_layers=config.model.predictor.pipeline_num_layers,
         ),
@@ -120,12 +128,13 @@ def datasets_provider(config: Config, runtime: Runtime) -> tuple:
 
 
 @hookimpl
-def get_batch(data_iterator: DataIterator, runtime: Runtime) -> dict:
+def get_batch(data_iterator: DataIterator, runtime: Runtime, model: torch.nn.Module) -> dict:
     """The next batch on the device, with per-sample noise seeds from (training seed, epoch, index) of its items.
 
-    With context parallelism only cp rank 0 reads it; the other ranks of its group receive it.
+    With context parallelism only cp rank 0 reads it; the other ranks of its group receive it. With
+    ``model.enable_encoder_dp`` or ``model.encoder_offload_interval`` it comes encoded (``encoder_engines``).
     """
-    return read_seeded_batch(data_iterator, runtime)
+    return engine_batch(data_iterator, runtime, model, lambda wan: FeatureEncoder(wan.features, wan.offloaded()))
 
 
 def settle(config: Config) -> None:

@@ -23,9 +23,12 @@ MODEL: dict[str, Any] = {
     "task": "t2v",
     "load_video_features": _FEATURES,
     "load_text_features": _FEATURES,
+    "enable_encoder_dp": False,
+    "encoder_offload_interval": 1,
     # MindSpeed-MM's feature extraction names the I2V image encoder in ae.i2v_processor.
     "ae": {
         **copy.deepcopy(sections.AE),
+        "vae_cp_size": 1,
         # Wan2.1's tiles in latent pixels ([height, width]), as MindSpeed-MM's wan_video_vae takes them
         "tiling_param": {**sections.AE["tiling_param"], "tile_size": None, "tile_stride": None},
         "i2v_processor": {"processor_id": "wan_i2v_processor", "image_encoder": None, "i2v_vae_encode_tiling": Unused(
