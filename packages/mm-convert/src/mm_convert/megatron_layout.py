@@ -257,7 +257,7 @@ def write_megatron(path: str | Path, sources: list[TensorSource], layouts: dict[
     for tp, (source, plan) in enumerate(zip(sources, plans)):
         for pp in range(pp_size):
             name = f"mp_rank_{tp:02d}" if pp_size == 1 else f"mp_rank_{tp:02d}_{pp:03d}"
-            with _Spill(scratch) as spill:
+            with Spill(scratch) as spill:
                 chunks = [{local: spill(source[key]) for local, key in plan[c * pp_size + pp].items()}
                           for c in range(vpp_size)]
                 state: dict[str, Any] = {"checkpoint_version": CHECKPOINT_VERSION}
@@ -270,14 +270,14 @@ def write_megatron(path: str | Path, sources: list[TensorSource], layouts: dict[
     (root / ITERATION_FILE).write_text("release", encoding="utf-8")
 
 
-class _Spill:
+class Spill:
     """Copies tensors into files under ``folder`` and returns file-backed tensors; removes the files on exit."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.count = 0
 
-    def __enter__(self) -> _Spill:
+    def __enter__(self) -> Spill:
         self.folder.mkdir(parents=True, exist_ok=True)
         return self
 

@@ -86,21 +86,28 @@ class RuleSet:
         groups = found.groups()
         return (groups[0], groups[1]) if len(groups) == 2 else (None, groups[0])
 
+    def find_hf(self, key: str) -> tuple[Rule, str, int] | None:
+        """The rule a Hugging Face ``key`` falls under, its name in the other layout and its part of the rule's
+        ``hf`` tensors; None when no rule names it."""
+        for rule, patterns in zip(self.rules, self._hf):
+            for j, pattern in enumerate(patterns):
+                hit = self._match(pattern, key)
+                if hit is not None:
+                    return rule, self._name(rule.mm, *hit), j
+        return None
+
     def to_mm(self, source: TensorSource) -> TensorSource:
         """``source`` (Hugging Face names) under the other layout's names, fused tensors joined on access."""
         parts: dict[str, tuple[Rule, list[str | None]]] = {}
         unknown = []
         for key in source:
-            for rule, patterns in zip(self.rules, self._hf):
-                hit = next(((j, m) for j, p in enumerate(patterns) if (m := self._match(p, key))), None)
-                if hit is not None:
-                    j, (layer, suffix) = hit
-                    target = self._name(rule.mm, layer, suffix)
-                    slot = parts.setdefault(target, (rule, [None] * len(rule.hf)))
-                    slot[1][j] = key
-                    break
-            else:
+            found = self.find_hf(key)
+            if found is None:
                 unknown.append(key)
+                continue
+            rule, target, j = found
+            slot = parts.setdefault(target, (rule, [None] * len(rule.hf)))
+            slot[1][j] = key
         if unknown:
             raise ConvertError(f"{source.where}: {len(unknown)} keys have no known name mapping: "
                                f"{listing(sorted(unknown))}")

@@ -49,13 +49,18 @@ def _weight_files(folder: Path) -> list[Path]:
 
 
 def read_safetensors(folder: str | Path) -> TensorSource:
-    """The tensors of a safetensors folder (sharded with an index.json, or one file), loaded on access."""
+    """The tensors of a safetensors folder (sharded with an index.json, or one file) or of one .safetensors file,
+    loaded on access."""
     folder = Path(folder)
-    if not folder.is_dir():
+    if folder.is_file() and folder.name.endswith(".safetensors"):
+        files = [folder]
+    elif folder.is_dir():
+        files = _weight_files(folder)
+    else:
         raise ConvertError(f"{folder} is not a directory")
     metas: dict[str, torch.Tensor] = {}
     file_of: dict[str, Path] = {}
-    for path in _weight_files(folder):
+    for path in files:
         with safe_open(str(path), framework="pt") as f:
             for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
                 part = f.get_slice(key)

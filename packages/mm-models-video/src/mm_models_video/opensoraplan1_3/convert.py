@@ -18,7 +18,6 @@ import torch
 
 from mm_convert import (
     DEFAULT_SHARD_SIZE,
-    Converter,
     ConvertError,
     ExportOptions,
     PipelineSpec,
@@ -37,6 +36,7 @@ from mm_convert import (
 )
 from mm_convert.dcp_io import read_dcp
 from mm_convert.megatron_layout import STALE
+from mm_convert.sora_commands import SoraConverter, read_mm_checkpoint
 from mm_convert.tp_split import merge_tp, split_tp
 from mm_core import hookimpl
 from mm_core.errors import ConfigError
@@ -169,11 +169,19 @@ def _layout(pp_layers: list, num_layers: int) -> list[list[int]]:
     return parse_layout(pp_layers if pp_layers else num_layers, "--cfg.target_parallel_config.pp_layers")
 
 
-class OpenSoraPlanConverter(Converter):
-    """OpenSoraPlan 1.3: the released VAE and transformer, MindSpeed-MM's TP/PP/VPP layout, mm run export."""
+class OpenSoraPlanConverter(SoraConverter):
+    """OpenSoraPlan 1.3: the released VAE and transformer, MindSpeed-MM's TP/PP/VPP layout (Megatron or FSDP2 DCP),
+    LoRA, mm run export."""
 
     name = "OpenSoraPlanConverter"
     description = "OpenSoraPlan 1.3 WF-VAE and sparse DiT: release, MindSpeed-MM (TP/PP/VPP) layouts; mm export"
+    pipeline = MM_PIPELINE
+    tp_split = staticmethod(tp_split)
+    versions = VERSIONS
+
+    def lora_rules(self, hf_dir: Path | None) -> list[RuleSet]:
+        """LoRA files in the release's (diffusers') names."""
+        return [RELEASE_TO_MM]
 
     @subcommand(VaeOptions)
     def vae_convert(self, opts: VaeOptions) -> str:
@@ -216,10 +224,9 @@ class OpenSoraPlanConverter(Converter):
 
     @subcommand(MmToHfOptions)
     def mm_to_hf(self, opts: MmToHfOptions) -> str:
-        """MindSpeed-MM checkpoint (any TP/PP/VPP layout) -> the release's transformer folder."""
+        """MindSpeed-MM checkpoint (any TP/PP/VPP layout, or FSDP2 DCP) -> the release's transformer folder."""
         _check_version(opts.version)
-        checkpoint = read_megatron(opts.source_path, MM_PIPELINE)
-        tensors = RELEASE_TO_MM.to_hf(merge_tp(checkpoint.sources, tp_split))
+        tensors = RELEASE_TO_MM.to_hf(read_mm_checkpoint(opts.source_path, MM_PIPELINE, tp_split))
         _write_release(Path(opts.target_path), tensors, read_config(Path(opts.ckpt_path)), opts.shard_size)
         return f"mm_to_hf {opts.source_path} -> {opts.target_path}"
 

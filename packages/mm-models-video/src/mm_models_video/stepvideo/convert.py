@@ -19,7 +19,6 @@ import torch
 
 from mm_convert import (
     DEFAULT_SHARD_SIZE,
-    Converter,
     ConvertError,
     ExportOptions,
     PipelineSpec,
@@ -39,6 +38,7 @@ from mm_convert import (
 )
 from mm_convert.dcp_io import read_dcp
 from mm_convert.megatron_layout import STALE
+from mm_convert.sora_commands import SoraConverter, read_mm_checkpoint
 from mm_convert.tp_split import merge_tp, split_tp
 from mm_core import hookimpl
 from mm_models_video.pretrained import source
@@ -175,11 +175,19 @@ class StepVideoExportOptions(ExportOptions):
     shard_size: str = option(DEFAULT_SHARD_SIZE, help="largest safetensors shard")
 
 
-class StepVideoConverter(Converter):
-    """Step-Video T2V / TI2V: the released transformer, MindSpeed-MM's TP/PP layout, mm run export."""
+class StepVideoConverter(SoraConverter):
+    """Step-Video T2V / TI2V: the released transformer, MindSpeed-MM's TP/PP layout (Megatron or FSDP2 DCP), LoRA,
+    mm run export."""
 
     name = "StepVideoConverter"
     description = "Step-Video T2V / TI2V transformer: release, MindSpeed-MM (TP/PP) layouts; mm export"
+    pipeline = MM_PIPELINE
+    tp_split = staticmethod(_split_rule)
+
+    def lora_rules(self, hf_dir: Path | None) -> list[RuleSet]:
+        """LoRA files in the release's names; its fused per-head q/k/v need the heads of hf_dir's config.json."""
+        heads = read_config(Path(hf_dir), STEP_CONFIG_HINT).get("num_attention_heads", 48) if hf_dir else 48
+        return [release_rules(heads)]
 
     @subcommand(HfToMmOptions)
     def hf_to_mm(self, opts: HfToMmOptions) -> str:
@@ -207,10 +215,10 @@ class StepVideoConverter(Converter):
 
     @subcommand(MmToHfOptions)
     def mm_to_hf(self, opts: MmToHfOptions) -> str:
-        """MindSpeed-MM checkpoint (any TP/PP layout) -> the release's transformer folder."""
+        """MindSpeed-MM checkpoint (any TP/PP layout, or FSDP2 DCP) -> the release's transformer folder."""
         config = read_config(Path(opts.ckpt_path), STEP_CONFIG_HINT)
-        checkpoint = read_megatron(opts.source_path, MM_PIPELINE)
-        tensors = release_rules(config.get("num_attention_heads", 48)).to_hf(merge_tp(checkpoint.sources, _split_rule))
+        whole = read_mm_checkpoint(opts.source_path, MM_PIPELINE, _split_rule)
+        tensors = release_rules(config.get("num_attention_heads", 48)).to_hf(whole)
         _write_release(Path(opts.target_path), tensors, config, opts.shard_size)
         return f"mm_to_hf {opts.source_path} -> {opts.target_path}"
 

@@ -13,7 +13,6 @@ from diffusers import WanTransformer3DModel
 
 from mm_convert import (
     DEFAULT_SHARD_SIZE,
-    Converter,
     ConvertError,
     ExportOptions,
     PipelineSpec,
@@ -22,7 +21,6 @@ from mm_convert import (
     find_training_checkpoint,
     option,
     parse_layout,
-    read_megatron,
     read_safetensors,
     rename,
     resplit_megatron,
@@ -35,6 +33,7 @@ from mm_convert import (
 from mm_convert.dcp_io import read_dcp
 from mm_convert.export import export_lora
 from mm_convert.megatron_layout import STALE
+from mm_convert.sora_commands import SoraConverter, read_mm_checkpoint
 from mm_core import hookimpl
 from mm_models_video.pretrained import source
 from mm_models_video.transformer_folder import (
@@ -85,6 +84,8 @@ def _rules(text_embedding: tuple[str, str], attention: dict[str, str], image_kv:
 
 DIFFUSERS_TO_ORIGINAL = _rules(("text_embedding.0", "text_embedding.2"), _ORIGINAL_ATTENTION, _ORIGINAL_IMAGE_KV)
 DIFFUSERS_TO_MM = _rules(("text_embedding.linear_1", "text_embedding.linear_2"), _MM_ATTENTION, _MM_IMAGE_KV)
+# Wan-AI's (and DiffSynth's LoRA files') names -> MindSpeed-MM's: both rule sets list the diffusers names alike.
+ORIGINAL_TO_MM = RuleSet([rename(o.mm, m.mm) for o, m in zip(DIFFUSERS_TO_ORIGINAL.rules, DIFFUSERS_TO_MM.rules)])
 # MindSpeed-MM's pipeline: the embedders before the first block, the head after the last.
 MM_PIPELINE = PipelineSpec((Stack("dit", "blocks.", firsts=(
     "patch_embedding.", "text_embedding.", "time_embedding.", "time_projection.", "img_emb."), lasts=("head.",)),))
@@ -208,13 +209,19 @@ BASE_COMPONENTS = ("model_index.json", "vae", "text_encoder", "tokenizer", "sche
                    "image_processor")
 
 
-class Wan21Converter(Converter):
-    """Wan2.1 transformer: diffusers <-> MindSpeed-MM (PP/VPP) <-> Wan-AI original; training checkpoint export."""
+class Wan21Converter(SoraConverter):
+    """Wan2.1 transformer: diffusers <-> MindSpeed-MM (PP/VPP, Megatron or FSDP2 DCP) <-> Wan-AI original; LoRA;
+    training checkpoint export."""
 
     name = "Wan21Converter"
     other_names = ("WanConverter",)  # MindSpeed-MM's name
     description = "Wan2.1 T2V/I2V transformer: diffusers, MindSpeed-MM and Wan-AI layouts; mm checkpoint export"
     aliases = {"convert_to_mm": "hf_to_mm", "convert_to_hf": "mm_to_hf"}
+    pipeline = MM_PIPELINE
+
+    def lora_rules(self, hf_dir: Path | None) -> list[RuleSet]:
+        """LoRA files in diffusers' or Wan-AI's (DiffSynth's) names."""
+        return [DIFFUSERS_TO_MM, ORIGINAL_TO_MM]
 
     @subcommand(HfToMmOptions)
     def hf_to_mm(self, opts: HfToMmOptions) -> str:
@@ -228,14 +235,11 @@ class Wan21Converter(Converter):
 
     @subcommand(MmToHfOptions)
     def mm_to_hf(self, opts: MmToHfOptions) -> str:
-        """MindSpeed-MM checkpoint (any PP/VPP layout) -> diffusers transformer (convert_ckpt.py convert_to_hf)."""
-        checkpoint = read_megatron(opts.source_path, MM_PIPELINE)
-        if len(checkpoint.sources) != 1:
-            raise ConvertError(f"{opts.source_path} has {len(checkpoint.sources)} tensor-parallel ranks; Wan2.1 uses 1")
-        tensors = DIFFUSERS_TO_MM.to_hf(checkpoint.sources[0])
+        """MindSpeed-MM checkpoint (any PP/VPP layout, or FSDP2 DCP) -> diffusers transformer (convert_to_hf)."""
+        tensors = DIFFUSERS_TO_MM.to_hf(read_mm_checkpoint(opts.source_path, MM_PIPELINE, None))
         model = _meta_transformer(read_config(Path(opts.ckpt_path)))
         write_folder(Path(opts.target_path), tensors, model, WAN_MODEL, opts.shard_size)
-        return f"mm_to_hf {opts.source_path} (layers per stage {checkpoint.layouts['dit']}) -> {opts.target_path}"
+        return f"mm_to_hf {opts.source_path} -> {opts.target_path}"
 
     @subcommand(ResplitOptions)
     def resplit(self, opts: ResplitOptions) -> str:
