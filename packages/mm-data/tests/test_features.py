@@ -87,3 +87,28 @@ def test_mindspeed_mm_store_reads_in_mm_names_and_refuses_pickled_code(tmp_path)
     for index, message in ((2, "holds no 'video' latents"), (3, "missing.pt cannot be read")):
         with pytest.raises(DataError, match=message):
             store[index]
+
+
+def test_mindspeed_mm_store_keeps_a_second_text_encoders_embeddings_whole_with_their_mask(tmp_path):
+    from mm_data.features import MindSpeedFeatureDataset, MindSpeedFeatureWriter
+
+    llm_mask, clip_mask = torch.tensor([[1, 1, 0]]), torch.tensor([[1, 0, 0, 0]])
+    writer = MindSpeedFeatureWriter(tmp_path, "rank_00000.jsonl")
+    tensors = {"video": torch.ones(2), "prompt_ids": [torch.ones(1, 3, 2), torch.full((1, 4, 2), 2.0)],
+               "prompt_mask": [llm_mask, clip_mask]}
+    writer.add("v_mp4.pt", tensors, cap="a cat", index=7)
+    writer.add("w_mp4.pt", tensors, cap="a dog")
+    assert sorted(p.name for p in (tmp_path / "features").iterdir()) == ["v_mp4.pt", "w_mp4.pt"]  # no temporaries
+    store = MindSpeedFeatureDataset(tmp_path / "rank_00000.jsonl")
+    first = store[0]
+    assert first["prompt_embeds"].shape == (2, 2) and first["prompt_embeds_2"].shape == (4, 2)
+    assert first["prompt_mask_2"].tolist() == [1, 0, 0, 0] and first["prompt"] == "a cat"
+    assert (first["index"], store[1]["index"]) == (7, 1)  # the line's index, else its position
+
+
+def test_mindspeed_mm_file_names_follow_the_video_and_two_alike_are_one_error():
+    from mm_data.features import mindspeed_file_names
+
+    assert mindspeed_file_names(["a/clip.v1.mp4", "b/other.mp4"]) == ["clip_v1_mp4.pt", "other_mp4.pt"]
+    with pytest.raises(DataError, match=r"videos a/x.mp4 and b/x.mp4 would both be stored as features/x_mp4.pt"):
+        mindspeed_file_names(["a/x.mp4", "b/x.mp4"])

@@ -140,11 +140,14 @@ def test_mindspeed_module_paths_resolve_to_the_model():
                         "predictor.transformer_blocks.{*}.attn1.wqkv"]
 
 
-def test_a_mindspeed_feature_store_is_one_error_saying_to_extract_with_mm(tmp_path):
+def test_a_mindspeed_feature_store_without_hunyuan_clip_embeddings_is_one_error(tmp_path):
+    (tmp_path / "features").mkdir()
+    torch.save({"video": torch.zeros(3, 4, 2, 2), "prompt_ids": torch.zeros(1, 32, 64),
+                "prompt_mask": torch.ones(1, 32, dtype=torch.long)}, tmp_path / "features" / "a.pt")
     (tmp_path / "data.jsonl").write_text(json.dumps({"file": "features/a.pt", "cap": "a red circle"}) + "\n")
     data = json.loads((MINDSPEED / FILES["t2v"][1]).read_text())
     data["dataset_param"]["basic_parameters"].update(data_path=str(tmp_path / "data.jsonl"), data_folder=str(tmp_path))
     (tmp_path / "data.json").write_text(json.dumps(data))
     config = make_config(load_plugins(PLUGIN), "run", [], {"data": tmp_path / "data.json"}, [])
-    with pytest.raises(ConfigError, match=r"is a MindSpeed-MM feature store; stepvideo trains on mm's \(mm extract"):
+    with pytest.raises(ConfigError, match=r"the features in .*data.jsonl hold no clip_embeds, which model.task=t2v "):
         check_features(config, data_config(config))

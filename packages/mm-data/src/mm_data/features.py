@@ -1,4 +1,5 @@
-"""A feature store: per-sample tensors in safetensors shards plus a ``data.jsonl`` index, written crash-safely."""
+"""Feature stores, written crash-safely and read: mm's (per-sample tensors in safetensors shards plus a ``data.jsonl``
+index) and MindSpeed-MM's (one torch file per sample under ``features/`` plus a ``data.jsonl``)."""
 
 from __future__ import annotations
 
@@ -131,6 +132,7 @@ class FeatureDataset(Dataset):
 
 
 CAPTION_KEYS = ("captions", "cap", "caption", "prompt")
+MINDSPEED_FOLDER = "features"
 
 
 def is_mindspeed_index(entries: list[dict[str, Any]]) -> bool:
@@ -145,10 +147,14 @@ def _caption(entry: Mapping[str, Any]) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _unbatched(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    """A [1, ...] tensor without its leading 1 (MindSpeed-MM keeps the tokenizer's batch of one)."""
+    return tensor[0] if tensor is not None and tensor.ndim > 1 and tensor.shape[0] == 1 else tensor
+
+
 def _trim(embeds: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """A prompt's embeddings [L, D] up to its mask's length (MindSpeed-MM stores them padded)."""
-    if embeds.ndim == 3 and embeds.shape[0] == 1:
-        embeds, mask = embeds[0], None if mask is None else mask.reshape(-1)
+    embeds = embeds[0] if embeds.ndim == 3 and embeds.shape[0] == 1 else embeds
     return embeds if mask is None else embeds[: int(mask.reshape(-1).bool().sum())]
 
 
@@ -157,9 +163,11 @@ class MindSpeedFeatureDataset(Dataset):
     one torch file per sample holding ``video`` (latents), ``prompt_ids`` / ``prompt_mask`` (the text encoder's
     padded embeddings and mask; lists for two text encoders) and, for I2V, more latents.
 
-    Item ``i`` is in mm's names: ``latents``, ``prompt_embeds`` trimmed to the mask (a second encoder's as
-    ``prompt_embeds_2``), the other tensors as stored, and ``prompt`` from the line's caption. Files load with
-    ``weights_only`` (tensors only, no code).
+    Item ``i`` is in mm's names: ``latents``; ``prompt_embeds``, the first text encoder's embeddings trimmed to its
+    mask (the loader pads them back with their mask); a further encoder's whole, with its mask, as
+    ``prompt_embeds_2`` / ``prompt_mask_2`` (Step-Video attends to every hunyuan_clip token); the other tensors as
+    stored; ``prompt`` from the line's caption; ``index``, the line's (mm writes the video's), else its position.
+    Files load with ``weights_only`` (tensors only, no code).
     """
 
     def __init__(self, path: str | Path, data_folder: str | Path | None = None) -> None:
@@ -183,11 +191,72 @@ class MindSpeedFeatureDataset(Dataset):
         texts, masks = data.pop("prompt_ids", None), data.pop("prompt_mask", None)
         if isinstance(texts, torch.Tensor):
             texts, masks = [texts], [masks]
-        for n, (embeds, mask) in enumerate(zip(texts or [], masks or [None] * len(texts or []))):
-            item["prompt_embeds" if n == 0 else f"prompt_embeds_{n + 1}"] = _trim(embeds, mask)
+        masks = list(masks) if isinstance(masks, (list, tuple)) else [None] * len(texts or [])
+        for n, (embeds, mask) in enumerate(zip(texts or [], masks)):
+            if n == 0:
+                item["prompt_embeds"] = _trim(embeds, mask)
+                continue
+            item[f"prompt_embeds_{n + 1}"] = _unbatched(embeds)
+            if mask is not None:
+                item[f"prompt_mask_{n + 1}"] = _unbatched(mask)
         item.update(data)
         item["prompt"] = _caption(entry)
+        item["index"] = int(entry.get("index", index))
         return item
+
+
+def mindspeed_file_name(video: str | Path) -> str:
+    """The feature file MindSpeed-MM names after a video: its base name, dots as underscores, then ``.pt``."""
+    return Path(video).name.replace(".", "_") + ".pt"
+
+
+def mindspeed_file_names(videos: list[str | Path]) -> list[str]:
+    """Each video's MindSpeed-MM feature file name; a DataError naming two videos that would share one."""
+    names: dict[str, Path] = {}
+    for video in videos:
+        name = mindspeed_file_name(video)
+        if name in names:
+            raise DataError(f"videos {names[name]} and {video} would both be stored as {MINDSPEED_FOLDER}/{name} "
+                            "(MindSpeed-MM's layout names a feature file after the video's base name); rename one")
+        names[name] = Path(video)
+    return list(names)
+
+
+class MindSpeedFeatureWriter:
+    """Writes samples as MindSpeed-MM's feature extraction does: one torch file per sample under
+    ``out_dir/features/`` (its tensors in MindSpeed-MM's names) and one line ``{..., "file": "features/x.pt"}`` in
+    ``out_dir/index_name``.
+
+    A file is saved under a temporary name and renamed when complete; its line is appended (and synced) after the
+    rename, so the index only ever names complete files. Use one writer (one ``index_name``) per rank.
+    """
+
+    def __init__(self, out_dir: str | Path, index_name: str = INDEX) -> None:
+        self.out_dir = Path(out_dir)
+        (self.out_dir / MINDSPEED_FOLDER).mkdir(parents=True, exist_ok=True)
+        self.index = self.out_dir / index_name
+        if self.index.exists():
+            raise DataError(f"feature store {self.out_dir} already has a {index_name}; write into a new folder")
+        self.num_samples = 0
+
+    def add(self, name: str, tensors: Mapping[str, Any], **line: Any) -> None:
+        """Save one sample's tensors (a tensor, or a list of them per key) as ``features/name`` and index it."""
+        relative = f"{MINDSPEED_FOLDER}/{name}"
+        target = self.out_dir / relative
+        tmp = target.with_name(f".{name}.tmp")
+        torch.save({key: _to_cpu(value) for key, value in tensors.items()}, tmp)
+        os.replace(tmp, target)
+        with open(self.index, "a", encoding="utf-8") as index:
+            index.write(json.dumps({**line, "file": relative}) + "\n")
+            index.flush()
+            os.fsync(index.fileno())
+        self.num_samples += 1
+
+
+def _to_cpu(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_to_cpu(v) for v in value]
+    return value.detach().cpu().contiguous() if isinstance(value, torch.Tensor) else value
 
 
 def open_feature_store(path: str | Path, data_folder: str | Path | None = None) -> Dataset:

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 from mm_core.config import Config
 from mm_core.runtime import Runtime
 from mm_data.datasets import VideoTextDataset, collate
-from mm_data.features import feature_prompts, open_feature_store
+from mm_data.features import feature_prompts, is_mindspeed_index, open_feature_store, read_feature_index
 from mm_data.formats import DataConfig, index_origin, read_index
 from mm_data.sampler import bucket_keys, build_rank_loader
 from mm_models_video.synthetic import with_synthetic_data
@@ -30,15 +30,19 @@ def video_dataset(config: Config, data: DataConfig, fps: float) -> VideoTextData
 class FeatureCollate:
     """Collates feature samples, zero-padding their trimmed prompt embeddings to ``text_len`` tokens (picklable).
 
-    ``mask_key`` names an entry that gets the padded embeddings' token mask; ``float_keys`` are cast to float32.
+    ``mask_key`` names an entry that gets the padded embeddings' token mask; ``float_keys`` are cast to float32;
+    ``renames`` maps entries of MindSpeed-MM's stores to the names the model takes (applied first).
     """
 
-    def __init__(self, text_len: int, mask_key: str | None = None, float_keys: Sequence[str] = ()) -> None:
+    def __init__(self, text_len: int, mask_key: str | None = None, float_keys: Sequence[str] = (),
+                 renames: Mapping[str, str] | None = None) -> None:
         self.text_len, self.mask_key, self.float_keys = text_len, mask_key, tuple(float_keys)
+        self.renames = dict(renames or {})
 
     def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         padded = []
         for item in items:
+            item = {self.renames.get(key, key): value for key, value in item.items()}
             embeds = item["prompt_embeds"]
             out = {**item, "prompt_embeds": F.pad(embeds, (0, 0, 0, self.text_len - len(embeds)))}
             for key in self.float_keys:
@@ -49,6 +53,19 @@ class FeatureCollate:
                 out[self.mask_key] = mask
             padded.append(out)
         return collate(padded)
+
+
+def stored_keys(data: DataConfig, renames: Mapping[str, str] | None = None) -> list[str]:
+    """The entries of a feature store's first sample: from mm's index, or from MindSpeed-MM's first file (read
+    as the loader reads it, ``renames`` applied); none for an empty store."""
+    param = data.dataset_param
+    entries = read_feature_index(param.data_path)
+    if not entries:
+        return []
+    if not is_mindspeed_index(entries):
+        return list(entries[0]["keys"])
+    first = open_feature_store(param.data_path, param.data_folder or None)[0]
+    return [(renames or {}).get(key, key) for key in first]
 
 
 def build_video_text_loader(config: Config, runtime: Runtime, data: DataConfig, fps: float,

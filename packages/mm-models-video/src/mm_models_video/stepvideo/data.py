@@ -8,7 +8,6 @@ from mm_core.config import Config
 from mm_core.errors import ConfigError
 from mm_core.runtime import Runtime
 from mm_data.datasets import VideoTextDataset
-from mm_data.features import is_mindspeed_index, read_feature_index
 from mm_data.formats import DataConfig
 from mm_models_video import clip_shape
 from mm_models_video import video_text_data as shared
@@ -22,6 +21,8 @@ from mm_models_video.video_text_data import FEATURE_TYPE
 # What the transformer reads from a feature sample; TI2V's first-frame condition is IMAGE_KEY.
 FEATURE_KEYS = ("latents", "prompt_embeds", "clip_embeds")
 IMAGE_KEY = "image_latents"
+# MindSpeed-MM's stores list step_llm's then hunyuan_clip's embeddings; the reader names the second prompt_embeds_2.
+MINDSPEED_NAMES = {"prompt_embeds_2": "clip_embeds"}
 
 
 def data_config(config: Config) -> DataConfig:
@@ -60,14 +61,9 @@ def video_dataset(config: Config, data: DataConfig) -> VideoTextDataset:
 def check_features(config: Config, data: DataConfig) -> None:
     """A ConfigError unless the feature store holds what the task trains on (TI2V: the first-frame condition)."""
     path = data.dataset_param.data_path
-    entries = read_feature_index(path)
-    if is_mindspeed_index(entries):
-        # Its reader trims each text encoder's embeddings to the mask; Step-Video attends to all CLIP tokens.
-        raise ConfigError(f"data.dataset_param.data_path: {path} is a MindSpeed-MM feature store; stepvideo trains "
-                          "on mm's (mm extract --plugin stepvideo with the same model.json and data.json), since "
-                          "MindSpeed-MM's reader keeps only the unmasked hunyuan_clip tokens")
+    keys = shared.stored_keys(data, MINDSPEED_NAMES)
     wanted = [*FEATURE_KEYS, IMAGE_KEY] if config.model.task == "i2v" else list(FEATURE_KEYS)
-    missing = [key for key in wanted if entries and key not in entries[0]["keys"]]
+    missing = [key for key in wanted if keys and key not in keys]
     if missing:
         hint = " (extract with model.task=i2v)" if missing == [IMAGE_KEY] else ""
         raise ConfigError(f"data.dataset_param.data_path: the features in {path} hold no {', '.join(missing)}, "
@@ -77,7 +73,8 @@ def check_features(config: Config, data: DataConfig) -> None:
 def build_train_loader(config: Config, runtime: Runtime) -> DataLoader:
     """This rank's resumable dataloader over videos or features, per the data section; items carry their epoch.
 
-    Features hold the LLM embeddings trimmed: they are zero-padded to ``llm_len`` with their mask.
+    Features hold the LLM embeddings trimmed: they are zero-padded to ``llm_len`` with their mask. A MindSpeed-MM
+    store's hunyuan_clip embeddings are its second text entry, kept whole (the transformer attends to all of them).
     """
     flavor = get_flavor(flavor_name(config.model))
     llm_len = model_json.with_data_tokenizers(config).tokenizer.llm.model_max_length or flavor.llm_len
@@ -86,7 +83,8 @@ def build_train_loader(config: Config, runtime: Runtime) -> DataLoader:
         check_features(config, data)
     return shared.build_video_text_loader(
         config, runtime, data, flavor.fps,
-        lambda: shared.FeatureCollate(llm_len, mask_key="prompt_mask", float_keys=("prompt_embeds", "clip_embeds")),
+        lambda: shared.FeatureCollate(llm_len, mask_key="prompt_mask", float_keys=("prompt_embeds", "clip_embeds"),
+                                      renames=MINDSPEED_NAMES),
     )
 
 

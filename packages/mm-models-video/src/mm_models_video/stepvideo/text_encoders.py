@@ -115,7 +115,8 @@ class StepVideoTextEncoders(nn.Module):
 
     @torch.no_grad()
     def forward(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """``{"prompt_embeds" [B, 320, D_llm], "prompt_mask" [B, 320], "clip_embeds" [B, 77, D_clip]}``, float32.
+        """``{"prompt_embeds" [B, 320, D_llm], "prompt_mask" [B, 320], "clip_embeds" [B, 77, D_clip], "clip_mask"
+        [B, 77]}``, the embeddings in float32 (the transformer attends to every CLIP token; its mask is for stores).
 
         The LLM's states past each prompt's end are zeroed (the mask hides them from the transformer anyway).
         """
@@ -127,4 +128,4 @@ class StepVideoTextEncoders(nn.Module):
             return_attention_mask=True, return_tensors="pt",
         ).to(self.clip.device)
         clip = self.clip(tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state.float()
-        return {"prompt_embeds": llm, "prompt_mask": mask, "clip_embeds": clip}
+        return {"prompt_embeds": llm, "prompt_mask": mask, "clip_embeds": clip, "clip_mask": tokens.attention_mask}

@@ -42,6 +42,19 @@ def check_clip_fits(config: Config, model: WanT2V) -> None:
         check_clip(model, config.model.flavor, *shape, "data.dataset_param")
 
 
+def extraction_text_len(config: Config, model_text_len: int) -> int:
+    """The token length ``mm extract`` encodes prompts to: data.json's ``tokenizer_config.model_max_length`` (the
+    length MindSpeed-MM's feature extraction pads them to), else the model's ``text_len``."""
+    tokenizer = data_config(config).dataset_param.tokenizer_config
+    entries = tokenizer if isinstance(tokenizer, list) else [tokenizer]
+    lengths = [entry.get("model_max_length") for entry in entries if isinstance(entry, dict)]
+    given = next((length for length in lengths if length is not None), None)
+    if given is not None and (not isinstance(given, int) or isinstance(given, bool) or given < 1):
+        raise ConfigError(f"data.dataset_param.tokenizer_config.model_max_length must be a positive integer, "
+                          f"got {given!r}")
+    return given or model_text_len
+
+
 def video_dataset(config: Config, data: DataConfig) -> VideoTextDataset:
     """The raw video-caption dataset the data section names (generated when it names none)."""
     return shared.video_dataset(config, data, get_flavor(config.model.flavor).fps)

@@ -92,7 +92,7 @@ INFERENCE: dict[str, Any] = {
     "output": "wan2_1.mp4",
 }
 
-EXTRACT: dict[str, Any] = {"output_dir": None, "shard_size": 64, "batch_size": 1}
+EXTRACT: dict[str, Any] = {"output_dir": None, "shard_size": 64, "batch_size": 1, "layout": "mm"}
 
 # Values model.json keys must have: mm implements exactly these components.
 FIXED = {
