@@ -1,5 +1,5 @@
 """Stacked on mm-core's toy: its inputs pass a frozen encoder (a fixed Linear) served by EncodedBatches every
-``model.encoder_offload_interval`` batches, with the data iterator's ReadAhead (tests of exact resume)."""
+``model.encoder_offload_interval`` batches, with the data iterator's served position (tests of exact resume)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from mm_core import hookimpl
 from mm_core.defaults import to_device
 from mm_core.testing import toy
 from mm_models_video.encoder_engines import EncodedBatches
-from mm_models_video.read_ahead import read_ahead
 
 
 @hookimpl
@@ -26,7 +25,7 @@ def _engine(data_iterator, runtime) -> EncodedBatches:
             encoder.bias.zero_()
         engine = data_iterator._offload = EncodedBatches(
             lambda batch: {"x": encoder(batch["x"]), "y": batch["y"]}, runtime.device,
-            interval=runtime.config.model.encoder_offload_interval, offload=[encoder], ahead=read_ahead(data_iterator))
+            interval=runtime.config.model.encoder_offload_interval, offload=[encoder], ahead=data_iterator)
     return engine
 
 

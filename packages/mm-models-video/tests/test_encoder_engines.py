@@ -23,7 +23,6 @@ from mm_core.testing import toy
 from mm_models_video.encoder_engines import EncodedBatches, check_encoder_engines
 from mm_models_video.encoders import TINY_UMT5
 from mm_models_video.pretrained import fixed_init
-from mm_models_video.read_ahead import read_ahead
 from mm_models_video.wan2_1.build import build_model
 
 STEPS = 8
@@ -59,7 +58,7 @@ def _encoder_dp_worker(rank: int, world: int, port: int, out: str, interval: int
     encode = Counted(_text_encoder())
     data = DataIterator(_batches())
     engine = EncodedBatches(encode, torch.device("cpu"), dist.group.WORLD, interval, [encode.encoder],
-                            ahead=read_ahead(data))
+                            ahead=data)
     served = [engine.next(lambda: next(data)) for _ in range(STEPS)]
     reference = Counted(_text_encoder())
     expected = [reference(batch) for batch in _batches()]
@@ -102,7 +101,7 @@ def _offload_run(interval: int, steps: range, state: dict | None = None) -> tupl
         data.load_state_dict(state)
     encoder = _text_encoder()
     engine = EncodedBatches(Counted(encoder), torch.device("cpu"), interval=interval, offload=[encoder],
-                            ahead=read_ahead(data))
+                            ahead=data)
     served = [engine.next(lambda: next(data)) for _ in steps]
     return served, data.state_dict(), engine
 

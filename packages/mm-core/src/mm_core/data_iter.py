@@ -35,6 +35,10 @@ class DataIterator(Iterator):
     ``samples_per_batch`` is how many samples of the global stream one ``next()`` consumes on every data-parallel
     rank together (micro-batch size × data-parallel size). A state saved with another value continues at the same
     sample when that is exact, and is refused with the reason and the sizes that would be exact when it is not.
+
+    A consumer that reads batches ahead of the step that trains on them (the video families' encoder engines) takes
+    a :meth:`snapshot` after each read and calls :meth:`served` with it when that batch is trained on: the
+    checkpointed position is then the one after the last batch served, so a resumed run reads the rest again.
     """
 
     def __init__(self, iterable: Iterable, name: str = "train", seed: int = 0, samples_per_batch: int = 1) -> None:
@@ -46,6 +50,7 @@ class DataIterator(Iterator):
         self.position = 0
         self._skip = 0
         self._it: Iterator | None = None
+        self._served: dict | None = None
 
     def _start_epoch(self) -> None:
         _call_on_loader(self.iterable, "set_epoch", self.epoch)
@@ -80,13 +85,23 @@ class DataIterator(Iterator):
         self.position += 1
         return item
 
-    def state_dict(self) -> dict:
-        """Epoch, batches drawn in it, and the global samples per batch with the batches an epoch holds."""
+    def snapshot(self) -> dict:
+        """The position now, after every batch drawn so far (what :meth:`state_dict` gives until :meth:`served`)."""
         return {"epoch": self.epoch, "position": self.position, "samples_per_batch": self.samples_per_batch,
                 "epoch_batches": _length(self.iterable)}
 
+    def served(self, snapshot: dict) -> None:
+        """The batch drawn just before ``snapshot`` is the one the current step trains on."""
+        self._served = dict(snapshot)
+
+    def state_dict(self) -> dict:
+        """Epoch, batches drawn in it (up to the last one served, when batches are read ahead), and the global
+        samples per batch with the batches an epoch holds."""
+        return dict(self._served) if self._served is not None else self.snapshot()
+
     def load_state_dict(self, state: dict) -> None:
         """Continue after the samples recorded in ``state`` on the next ``next()``."""
+        self._served = None
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])
         saved = int(state.get("samples_per_batch") or self.samples_per_batch)

@@ -8,8 +8,8 @@ Both turn raw batches into features in ``get_batch``, ahead of the steps that tr
 - offload: the offloaded encoders (the text encoders) live on the CPU and come to the device once a window, to
   encode ``N`` batches at once; the steps between train from that cache.
 Together, each rank of the group encodes ``N`` batches a window and the group trains ``size × N`` steps on them.
-With the data iterator's :class:`~mm_models_video.read_ahead.ReadAhead` a checkpoint taken inside a window records
-the position after the batch trained on, so a resumed run encodes the rest again and trains on the same features
+With the data iterator's :meth:`~mm_core.data_iter.DataIterator.served` a checkpoint taken inside a window
+records the position after the batch trained on, so a resumed run encodes the rest again and trains on the same features
 as a straight run, whatever ``save_interval`` is.
 """
 
@@ -32,7 +32,6 @@ from mm_core.errors import ConfigError
 from mm_core.runtime import Runtime
 from mm_models_video.cp_batch import read_seeded_batch, seeded_batch
 from mm_models_video.encoder_dp import gather_batches, scatter_batches
-from mm_models_video.read_ahead import ReadAhead, read_ahead
 from mm_models_video.vae_cp import check_vae_cp
 
 log = logging.getLogger(__name__)
@@ -69,12 +68,14 @@ class EncodedBatches:
     rank alone) with the ``offload`` modules on ``device`` while encoding and on the CPU between.
 
     Call :meth:`next` on every rank of the group each step with ``read`` (the next raw batch; only the group's rank
-    0 calls it). ``encode`` turns a raw batch on ``device`` into the batch the forward takes. ``encode_calls``
-    counts this rank's encoded batches, ``windows`` the times the offloaded modules came to the device.
+    0 calls it). ``encode`` turns a raw batch on ``device`` into the batch the forward takes. With ``ahead`` (the
+    data iterator ``read`` draws from) a checkpoint records the position after the batch trained on.
+    ``encode_calls`` counts this rank's encoded batches, ``windows`` the times the offloaded modules came to the
+    device.
     """
 
     def __init__(self, encode: Callable[[Batch], Batch], device: torch.device, group: ProcessGroup | None = None,
-                 interval: int = 1, offload: Sequence[nn.Module] = (), ahead: ReadAhead | None = None) -> None:
+                 interval: int = 1, offload: Sequence[nn.Module] = (), ahead: DataIterator | None = None) -> None:
         check_interval(interval)
         self.encode, self.device, self.group, self.interval, self.ahead = encode, torch.device(device), group, \
             interval, ahead
@@ -90,7 +91,7 @@ class EncodedBatches:
         batches, positions = [], []
         for _ in range(count):
             batches.append(read())
-            positions.append(self.ahead.position() if self.ahead is not None else None)
+            positions.append(self.ahead.snapshot() if self.ahead is not None else None)
         return batches, positions
 
     def _window(self, read: Callable[[], Batch]) -> None:
@@ -181,7 +182,7 @@ def _engine(data_iterator: DataIterator, runtime: Runtime, encoder: FeatureEncod
         with autocast():
             return encoder.encode(batch)
 
-    return EncodedBatches(encode, runtime.device, group, interval, encoder.offload, read_ahead(data_iterator))
+    return EncodedBatches(encode, runtime.device, group, interval, encoder.offload, data_iterator)
 
 
 def check_interval(interval: Any) -> None:
