@@ -9,13 +9,17 @@ word embeddings and several stages the last stage carries a copy of the embeddin
 (whole key-value groups, whole vision heads), the GLU linear_fc1 (gate and up each), the merger's first linear,
 the embedding and output layer (the vocabulary) by rows; linear_proj, linear_fc2 and the merger's second linear by
 columns; norms, the patch embedding and the biases of the linears split by columns stay whole on every rank.
+``common_model_config.enable_canonical_hf_struct`` is MindSpeed-MM's layout without the fusions (its LoRA layout):
+the LLM's ``self_attention.q_proj`` / ``k_proj`` / ``v_proj`` and both stacks' ``mlp.gate_proj`` / ``up_proj`` apart,
+the vision ``linear_qkv`` as Hugging Face's ``qkv``; each of them splits by rows under TP.
+``dcp_to_hf`` reads MindSpeed-MM's FSDP2 checkpoints (DCP), in either layout or in Hugging Face names.
 """
 
 from __future__ import annotations
 
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +49,10 @@ from mm_convert import (
     write_megatron,
     write_safetensors,
 )
+from mm_convert.dcp_layout import read_mindspeed_dcp
 from mm_convert.export import export_lora
-from mm_convert.megatron_layout import STALE, Layout
+from mm_convert.megatron_layout import STALE, Layout, MegatronCheckpoint
+from mm_convert.sources import TensorSource
 from mm_convert.tp_split import Split, merge_tp, split_tp
 from mm_core import hookimpl
 from mm_models_vlm.qwen2_5_vl.export import export_hf
@@ -62,6 +68,8 @@ _LAYER_SPLITS: dict[str, Split] = {
     "mlp.linear_fc1.weight": (0, 2),
     "mlp.linear_fc1.bias": (0, 2),
     "mlp.linear_fc2.weight": (1, 1),
+    **{f"{name}.{part}": (0, 1) for name in ("self_attention.q_proj", "self_attention.k_proj", "self_attention.v_proj",
+                                             "mlp.gate_proj", "mlp.up_proj") for part in ("weight", "bias")},
 }
 _SPLITS: dict[str, Split] = {
     "text_decoder.embedding.word_embeddings.weight": (0, 1),
@@ -71,6 +79,8 @@ _SPLITS: dict[str, Split] = {
     "image_encoder.projector.encoder.linear_fc2.weight": (1, 1),
 }
 WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json")
+EMBEDDING, OUTPUT = "text_decoder.embedding.word_embeddings.weight", "text_decoder.output_layer.weight"
+MCORE_PREFIXES = ("text_decoder.", "image_encoder.")
 
 
 @dataclass
@@ -91,15 +101,41 @@ class ParallelConfig:
 
 
 @dataclass
+class CommonModelConfig:
+    """``--cfg.common_model_config.*``."""
+
+    enable_canonical_hf_struct: bool = option(False, help="MindSpeed-MM's layout without the fused q/k/v and "
+                                                          "gate/up (q_proj, k_proj, v_proj, gate_proj, up_proj apart)")
+
+
+@dataclass
+class SourceParallel:
+    """``--cfg.source_parallel_config.*``: the layout the checkpoint has, checked when given."""
+
+    llm_pp_layers: list | int | None = option(None, help="LLM layers per PP stage of the checkpoint")
+    vit_pp_layers: list | int | None = option(None, help="vision layers per PP stage of the checkpoint")
+    tp_size: int | None = option(None, help="tensor-parallel size of the checkpoint")
+
+
+@dataclass
+class OptionalHfConfig:
+    """``--cfg.hf_config.*`` where it may be left out."""
+
+    hf_dir: Path | None = option(None, help="Hugging Face Qwen2.5-VL folder: its config.json checks tp_size against "
+                                            "the heads and says whether the embeddings are tied")
+
+
+@dataclass
 class HfToMmOptions:
     """Options of ``hf_to_mm``."""
 
     mm_dir: Path = option(help="MindSpeed-MM checkpoint folder to write")
     hf_config: HfConfig
     parallel_config: ParallelConfig
+    common_model_config: CommonModelConfig = field(default_factory=CommonModelConfig)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class MmToHfOptions(HfToMmOptions):
     """Options of ``mm_to_hf``."""
 
@@ -113,8 +149,27 @@ class ResplitOptions:
 
     source_dir: Path = option(help="MindSpeed-MM checkpoint folder")
     target_dir: Path = option(help="folder to write the re-cut checkpoint into")
-    hf_config: HfConfig
     target_parallel_config: ParallelConfig
+    source_parallel_config: SourceParallel = field(default_factory=SourceParallel)
+    hf_config: OptionalHfConfig = field(default_factory=OptionalHfConfig)
+    common_model_config: CommonModelConfig = field(default_factory=CommonModelConfig)
+
+
+@dataclass
+class DcpToHfOptions:
+    """Options of ``dcp_to_hf`` (MindSpeed-MM's GenericDCPConverter dcp_to_hf)."""
+
+    load_dir: Path = option(help="the FSDP2 checkpoint: a DCP folder (.metadata, __*_*.distcp), e.g. save_dir/release "
+                                 "or save_dir/iter_0001000, or the save folder (its latest_checkpointed_iteration.txt)")
+    save_dir: Path = option(help="Hugging Face folder to write")
+    model_assets_dir: Path = option(help="the Hugging Face Qwen2.5-VL folder trained from: config.json, tokenizer, "
+                                         "processor (copied)")
+    dcp_prefix: str = option("", help="prefix of the checkpoint's names (after model.), taken off")
+    hf_prefix: str = option("", help="prefix put before the names, where the checkpoint holds Hugging Face names")
+    fused_linear_names: list | None = option(None, help="MoE expert weights to reshape; Qwen2.5-VL has none")
+    trust_remote_code: bool = option(True, help="accepted: Qwen2.5-VL's config is transformers' own, no remote code")
+    shard_size: str = option(DEFAULT_SHARD_SIZE, help="largest safetensors shard")
+    common_model_config: CommonModelConfig = field(default_factory=CommonModelConfig)
 
 
 def tp_split(key: str) -> Split | None:
@@ -123,13 +178,17 @@ def tp_split(key: str) -> Split | None:
     return _LAYER_SPLITS.get(layer.group(2)) if layer else _SPLITS.get(key)
 
 
-def _llm_rules(heads: int, kv_heads: int, head_dim: int) -> list[Rule]:
+def _llm_rules(heads: int, kv_heads: int, head_dim: int, canonical: bool) -> list[Rule]:
     sizes = [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim]
-    qkv = Rule(tuple(f"model.layers.{{i}}.self_attn.{p}_proj" for p in "qkv"), LLM + "self_attention.linear_qkv",
-               lambda ts: interleave(ts, kv_heads), lambda t: deinterleave(t, kv_heads, sizes))
-    return [
-        qkv,
+    attention = [rename(f"model.layers.{{i}}.self_attn.{p}_proj", LLM + f"self_attention.{p}_proj") for p in "qkv"]
+    mlp = [rename(f"model.layers.{{i}}.mlp.{p}_proj", LLM + f"mlp.{p}_proj") for p in ("gate", "up")]
+    fused = [
+        Rule(tuple(f"model.layers.{{i}}.self_attn.{p}_proj" for p in "qkv"), LLM + "self_attention.linear_qkv",
+             lambda ts: interleave(ts, kv_heads), lambda t: deinterleave(t, kv_heads, sizes)),
         concat(("model.layers.{i}.mlp.gate_proj", "model.layers.{i}.mlp.up_proj"), LLM + "mlp.linear_fc1"),
+    ]
+    return [
+        *([*attention, *mlp] if canonical else fused),
         rename("model.layers.{i}.mlp.down_proj", LLM + "mlp.linear_fc2"),
         rename("model.layers.{i}.self_attn.o_proj", LLM + "self_attention.linear_proj"),
         rename("model.layers.{i}.input_layernorm", LLM + "input_layernorm"),
@@ -140,13 +199,17 @@ def _llm_rules(heads: int, kv_heads: int, head_dim: int) -> list[Rule]:
     ]
 
 
-def _vit_rules(heads: int, width: int) -> list[Rule]:
-    qkv = Rule(("visual.blocks.{i}.attn.qkv",), VIT + "self_attention.linear_qkv",
-               lambda ts: interleave(list(ts[0].chunk(3)), heads),
-               lambda t: [torch.cat(deinterleave(t, heads, [width] * 3))])
-    return [
-        qkv,
+def _vit_rules(heads: int, width: int, canonical: bool) -> list[Rule]:
+    qkv = "visual.blocks.{i}.attn.qkv"
+    fused = [
+        Rule((qkv,), VIT + "self_attention.linear_qkv", lambda ts: interleave(list(ts[0].chunk(3)), heads),
+             lambda t: [torch.cat(deinterleave(t, heads, [width] * 3))]),
         concat(("visual.blocks.{i}.mlp.gate_proj", "visual.blocks.{i}.mlp.up_proj"), VIT + "mlp.linear_fc1"),
+    ]
+    apart = [rename(qkv, VIT + "self_attention.linear_qkv"),
+             *(rename(f"visual.blocks.{{i}}.mlp.{p}_proj", VIT + f"mlp.{p}_proj") for p in ("gate", "up"))]
+    return [
+        *(apart if canonical else fused),
         rename("visual.blocks.{i}.mlp.down_proj", VIT + "mlp.linear_fc2"),
         rename("visual.blocks.{i}.attn.proj", VIT + "self_attention.linear_proj"),
         rename("visual.blocks.{i}.norm1", VIT + "input_layernorm"),
@@ -158,28 +221,44 @@ def _vit_rules(heads: int, width: int) -> list[Rule]:
     ]
 
 
-class QwenLayout:
-    """A Qwen2.5-VL config's name rules, pipeline stacks and expected checkpoint shapes."""
+def qwen_pipeline(tied: bool) -> PipelineSpec:
+    """MindSpeed-MM's pipeline of Qwen2.5-VL: vit then llm; with ``tied`` embeddings the output layer is the
+    embedding's copy on the last stage."""
+    return PipelineSpec(
+        (Stack("vit", VIT.removesuffix("{i}."), ("image_encoder.encoder.patch_embed.",), ("image_encoder.projector.",)),
+         Stack("llm", LLM.removesuffix("{i}."), ("text_decoder.embedding.",),
+               ("text_decoder.decoder.final_layernorm.", "text_decoder.output_layer."))),
+        tied={OUTPUT: EMBEDDING} if tied else {},
+    )
 
-    def __init__(self, hf_dir: Path) -> None:
+
+def parse_layouts(vit: Any, llm: Any, option: str) -> dict[str, Layout]:
+    """The vit and llm layouts of ``--cfg.<option>.*``, checked to cut the same stages."""
+    layouts = {"vit": parse_layout(vit, f"--cfg.{option}.vit_pp_layers"),
+               "llm": parse_layout(llm, f"--cfg.{option}.llm_pp_layers")}
+    shapes = {name: [len(chunk) for chunk in layout] for name, layout in layouts.items()}
+    if shapes["vit"] != shapes["llm"]:
+        raise ConvertError(f"--cfg.{option}.vit_pp_layers {layouts['vit']} and llm_pp_layers {layouts['llm']} "
+                           "must list the same number of stages (and virtual chunks)")
+    return layouts
+
+
+class QwenLayout:
+    """A Qwen2.5-VL config's name rules (fused, or ``canonical``: MindSpeed-MM's enable_canonical_hf_struct),
+    pipeline stacks and expected checkpoint shapes."""
+
+    def __init__(self, hf_dir: Path, canonical: bool = False, option: str = "--cfg.hf_config.hf_dir") -> None:
         if not (Path(hf_dir) / "config.json").is_file():
-            raise ConvertError(f"--cfg.hf_config.hf_dir {hf_dir} is not a Hugging Face folder (no config.json)")
+            raise ConvertError(f"{option} {hf_dir} is not a Hugging Face folder (no config.json)")
         config = AutoConfig.from_pretrained(hf_dir, local_files_only=True)
         if not isinstance(config, Qwen2_5_VLConfig):
             raise ConvertError(f"{hf_dir} holds a {type(config).__name__}, not a Qwen2.5-VL config")
         self.config = config
         text, vision = config.text_config, config.vision_config
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-        self.rules = RuleSet([*_llm_rules(text.num_attention_heads, text.num_key_value_heads, head_dim),
-                              *_vit_rules(vision.num_heads, vision.hidden_size)])
-        embedding, output = "text_decoder.embedding.word_embeddings.weight", "text_decoder.output_layer.weight"
-        self.pipeline = PipelineSpec(
-            (Stack("vit", VIT.removesuffix("{i}."), ("image_encoder.encoder.patch_embed.",),
-                   ("image_encoder.projector.",)),
-             Stack("llm", LLM.removesuffix("{i}."), ("text_decoder.embedding.",),
-                   ("text_decoder.decoder.final_layernorm.", "text_decoder.output_layer."))),
-            tied={output: embedding} if config.tie_word_embeddings else {},
-        )
+        self.rules = RuleSet([*_llm_rules(text.num_attention_heads, text.num_key_value_heads, head_dim, canonical),
+                              *_vit_rules(vision.num_heads, vision.hidden_size, canonical)])
+        self.pipeline = qwen_pipeline(config.tie_word_embeddings)
 
     def hf_shapes(self) -> dict[str, torch.Size]:
         """The tensors a Hugging Face folder of this config holds (transformers' saved names)."""
@@ -203,13 +282,17 @@ class QwenLayout:
     def layouts(self, parallel: ParallelConfig, option: str) -> dict[str, Layout]:
         """The vit and llm layouts of ``--cfg.<option>.*``, checked to cut the same stages."""
         self.check_tp(parallel.tp_size, option)
-        layouts = {"vit": parse_layout(parallel.vit_pp_layers, f"--cfg.{option}.vit_pp_layers"),
-                   "llm": parse_layout(parallel.llm_pp_layers, f"--cfg.{option}.llm_pp_layers")}
-        shapes = {name: [len(chunk) for chunk in layout] for name, layout in layouts.items()}
-        if shapes["vit"] != shapes["llm"]:
-            raise ConvertError(f"--cfg.{option}.vit_pp_layers {layouts['vit']} and llm_pp_layers {layouts['llm']} "
-                               "must list the same number of stages (and virtual chunks)")
-        return layouts
+        return parse_layouts(parallel.vit_pp_layers, parallel.llm_pp_layers, option)
+
+    def write_hf(self, tensors: TensorSource, hf_dir: Path, target: Path, shard_size: str) -> None:
+        """``tensors`` (Hugging Face names) checked against the config and written to ``target`` with ``hf_dir``'s
+        other files (config, tokenizer, processor, chat template)."""
+        tensors.check(self.hf_shapes(), f"the Qwen2.5-VL of {Path(hf_dir) / 'config.json'}")
+        with staged_output(target, stale=WEIGHT_FILES) as out:
+            write_safetensors(out, tensors, "model", shard_size)
+            for path in Path(hf_dir).iterdir():
+                if path.is_file() and not any(path.match(p) for p in WEIGHT_FILES):
+                    shutil.copy2(path, out / path.name)
 
 
 def _saved_name(key: str) -> str:
@@ -221,8 +304,41 @@ def _saved_name(key: str) -> str:
     return key
 
 
+def _check_source(checkpoint: MegatronCheckpoint, source: SourceParallel) -> None:
+    """``--cfg.source_parallel_config.*``, where given, must be how ``checkpoint`` is cut."""
+    if source.tp_size is not None and source.tp_size != len(checkpoint.sources):
+        raise ConvertError(f"{checkpoint.path} has {len(checkpoint.sources)} tensor-parallel ranks, not "
+                           f"--cfg.source_parallel_config.tp_size {source.tp_size}")
+    if source.vit_pp_layers is None and source.llm_pp_layers is None:
+        return
+    stated = parse_layouts(source.vit_pp_layers if source.vit_pp_layers is not None else checkpoint.layouts["vit"],
+                           source.llm_pp_layers if source.llm_pp_layers is not None else checkpoint.layouts["llm"],
+                           "source_parallel_config")
+    if stated != checkpoint.layouts:
+        raise ConvertError(f"{checkpoint.path} is cut as vit {checkpoint.layouts['vit']}, llm "
+                           f"{checkpoint.layouts['llm']}, not as --cfg.source_parallel_config says (vit "
+                           f"{stated['vit']}, llm {stated['llm']})")
+
+
+def _check_canonical(tensors: TensorSource, canonical: bool, where: str) -> None:
+    """``enable_canonical_hf_struct`` must say how ``tensors`` (MindSpeed-MM names) are laid out."""
+    apart = any(".self_attention.q_proj." in key for key in tensors)
+    if canonical != apart:
+        have = "q_proj / k_proj / v_proj apart" if apart else "the fused linear_qkv"
+        raise ConvertError(f"{where} holds {have}: --cfg.common_model_config.enable_canonical_hf_struct must be "
+                           f"{str(apart).lower()}")
+
+
+def _untied(tensors: TensorSource) -> TensorSource:
+    """``tensors`` without the output layer where it is a copy of the embedding (tied; read without a config)."""
+    if OUTPUT not in tensors or not torch.equal(tensors[OUTPUT], tensors[EMBEDDING]):
+        return tensors
+    return TensorSource({k: tensors.meta(k) for k in tensors if k != OUTPUT}, tensors.__getitem__, tensors.where)
+
+
 class Qwen2_5_VLConverter(Converter):
-    """Qwen2.5-VL: Hugging Face <-> MindSpeed-MM (TP, PP/VPP over vit and llm); training checkpoint export."""
+    """Qwen2.5-VL: Hugging Face <-> MindSpeed-MM (TP, PP/VPP over vit and llm; FSDP2 DCP read); training checkpoint
+    export."""
 
     name = "Qwen2_5_VLConverter"
     description = "Qwen2.5-VL: Hugging Face and MindSpeed-MM layouts (TP, vit/llm PP stages); mm checkpoint export"
@@ -230,7 +346,7 @@ class Qwen2_5_VLConverter(Converter):
     @subcommand(HfToMmOptions)
     def hf_to_mm(self, opts: HfToMmOptions) -> str:
         """Hugging Face folder -> MindSpeed-MM checkpoint split by tp_size, cut into vit_pp_layers / llm_pp_layers."""
-        qwen = QwenLayout(opts.hf_config.hf_dir)
+        qwen = QwenLayout(opts.hf_config.hf_dir, opts.common_model_config.enable_canonical_hf_struct)
         layouts = qwen.layouts(opts.parallel_config, "parallel_config")
         tp = opts.parallel_config.tp_size
         tensors = read_safetensors(opts.hf_config.hf_dir)
@@ -245,7 +361,7 @@ class Qwen2_5_VLConverter(Converter):
     def mm_to_hf(self, opts: MmToHfOptions) -> str:
         """MindSpeed-MM checkpoint (tp_size ranks merged) -> Hugging Face folder (weights renamed back, other files
         from hf_dir)."""
-        qwen = QwenLayout(opts.hf_config.hf_dir)
+        qwen = QwenLayout(opts.hf_config.hf_dir, opts.common_model_config.enable_canonical_hf_struct)
         layouts = qwen.layouts(opts.parallel_config, "parallel_config")
         checkpoint = read_megatron(opts.mm_dir, qwen.pipeline)
         if len(checkpoint.sources) != opts.parallel_config.tp_size:
@@ -255,29 +371,59 @@ class Qwen2_5_VLConverter(Converter):
             raise ConvertError(f"{opts.mm_dir} is cut as vit {checkpoint.layouts['vit']}, llm "
                                f"{checkpoint.layouts['llm']}, not as --cfg.parallel_config says (vit "
                                f"{layouts['vit']}, llm {layouts['llm']})")
-        tensors = qwen.rules.to_hf(merge_tp(checkpoint.sources, tp_split))
-        tensors.check(qwen.hf_shapes(), f"the Qwen2.5-VL of {opts.hf_config.hf_dir / 'config.json'}")
-        with staged_output(opts.save_hf_dir, stale=WEIGHT_FILES) as out:
-            write_safetensors(out, tensors, "model", opts.shard_size)
-            for path in Path(opts.hf_config.hf_dir).iterdir():
-                if path.is_file() and not any(path.match(p) for p in WEIGHT_FILES):
-                    shutil.copy2(path, out / path.name)
+        whole = merge_tp(checkpoint.sources, tp_split)
+        _check_canonical(whole, opts.common_model_config.enable_canonical_hf_struct, str(opts.mm_dir))
+        qwen.write_hf(qwen.rules.to_hf(whole), opts.hf_config.hf_dir, opts.save_hf_dir, opts.shard_size)
         return f"mm_to_hf {opts.mm_dir} -> {opts.save_hf_dir}"
 
     @subcommand(ResplitOptions)
     def resplit(self, opts: ResplitOptions) -> str:
         """MindSpeed-MM checkpoint -> the same weights for another tp_size and other vit / llm pipeline stages."""
-        qwen = QwenLayout(opts.hf_config.hf_dir)
-        layouts = qwen.layouts(opts.target_parallel_config, "target_parallel_config")
-        tp = opts.target_parallel_config.tp_size
-        checkpoint = read_megatron(opts.source_dir, qwen.pipeline)
+        target, option = opts.target_parallel_config, "target_parallel_config"
+        if opts.hf_config.hf_dir is not None:
+            qwen = QwenLayout(opts.hf_config.hf_dir)
+            layouts, pipeline = qwen.layouts(target, option), qwen.pipeline
+        else:  # without a config.json: the checkpoint says whether the output layer is the embedding's copy
+            if target.tp_size < 1:
+                raise ConvertError(f"--cfg.{option}.tp_size must be at least 1, got {target.tp_size}")
+            layouts, pipeline = parse_layouts(target.vit_pp_layers, target.llm_pp_layers, option), None
+        checkpoint = read_megatron(opts.source_dir, pipeline or qwen_pipeline(tied=False))
+        _check_source(checkpoint, opts.source_parallel_config)
         whole = merge_tp(checkpoint.sources, tp_split)
+        _check_canonical(whole, opts.common_model_config.enable_canonical_hf_struct, str(opts.source_dir))
+        if pipeline is None:
+            untied = _untied(whole)
+            whole, pipeline = untied, qwen_pipeline(tied=OUTPUT not in untied)
         with staged_output(opts.target_dir, stale=STALE) as out:
-            write_megatron(out, split_tp(whole, tp, tp_split, "--cfg.target_parallel_config.tp_size"), layouts,
-                           qwen.pipeline)
+            write_megatron(out, split_tp(whole, target.tp_size, tp_split, "--cfg.target_parallel_config.tp_size"),
+                           layouts, pipeline)
         old = checkpoint.layouts
         return (f"resplit {opts.source_dir} (tp {len(checkpoint.sources)}, vit {old['vit']}, llm {old['llm']}) -> "
-                f"{opts.target_dir} (tp {tp}, vit {layouts['vit']}, llm {layouts['llm']})")
+                f"{opts.target_dir} (tp {target.tp_size}, vit {layouts['vit']}, llm {layouts['llm']})")
+
+    @subcommand(DcpToHfOptions)
+    def dcp_to_hf(self, opts: DcpToHfOptions) -> str:
+        """MindSpeed-MM FSDP2 checkpoint (DCP; MindSpeed-MM's names in either layout, or Hugging Face names) ->
+        Hugging Face folder (other files from model_assets_dir)."""
+        if opts.fused_linear_names:
+            raise ConvertError(f"--fused_linear_names {opts.fused_linear_names}: Qwen2.5-VL has no MoE experts")
+        canonical = opts.common_model_config.enable_canonical_hf_struct
+        qwen = QwenLayout(opts.model_assets_dir, canonical, "--model_assets_dir")
+        loaded = read_mindspeed_dcp(opts.load_dir, qwen.pipeline.stacks)
+        names = {(k[len(opts.dcp_prefix):] if k.startswith(opts.dcp_prefix) else k): k for k in loaded}
+        if any(name.startswith(MCORE_PREFIXES) for name in names):
+            tensors = TensorSource({n: loaded.meta(k) for n, k in names.items()}, lambda n: loaded[names[n]],
+                                   loaded.where)
+            _check_canonical(tensors, canonical, loaded.where)
+            if qwen.config.tie_word_embeddings:
+                tensors = _untied(tensors)
+            tensors = qwen.rules.to_hf(tensors)
+        else:  # Hugging Face names (GenericDCPConverter's hf_to_dcp), transformers' module names saved as such
+            names = {_saved_name(opts.hf_prefix + n): k for n, k in names.items()}
+            tensors = TensorSource({n: loaded.meta(k) for n, k in names.items()}, lambda n: loaded[names[n]],
+                                   loaded.where)
+        qwen.write_hf(tensors, opts.model_assets_dir, opts.save_dir, opts.shard_size)
+        return f"dcp_to_hf {loaded.where} -> {opts.save_dir}"
 
     @subcommand(ExportOptions)
     def export(self, opts: ExportOptions) -> str:
