@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from mm_convert import TensorSource, read_megatron
 from mm_convert.cli import main
@@ -127,3 +127,34 @@ def test_dcp_to_hf_bad_input_is_one_error(tiny_dir, tmp_path, capsys, argv, mess
     assert _run(*(a.format(tmp=tmp_path, hf=tiny_dir) for a in argv)) == 2
     assert message.format(tmp=tmp_path) in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_lora_hf_to_mm_of_a_peft_adapter_as_the_readme_writes_it(tiny_dir, tmp_path, capsys):
+    hf = load_file(tiny_dir / "model.safetensors")
+    torch.manual_seed(3)
+    # transformers >= 4.52's module names under peft's base_model.model. -> the weights they adapt
+    modules = {"model.language_model.layers.1.self_attn.q_proj": "model.layers.1.self_attn.q_proj.weight",
+               "model.language_model.layers.0.self_attn.o_proj": "model.layers.0.self_attn.o_proj.weight",
+               "model.visual.blocks.1.attn.qkv": "visual.blocks.1.attn.qkv.weight"}
+    lora = {}
+    for name, weight in modules.items():
+        rows, cols = hf[weight].shape
+        lora[f"base_model.model.{name}.lora_A.weight"] = torch.randn(4, cols)
+        lora[f"base_model.model.{name}.lora_B.weight"] = torch.randn(rows, 4)
+    (tmp_path / "lora").mkdir()
+    save_file(lora, str(tmp_path / "lora" / "adapter_model.safetensors"))
+    argv = ["lora_hf_to_mm", "--cfg.mm_dir", tmp_path / "mm", "--cfg.hf_config.hf_dir", tmp_path / "lora",
+            *_parallel("parallel_config", "[[2]]", "[[2]]", 2), "--cfg.common_model_config.model_prefix",
+            "base_model.model.", "--cfg.common_model_config.new_transformers_weight_key", "true"]
+    assert _run(*argv) == 2
+    assert "give --cfg.common_model_config.enable_canonical_hf_struct true" in capsys.readouterr().err
+    assert _run(*argv, "--cfg.common_model_config.enable_canonical_hf_struct", "true") == 0
+    rank = torch.load(tmp_path / "mm" / "release" / "mp_rank_01" / "model_optim_rng.pt", weights_only=True)["model"]
+    q = "base_model.model.model.language_model.layers.1.self_attn.q_proj"
+    assert torch.equal(rank["text_decoder.decoder.layers.1.self_attention.q_proj.lora_B.default.weight"],
+                       lora[f"{q}.lora_B.weight"].chunk(2)[1])
+    o = "base_model.model.model.language_model.layers.0.self_attn.o_proj"
+    assert torch.equal(rank["text_decoder.decoder.layers.0.self_attention.linear_proj.lora_A.default.weight"],
+                       lora[f"{o}.lora_A.weight"].chunk(2, 1)[1])
+    assert torch.equal(rank["image_encoder.encoder.blocks.layers.1.self_attention.linear_qkv.lora_A.default.weight"],
+                       lora["base_model.model.model.visual.blocks.1.attn.qkv.lora_A.weight"])

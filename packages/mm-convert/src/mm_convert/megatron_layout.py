@@ -170,7 +170,7 @@ def _merge(slots: list[dict], spec: PipelineSpec, where: str) -> tuple[TensorSou
     for slot, state in enumerate(slots):
         for stack in spec.stacks:
             local = sorted({i for k in state if (i := stack.layer_of(k)) is not None})
-            if local != list(range(len(local))):
+            if local != list(range(len(local))) and len(slots) > 1:  # one slot: its indices are the global ones
                 raise ConvertError(f"{where}: slot {slot} holds {stack.name} layers {local}, not 0..{len(local) - 1}")
             counts[stack.name][slot] = len(local)
         for key, value in state.items():
@@ -196,8 +196,9 @@ def _merge(slots: list[dict], spec: PipelineSpec, where: str) -> tuple[TensorSou
     return TensorSource(metas, tensors.__getitem__, where), counts
 
 
-def _plan(source: TensorSource, layouts: dict[str, Layout], spec: PipelineSpec) -> list[dict[str, str]]:
-    """For each slot (chunk-major), its keys: local name -> global name."""
+def _plan(source: TensorSource, layouts: dict[str, Layout], spec: PipelineSpec,
+          sparse: bool = False) -> list[dict[str, str]]:
+    """For each slot (chunk-major), its keys: local name -> global name; ``sparse``: layers may be absent."""
     shapes = {(len(layout), len(layout[0])) for layout in layouts.values()}
     if sorted(layouts) != sorted(stack.name for stack in spec.stacks) or len(shapes) != 1:
         raise ConvertError(f"the layouts {layouts} must have the same number of chunks and stages")
@@ -208,7 +209,8 @@ def _plan(source: TensorSource, layouts: dict[str, Layout], spec: PipelineSpec) 
     for stack in spec.stacks:
         flat = sum(layouts[stack.name], [])
         layers = sorted({i for k in source if (i := stack.layer_of(k)) is not None})
-        if layers != list(range(len(layers))) or len(layers) != sum(flat):
+        misfit = layers[-1] >= sum(flat) if sparse and layers else layers != list(range(sum(flat)))
+        if misfit:
             have = f"{len(layers)} (indices {layers[0]} to {layers[-1]})" if layers else "0"
             problems.append(f"the {stack.name} layout {layouts[stack.name]} holds {sum(flat)} layers "
                             f"but {source.where} has {have}")
@@ -243,16 +245,17 @@ def _plan(source: TensorSource, layouts: dict[str, Layout], spec: PipelineSpec) 
 
 
 def write_megatron(path: str | Path, sources: list[TensorSource], layouts: dict[str, Layout],
-                   spec: PipelineSpec) -> None:
+                   spec: PipelineSpec, sparse: bool = False) -> None:
     """Write a ``release/`` checkpoint cut by ``layouts``, holding one tensor in memory at a time.
 
     Each stage file is one pickle, so its tensors are first copied one by one into a scratch file
-    (memory-mapped, so they live in the page cache) and ``torch.save`` streams them from there.
+    (memory-mapped, so they live in the page cache) and ``torch.save`` streams them from there. ``sparse``: the
+    stacks may lack layers (a LoRA of some of them); each layer index need only fall inside the layout.
     """
     root = Path(path)
     layout = next(iter(layouts.values()))
     pp_size, vpp_size = len(layout[0]), len(layout)
-    plans = [_plan(source, layouts, spec) for source in sources]
+    plans = [_plan(source, layouts, spec, sparse) for source in sources]
     scratch = root / ".scratch"
     for tp, (source, plan) in enumerate(zip(sources, plans)):
         for pp in range(pp_size):

@@ -151,7 +151,8 @@ class SoraConverter(Converter):
             return convert_lora(read_safetensors(path), self._lora_namings(hf_dir))
         return self._read(path, "--cfg.lora_path")
 
-    def _write(self, target: Path, tensors: TensorSource, parallel: ParallelTarget) -> tuple[int, Layout]:
+    def _write(self, target: Path, tensors: TensorSource, parallel: ParallelTarget,
+               sparse: bool = False) -> tuple[int, Layout]:
         if parallel.tp_size != 1 and self.tp_split is None:
             raise ConvertError(f"{self.name} has no tensor parallelism: {PARALLEL_OPTION}.tp_size must be 1, "
                                f"got {parallel.tp_size}")
@@ -159,7 +160,7 @@ class SoraConverter(Converter):
         rule = lora_split_rule(self.tp_split or _whole)
         with staged_output(target, stale=STALE) as out:
             write_megatron(out, split_tp(tensors, parallel.tp_size, rule, f"{PARALLEL_OPTION}.tp_size"),
-                           {self.pipeline.stacks[0].name: layout}, self.pipeline)
+                           {self.pipeline.stacks[0].name: layout}, self.pipeline, sparse)
         return parallel.tp_size, layout
 
     @subcommand(MmToDcpOptions)
@@ -183,7 +184,7 @@ class SoraConverter(Converter):
         """LoRA safetensors (diffusers / Wan-AI / DiffSynth / peft names) -> MindSpeed-MM LoRA checkpoint."""
         self._check_version(opts.version)
         tensors = convert_lora(read_safetensors(opts.source_path), self._lora_namings(opts.hf_dir))
-        tp, layout = self._write(opts.target_path, tensors, opts.target_parallel_config)
+        tp, layout = self._write(opts.target_path, tensors, opts.target_parallel_config, sparse=True)
         return (f"lora_hf_to_mm {opts.source_path} -> {opts.target_path} ({len(tensors) // 2} LoRA pairs, tp {tp}, "
                 f"layers per stage {layout})")
 

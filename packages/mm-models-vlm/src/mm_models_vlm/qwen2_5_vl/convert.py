@@ -51,6 +51,7 @@ from mm_convert import (
 )
 from mm_convert.dcp_layout import read_mindspeed_dcp
 from mm_convert.export import export_lora
+from mm_convert.lora_weights import convert_lora, lora_split_rule
 from mm_convert.megatron_layout import STALE, Layout, MegatronCheckpoint
 from mm_convert.sources import TensorSource
 from mm_convert.tp_split import Split, merge_tp, split_tp
@@ -109,6 +110,15 @@ class CommonModelConfig:
 
 
 @dataclass
+class LoraModelConfig(CommonModelConfig):
+    """``--cfg.common_model_config.*`` of ``lora_hf_to_mm``."""
+
+    model_prefix: str | None = option(None, help="prefix of the LoRA file's names, taken off (peft: base_model.model.)")
+    new_transformers_weight_key: bool = option(False, help="names of transformers >= 4.52 (model.language_model., "
+                                                           "model.visual.); either naming is read")
+
+
+@dataclass
 class SourceParallel:
     """``--cfg.source_parallel_config.*``: the layout the checkpoint has, checked when given."""
 
@@ -156,6 +166,16 @@ class ResplitOptions:
 
 
 @dataclass
+class LoraHfToMmOptions:
+    """Options of ``lora_hf_to_mm``."""
+
+    mm_dir: Path = option(help="MindSpeed-MM LoRA checkpoint folder to write")
+    hf_config: HfConfig
+    parallel_config: ParallelConfig
+    common_model_config: LoraModelConfig = field(default_factory=LoraModelConfig)
+
+
+@dataclass
 class DcpToHfOptions:
     """Options of ``dcp_to_hf`` (MindSpeed-MM's GenericDCPConverter dcp_to_hf)."""
 
@@ -178,17 +198,9 @@ def tp_split(key: str) -> Split | None:
     return _LAYER_SPLITS.get(layer.group(2)) if layer else _SPLITS.get(key)
 
 
-def _llm_rules(heads: int, kv_heads: int, head_dim: int, canonical: bool) -> list[Rule]:
-    sizes = [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim]
-    attention = [rename(f"model.layers.{{i}}.self_attn.{p}_proj", LLM + f"self_attention.{p}_proj") for p in "qkv"]
-    mlp = [rename(f"model.layers.{{i}}.mlp.{p}_proj", LLM + f"mlp.{p}_proj") for p in ("gate", "up")]
-    fused = [
-        Rule(tuple(f"model.layers.{{i}}.self_attn.{p}_proj" for p in "qkv"), LLM + "self_attention.linear_qkv",
-             lambda ts: interleave(ts, kv_heads), lambda t: deinterleave(t, kv_heads, sizes)),
-        concat(("model.layers.{i}.mlp.gate_proj", "model.layers.{i}.mlp.up_proj"), LLM + "mlp.linear_fc1"),
-    ]
+def _shared_rules() -> list[Rule]:
+    """The names both layouts give alike."""
     return [
-        *([*attention, *mlp] if canonical else fused),
         rename("model.layers.{i}.mlp.down_proj", LLM + "mlp.linear_fc2"),
         rename("model.layers.{i}.self_attn.o_proj", LLM + "self_attention.linear_proj"),
         rename("model.layers.{i}.input_layernorm", LLM + "input_layernorm"),
@@ -196,20 +208,6 @@ def _llm_rules(heads: int, kv_heads: int, head_dim: int, canonical: bool) -> lis
         rename("model.embed_tokens", "text_decoder.embedding.word_embeddings"),
         rename("model.norm", "text_decoder.decoder.final_layernorm"),
         rename("lm_head", "text_decoder.output_layer"),
-    ]
-
-
-def _vit_rules(heads: int, width: int, canonical: bool) -> list[Rule]:
-    qkv = "visual.blocks.{i}.attn.qkv"
-    fused = [
-        Rule((qkv,), VIT + "self_attention.linear_qkv", lambda ts: interleave(list(ts[0].chunk(3)), heads),
-             lambda t: [torch.cat(deinterleave(t, heads, [width] * 3))]),
-        concat(("visual.blocks.{i}.mlp.gate_proj", "visual.blocks.{i}.mlp.up_proj"), VIT + "mlp.linear_fc1"),
-    ]
-    apart = [rename(qkv, VIT + "self_attention.linear_qkv"),
-             *(rename(f"visual.blocks.{{i}}.mlp.{p}_proj", VIT + f"mlp.{p}_proj") for p in ("gate", "up"))]
-    return [
-        *(apart if canonical else fused),
         rename("visual.blocks.{i}.mlp.down_proj", VIT + "mlp.linear_fc2"),
         rename("visual.blocks.{i}.attn.proj", VIT + "self_attention.linear_proj"),
         rename("visual.blocks.{i}.norm1", VIT + "input_layernorm"),
@@ -219,6 +217,30 @@ def _vit_rules(heads: int, width: int, canonical: bool) -> list[Rule]:
         rename("visual.merger.mlp.0", "image_encoder.projector.encoder.linear_fc1"),
         rename("visual.merger.mlp.2", "image_encoder.projector.encoder.linear_fc2"),
     ]
+
+
+def _fused_rules(heads: int, kv_heads: int, head_dim: int, vit_heads: int, vit_width: int) -> list[Rule]:
+    """Megatron's fusions: q/k/v interleaved per key-value group (LLM) or per head (vision), gate and up stacked."""
+    sizes = [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim]
+    return [
+        Rule(tuple(f"model.layers.{{i}}.self_attn.{p}_proj" for p in "qkv"), LLM + "self_attention.linear_qkv",
+             lambda ts: interleave(ts, kv_heads), lambda t: deinterleave(t, kv_heads, sizes)),
+        concat(("model.layers.{i}.mlp.gate_proj", "model.layers.{i}.mlp.up_proj"), LLM + "mlp.linear_fc1"),
+        Rule(("visual.blocks.{i}.attn.qkv",), VIT + "self_attention.linear_qkv",
+             lambda ts: interleave(list(ts[0].chunk(3)), vit_heads),
+             lambda t: [torch.cat(deinterleave(t, vit_heads, [vit_width] * 3))]),
+        concat(("visual.blocks.{i}.mlp.gate_proj", "visual.blocks.{i}.mlp.up_proj"), VIT + "mlp.linear_fc1"),
+    ]
+
+
+# enable_canonical_hf_struct: every tensor renamed, none fused (needs no config; its LoRA layout too).
+CANONICAL_RULES = RuleSet([
+    *(rename(f"model.layers.{{i}}.self_attn.{p}_proj", LLM + f"self_attention.{p}_proj") for p in "qkv"),
+    *(rename(f"model.layers.{{i}}.mlp.{p}_proj", LLM + f"mlp.{p}_proj") for p in ("gate", "up")),
+    rename("visual.blocks.{i}.attn.qkv", VIT + "self_attention.linear_qkv"),
+    *(rename(f"visual.blocks.{{i}}.mlp.{p}_proj", VIT + f"mlp.{p}_proj") for p in ("gate", "up")),
+    *_shared_rules(),
+])
 
 
 def qwen_pipeline(tied: bool) -> PipelineSpec:
@@ -256,8 +278,10 @@ class QwenLayout:
         self.config = config
         text, vision = config.text_config, config.vision_config
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-        self.rules = RuleSet([*_llm_rules(text.num_attention_heads, text.num_key_value_heads, head_dim, canonical),
-                              *_vit_rules(vision.num_heads, vision.hidden_size, canonical)])
+        self.rules = CANONICAL_RULES if canonical else RuleSet([
+            *_fused_rules(text.num_attention_heads, text.num_key_value_heads, head_dim, vision.num_heads,
+                          vision.hidden_size),
+            *_shared_rules()])
         self.pipeline = qwen_pipeline(config.tie_word_embeddings)
 
     def hf_shapes(self) -> dict[str, torch.Size]:
@@ -400,6 +424,30 @@ class Qwen2_5_VLConverter(Converter):
         old = checkpoint.layouts
         return (f"resplit {opts.source_dir} (tp {len(checkpoint.sources)}, vit {old['vit']}, llm {old['llm']}) -> "
                 f"{opts.target_dir} (tp {target.tp_size}, vit {layouts['vit']}, llm {layouts['llm']})")
+
+    @subcommand(LoraHfToMmOptions)
+    def lora_hf_to_mm(self, opts: LoraHfToMmOptions) -> str:
+        """peft LoRA of the Hugging Face model (adapter_model.safetensors) -> MindSpeed-MM LoRA checkpoint
+        (enable_canonical_hf_struct layout), split by tp_size and cut into the pipeline stages."""
+        common, parallel = opts.common_model_config, opts.parallel_config
+        if not common.enable_canonical_hf_struct:
+            raise ConvertError("lora_hf_to_mm writes MindSpeed-MM's LoRA layout, which is the canonical one: give "
+                               "--cfg.common_model_config.enable_canonical_hf_struct true")
+        if parallel.tp_size < 1:
+            raise ConvertError(f"--cfg.parallel_config.tp_size must be at least 1, got {parallel.tp_size}")
+        layouts = parse_layouts(parallel.vit_pp_layers, parallel.llm_pp_layers, "parallel_config")
+        lora = read_safetensors(opts.hf_config.hf_dir)
+        prefix = common.model_prefix or ""
+        names = {_saved_name(k.removeprefix(prefix)): k for k in lora}
+        tensors = convert_lora(TensorSource({n: lora.meta(k) for n, k in names.items()}, lambda n: lora[names[n]],
+                                            lora.where), [CANONICAL_RULES])
+        stacks = tuple(s for s in qwen_pipeline(tied=False).stacks if any(s.layer_of(k) is not None for k in tensors))
+        with staged_output(opts.mm_dir, stale=STALE) as out:
+            write_megatron(out, split_tp(tensors, parallel.tp_size, lora_split_rule(tp_split),
+                                         "--cfg.parallel_config.tp_size"),
+                           {s.name: layouts[s.name] for s in stacks}, PipelineSpec(stacks), sparse=True)
+        return (f"lora_hf_to_mm {opts.hf_config.hf_dir} -> {opts.mm_dir} ({len(tensors) // 2} LoRA pairs, tp "
+                f"{parallel.tp_size}, {', '.join(f'{s.name} {layouts[s.name]}' for s in stacks)})")
 
     @subcommand(DcpToHfOptions)
     def dcp_to_hf(self, opts: DcpToHfOptions) -> str:
