@@ -20,6 +20,9 @@ from mm_convert.cli import main
 from mm_convert.lora_weights import convert_lora, lora_split_rule, merge_lora
 from mm_convert.rules import Rule
 from mm_convert.tp_split import merge_tp, split_tp
+from mm_models_video.opensoraplan1_3.convert import RELEASE_TO_MM
+from mm_models_video.opensoraplan1_3.flavors import get_flavor
+from mm_models_video.opensoraplan1_3.transformer import OpenSoraT2V
 from mm_models_video.wan2_1.convert import DIFFUSERS_TO_MM, MM_PIPELINE
 from mm_models_video.wan2_1.flavors import FLAVORS
 
@@ -184,6 +187,33 @@ def test_lora_hf_to_mm_and_merge_lora_to_base_are_w_plus_scaling_b_at_a(hf, tmp_
     _run(WAN, "merge_lora_to_base", "--cfg.source_path", tmp_path / "mm", "--cfg.target_path", tmp_path / "m2",
          "--cfg.lora_path", tmp_path / "diffusers_lora.safetensors", "--lora_alpha", "64", "--lora_rank", "32")
     _assert_equal(read_megatron(tmp_path / "m2", MM_PIPELINE).sources[0], expected)
+
+
+def test_opensoraplan_tp_checkpoint_to_dcp_and_a_lora_merged_into_tp_ranks(tmp_path):
+    torch.manual_seed(0)
+    OpenSoraT2V(**get_flavor("tiny").predictor).save_pretrained(tmp_path / "release")
+    release = read_safetensors(tmp_path / "release")
+    osp = ["OpenSoraPlanConverter", "--version", "v1.3"]
+    _run(*osp, "hf_to_mm", "--cfg.source_path", tmp_path / "release", "--cfg.target_path", tmp_path / "mm",
+         "--cfg.target_parallel_config.tp_size", "2")
+    _run(*osp, "mm_to_dcp", "--cfg.source_path", tmp_path / "mm", "--cfg.target_path", tmp_path / "dcp")
+    whole = RELEASE_TO_MM.to_mm(release)
+    _assert_equal(_toy(_dcp_model(tmp_path / "dcp" / "release")["model"]), {k: whole[k] for k in whole})
+    # A LoRA in the release's names of a column-parallel (to_q) and a row-parallel (to_out.0) linear, merged into
+    # the FSDP2 checkpoint and cut for TP 2 again.
+    q, out = "transformer_blocks.0.attn1.to_q", "transformer_blocks.1.attn2.to_out.0"
+    lora = _lora([(name, tuple(release.meta(f"{name}.weight").shape)) for name in (q, out)])
+    save_file(lora, str(tmp_path / "lora.safetensors"))
+    _run(*osp, "merge_lora_to_base", "--cfg.source_path", tmp_path / "dcp", "--cfg.lora_path",
+         tmp_path / "lora.safetensors", "--cfg.target_path", tmp_path / "merged", "--lora_alpha", "8", "--lora_rank",
+         "4", "--cfg.target_parallel_config.tp_size", "2")
+    _run(*osp, "mm_to_hf", "--cfg.source_path", tmp_path / "merged", "--cfg.ckpt_path", tmp_path / "release",
+         "--cfg.target_path", tmp_path / "back")
+    expected = {k: release[k] for k in release}
+    for name in (q, out):
+        weight = expected[f"{name}.weight"]
+        expected[f"{name}.weight"] = weight + 2.0 * (lora[f"{name}.lora_B.weight"] @ lora[f"{name}.lora_A.weight"])
+    _assert_equal(read_safetensors(tmp_path / "back"), expected)
 
 
 def _toy(tensors: dict[str, torch.Tensor]) -> TensorSource:
