@@ -10,9 +10,10 @@ from torch.utils.data import Dataset, default_collate
 
 from mm_core.errors import DataError
 from mm_data.bad_samples import BadSamples
+from mm_data.clip_options import ClipOptions, clip_options
 from mm_data.formats import CAPTION_KEYS, DatasetParam, VideoRecord, read_index
 from mm_data.transforms import resize_center_crop
-from mm_data.video import read_video
+from mm_data.video import FrameSampling, read_video
 
 Tokenizer = Callable[[str], Mapping[str, torch.Tensor]]
 
@@ -25,7 +26,9 @@ class VideoTextDataset(Dataset):
     or too short, or whose caption is not a string, is bad: with ``on_bad_sample="skip"`` it is
     logged, counted in ``bad_samples`` and replaced by the next good sample; with ``"error"`` it
     raises DataError. The clip start is random, drawn from ``seed`` and the index so that a
-    sample reads the same frames every time.
+    sample reads the same frames every time. ``options`` (the data.json's frame and resize keys, see
+    :mod:`mm_data.clip_options`) set the frame stride, skipped first frames, speed-up, caption dropout and, with
+    ``force_resolution: false``, each clip's own size (left out when it does not fit: a bad sample).
     """
 
     def __init__(
@@ -39,6 +42,7 @@ class VideoTextDataset(Dataset):
         on_bad_sample: str = "skip",
         seed: int = 0,
         backend: str | None = None,
+        options: ClipOptions | None = None,
     ) -> None:
         self.bad = BadSamples(on_bad_sample)
         self.records = list(records)
@@ -47,13 +51,15 @@ class VideoTextDataset(Dataset):
         self.tokenizer = tokenizer
         self.seed = seed
         self.backend = backend
+        self.options = options or ClipOptions(FrameSampling(num_frames, target_fps))
 
     @classmethod
     def from_param(
         cls, param: DatasetParam, tokenizer: Tokenizer | None = None, on_bad_sample: str = "skip", seed: int = 0,
         origin: str = "",
     ) -> VideoTextDataset:
-        """Build from a data.json ``dataset_param`` block: its index, num_frames, max size and train_fps.
+        """Build from a data.json ``dataset_param`` block: its index, num_frames, max size, train_fps and the frame
+        and resize keys mm honours.
 
         ``origin`` names the config key (and file) that gave the index, for the error when it is missing.
         """
@@ -66,6 +72,7 @@ class VideoTextDataset(Dataset):
             tokenizer=tokenizer,
             on_bad_sample=on_bad_sample,
             seed=seed,
+            options=clip_options(param),
         )
 
     def __len__(self) -> int:
@@ -77,8 +84,25 @@ class VideoTextDataset(Dataset):
         return self.bad.count
 
     def shapes(self) -> list[tuple[int | None, int | None, int | None]]:
-        """Each sample's (num_frames, height, width) as its index states them, for bucketing."""
-        return [record.shape for record in self.records]
+        """Each sample's (num_frames, height, width) as its index states them (per-clip sizes: as planned from
+        them), for bucketing."""
+        planner = self.options.planner
+        if planner is None:
+            return [record.shape for record in self.records]
+        return [(record.num_frames, *(planner.size(record.height, record.width) or (None, None)))
+                for record in self.records]
+
+    def _resize(self, index: int, frames: torch.Tensor) -> torch.Tensor:
+        planner = self.options.planner
+        if planner is None:
+            return resize_center_crop(frames, self.height, self.width)
+        in_h, in_w = frames.shape[1:3]
+        size = planner.size(in_h, in_w)
+        if size is None:
+            raise DataError(f"sample {index} ({self.records[index].path}): a {in_h}×{in_w} clip does not fit "
+                            f"max_hxw {planner.max_hxw} (min_hxw {planner.min_hxw}, hw_aspect_thr "
+                            f"{planner.hw_aspect_thr:g}, hw_stride {planner.hw_stride})")
+        return planner.resize(frames, *size)
 
     def load(self, index: int) -> dict[str, Any]:
         """Sample ``index`` or DataError when it is bad, whatever ``on_bad_sample`` says."""
@@ -89,14 +113,14 @@ class VideoTextDataset(Dataset):
         if not isinstance(record.caption, str):
             raise DataError(f"sample {index} ({record.path}): caption {record.caption!r} is not a string")
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-        frames = read_video(record.path, self.num_frames, self.target_fps, generator=generator, backend=self.backend)
-        item = {
-            "video": resize_center_crop(frames, self.height, self.width),
-            "prompt": record.caption,
-            "index": index,
-        }
+        frames = read_video(record.path, self.num_frames, generator=generator, backend=self.backend,
+                            sampling=self.options.sampling)
+        caption = record.caption
+        if self.options.cfg and torch.rand((), generator=generator) < self.options.cfg:
+            caption = ""  # MindSpeed-MM's cfg: the caption dropped for classifier-free guidance
+        item = {"video": self._resize(index, frames), "prompt": caption, "index": index}
         if self.tokenizer is not None:
-            item.update(self.tokenizer(record.caption))
+            item.update(self.tokenizer(caption))
         return item
 
     def __getitem__(self, index: int) -> dict[str, Any]:

@@ -108,7 +108,7 @@ class DatasetParam:
     max_width: int = 832
     train_fps: float | None = None
     tokenizer_config: dict | list | None = None
-    # MindSpeed-MM keys mm accepts so that their files load, but whose behaviour mm does not change on.
+    # MindSpeed-MM's other keys (frame and resize: read by mm_data.clip_options, which names those it cannot honour).
     extra: dict = field(default_factory=dict)
 
 
@@ -148,7 +148,7 @@ ACCEPTED = {
         "frame_interval", "auto_interval", "max_hxw", "min_hxw", "speed_factor", "drop_short_ratio", "cfg",
         "hw_stride", "force_resolution", "hw_aspect_thr", "train_pipeline", "use_text_processer",
         "enable_text_preprocessing", "text_preprocess_methods", "model_max_length", "use_feature_data",
-        "use_img_from_vid", "use_img_num", "vid_img_fusion_by_splicing",
+        "use_img_from_vid", "use_img_num", "vid_img_fusion_by_splicing", "skip_frame_num", "skip_define_frame_index",
     },
     DataloaderParam: {
         "group_data", "initial_global_step_for_sampler", "collate_param", "split_batch",

@@ -1,8 +1,9 @@
-"""Video decoding: sample ``num_frames`` frames at a target fps with decord, or PyAV when decord is absent."""
+"""Video decoding: ``num_frames`` frames at a target fps or stride, with decord (PyAV when decord is absent)."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import av
@@ -28,9 +29,41 @@ def default_backend() -> str:
     return "decord" if decord is not None else "pyav"
 
 
-def _offsets(num_frames: int, source_fps: float, target_fps: float | None) -> list[int]:
-    stride = source_fps / target_fps if target_fps else 1.0
-    return [math.floor(i * stride) for i in range(num_frames)]
+@dataclass(frozen=True)
+class FrameSampling:
+    """Which frames of a clip to read: ``num_frames`` of them, ``interval`` source frames apart (default: as many as
+    take ``target_fps`` from the source's rate, else 1), the stride raised by at most ``speed_factor`` while the clip
+    has frames to spare, never among its first ``skip`` frames."""
+
+    num_frames: int
+    target_fps: float | None = None
+    interval: float | None = None
+    skip: int = 0
+    speed_factor: float = 1.0
+
+    def offsets(self, total: int, source_fps: float) -> list[int]:
+        """Each frame's offset from the clip's start in a video of ``total`` frames at ``source_fps``."""
+        stride = self.interval or (source_fps / self.target_fps if self.target_fps else 1.0)
+        if self.speed_factor > 1:
+            # Speed a long clip up (MindSpeed-MM's speed_factor): as many of its frames at this stride as it has,
+            # spread over at most speed_factor times the stride.
+            available = math.floor((total - self.skip - 1) / stride) + 1
+            stride *= max(1.0, min(self.speed_factor, available / self.num_frames))
+        return [math.floor(i * stride) for i in range(self.num_frames)]
+
+    def indices(self, total: int, source_fps: float, start: int | None = None,
+                generator: torch.Generator | None = None) -> list[int]:
+        """The frame indices to read; empty if ``total`` is too short. ``start`` is the first index; without it the
+        start is drawn with ``generator`` from the frames past ``skip``, or is ``skip`` when there is none."""
+        offsets = self.offsets(total, source_fps)
+        last_start = total - offsets[-1] - 1
+        if start is None:
+            start = self.skip
+            if generator is not None and last_start > self.skip:
+                start = int(torch.randint(self.skip, last_start + 1, (), generator=generator))
+        if not 0 <= start <= last_start:
+            return []
+        return [start + offset for offset in offsets]
 
 
 def frame_indices(
@@ -46,15 +79,7 @@ def frame_indices(
     ``start`` is the first index; without it the start is drawn with ``generator``, or is 0 when
     there is none.
     """
-    offsets = _offsets(num_frames, source_fps, target_fps)
-    last_start = total - offsets[-1] - 1
-    if start is None:
-        start = 0
-        if generator is not None and last_start > 0:
-            start = int(torch.randint(0, last_start + 1, (), generator=generator))
-    if not 0 <= start <= last_start:
-        return []
-    return [start + offset for offset in offsets]
+    return FrameSampling(num_frames, target_fps).indices(total, source_fps, start, generator)
 
 
 def read_video(
@@ -64,13 +89,16 @@ def read_video(
     start: int | None = None,
     generator: torch.Generator | None = None,
     backend: str | None = None,
+    sampling: FrameSampling | None = None,
 ) -> torch.Tensor:
     """Decode ``num_frames`` frames of ``path`` sampled at ``target_fps`` as uint8 [T, H, W, C].
 
-    ``backend`` forces "decord" or "pyav"; by default decord is tried first when installed.
+    ``sampling`` replaces ``num_frames`` and ``target_fps`` with a whole :class:`FrameSampling` (stride, skipped
+    frames, speed-up). ``backend`` forces "decord" or "pyav"; by default decord is tried first when installed.
     """
-    if num_frames < 1:
-        raise ConfigError(f"num_frames must be at least 1, got {num_frames}")
+    sampling = sampling or FrameSampling(num_frames, target_fps)
+    if sampling.num_frames < 1:
+        raise ConfigError(f"num_frames must be at least 1, got {sampling.num_frames}")
     path = Path(path)
     chosen = backend or default_backend()
     if chosen not in BACKENDS:
@@ -80,31 +108,32 @@ def read_video(
     if not path.is_file():
         raise DataError(f"video {path} does not exist")
     if chosen == "pyav":
-        return _read_pyav(path, num_frames, target_fps, start, generator)
+        return _read_pyav(path, sampling, start, generator)
     try:
-        return _read_decord(path, num_frames, target_fps, start, generator)
+        return _read_decord(path, sampling, start, generator)
     except UndecodableError:
         # decord fails on some valid files (e.g. 48 pixels wide): unless it was asked for, let PyAV decide.
         if backend == "decord":
             raise
-        return _read_pyav(path, num_frames, target_fps, start, generator)
+        return _read_pyav(path, sampling, start, generator)
 
 
 def _sample(
     path: Path,
     total: int,
     fps: float,
-    num_frames: int,
-    target_fps: float | None,
+    sampling: FrameSampling,
     start: int | None,
     generator: torch.Generator | None,
 ) -> list[int]:
-    indices = frame_indices(total, fps, num_frames, target_fps, start, generator)
+    indices = sampling.indices(total, fps, start, generator)
     if not indices:
-        rate = f" at {target_fps:g} fps from {fps:g} fps" if target_fps else ""
-        at = f" from frame {start}" if start is not None else ""
-        needed = _offsets(num_frames, fps, target_fps)[-1] + 1 + (start or 0)
-        raise DataError(f"video {path} has {total} frames but {needed} are needed for {num_frames} frames{rate}{at}")
+        target = sampling.target_fps
+        rate = f" at {target:g} fps from {fps:g} fps" if target and not sampling.interval else ""
+        at = f" from frame {start}" if start is not None else (f" past frame {sampling.skip}" if sampling.skip else "")
+        needed = sampling.offsets(total, fps)[-1] + 1 + (sampling.skip if start is None else start)
+        raise DataError(f"video {path} has {total} frames but {needed} are needed for {sampling.num_frames} "
+                        f"frames{rate}{at}")
     return indices
 
 
@@ -113,11 +142,7 @@ def _undecodable(path: Path, exc: Exception) -> UndecodableError:
 
 
 def _read_decord(
-    path: Path,
-    num_frames: int,
-    target_fps: float | None,
-    start: int | None,
-    generator: torch.Generator | None,
+    path: Path, sampling: FrameSampling, start: int | None, generator: torch.Generator | None
 ) -> torch.Tensor:
     try:
         reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
@@ -125,7 +150,7 @@ def _read_decord(
         raise _undecodable(path, exc) from None
     try:
         total, fps = len(reader), reader.get_avg_fps()
-        indices = _sample(path, total, fps, num_frames, target_fps, start, generator)
+        indices = _sample(path, total, fps, sampling, start, generator)
         frames = reader.get_batch(indices).asnumpy()
     except (RuntimeError, decord.DECORDError) as exc:
         raise _undecodable(path, exc) from None
@@ -137,11 +162,7 @@ def _read_decord(
 
 
 def _read_pyav(
-    path: Path,
-    num_frames: int,
-    target_fps: float | None,
-    start: int | None,
-    generator: torch.Generator | None,
+    path: Path, sampling: FrameSampling, start: int | None, generator: torch.Generator | None
 ) -> torch.Tensor:
     try:
         with av.open(str(path)) as container:
@@ -153,7 +174,7 @@ def _read_pyav(
             total = stream.frames or sum(1 for packet in container.demux(stream) if packet.size)
         if not fps:
             raise DataError(f"video {path} has no frame rate in its video stream")
-        indices = _sample(path, total, fps, num_frames, target_fps, start, generator)
+        indices = _sample(path, total, fps, sampling, start, generator)
         wanted = set(indices)
         frames = {}
         with av.open(str(path)) as container:

@@ -12,6 +12,7 @@ from typing import Any
 
 from mm_core.config import Config, Unused, wrap
 from mm_core.errors import ConfigError
+from mm_data.clip_options import CLIP_KEYS
 
 TEXT_ENCODER_PARTS = ("llm", "clip")
 TEXT_ENCODERS: dict[str, dict[str, Any]] = {
@@ -107,19 +108,17 @@ def patch_size(model: Config) -> int | None:
 
 
 _DECODE = Unused("mm decodes with decord (PyAV when missing)")
-_FRAMES = Unused("mm takes num_frames at train_fps from the clip's start")
 _TEXT = Unused("captions go to the tokenizers as written")
-# data.json dataset_param keys, at its top or under basic_parameters / preprocess_parameters; None: not given.
+# data.json dataset_param keys, at its top or under basic_parameters / preprocess_parameters; None: not given (the
+# frame and resize keys are read, or named as not honoured, by mm_data.clip_options).
 DATASET_KEYS: dict[str, Any] = {
     **dict.fromkeys((
         "dataset_type", "data_path", "json_path", "data_folder", "num_frames", "max_height", "max_width",
-        "train_fps", "tokenizer_config",
+        "train_fps", "tokenizer_config", *CLIP_KEYS,
     )),
     "data_storage_mode": Unused("data_path is read as one data.jsonl / data.json index"),
     "video_processor_type": _DECODE,
     "video_reader_type": _DECODE,
-    "skip_frame_num": _FRAMES,
-    "skip_define_frame_index": _FRAMES,
     "train_pipeline": Unused("mm resizes and center-crops clips to max_height × max_width"),
     "use_text_processer": _TEXT,
     "enable_text_preprocessing": _TEXT,

@@ -1,0 +1,111 @@
+"""How the shared video loader honours a data.json's frame and resize keys, and which of them it cannot honour.
+
+MindSpeed-MM's video processors read these keys: ``frame_interval`` is the stride between sampled frames unless
+``auto_interval`` (true by default) lets ``train_fps`` set it; ``skip_frame_num`` frames at a clip's start are never
+sampled; ``speed_factor`` speeds a long clip up; ``cfg`` drops a caption with that probability; with
+``force_resolution: false`` each clip keeps its aspect, scaled to at most ``max_hxw`` pixels and cropped to
+multiples of ``hw_stride`` (``min_hxw`` and ``hw_aspect_thr`` leave clips out). Every clip has ``num_frames``
+frames here, so the keys that let shorter clips train (``min_num_frames``, ``drop_short_ratio`` below 1) cannot be
+honoured: they, and the keys of no meaning to mm, come back in ``unused`` with why, for one warning line each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mm_core.errors import ConfigError
+from mm_data.dynamic_resolution import ClipPlanner
+from mm_data.formats import DatasetParam
+from mm_data.video import FrameSampling
+
+DYNAMIC_SIZE_KEYS = ("max_hxw", "min_hxw", "hw_stride", "hw_aspect_thr")
+# Keys the shared loader has no use for, with why (MindSpeed-MM's names for what mm does its own way).
+NO_MEANING = {
+    "data_storage_mode": "data_path is read as one index: a data.json, a .jsonl or a data.txt of folder,index lines",
+    "video_processor_type": "mm decodes with decord (PyAV when missing) and samples frames itself",
+    "video_reader_type": "mm decodes with decord (PyAV when missing) and samples frames itself",
+    "image_reader_type": "mm decodes with decord (PyAV when missing) and samples frames itself",
+    "train_pipeline": "mm resizes, center-crops and normalizes clips itself, as these transforms do",
+    "use_text_processer": "captions are cleaned as the model's pipeline cleans them",
+    "enable_text_preprocessing": "captions are cleaned as the model's pipeline cleans them",
+    "text_preprocess_methods": "captions are cleaned as the model's pipeline cleans them",
+    "model_max_length": "the prompt length comes from tokenizer_config or the model",
+    "use_feature_data": "dataset_type 'feature' says whether the data are features",
+    "use_img_from_vid": "joint image-video training is not offered",
+    "use_img_num": "joint image-video training is not offered",
+    "vid_img_fusion_by_splicing": "joint image-video training is not offered",
+    "skip_define_frame_index": "MindSpeed-MM reads it nowhere",
+}
+# Every dataset_param key clip_options reads or names.
+CLIP_KEYS = ("frame_interval", "auto_interval", "skip_frame_num", "speed_factor", "cfg", "force_resolution",
+             *DYNAMIC_SIZE_KEYS, "min_num_frames", "drop_short_ratio", *NO_MEANING)
+SHORT_CLIPS = "every clip has num_frames frames: a shorter one is skipped as a bad sample"
+FIXED_SIZE = "force_resolution is true: clips are resized and center-cropped to max_height × max_width"
+FPS_STRIDE = "auto_interval: train_fps sets the stride between frames"
+INTERVAL_STRIDE = "auto_interval is false: frame_interval sets the stride between frames"
+FEATURES = "the data are extracted features: their clips were sampled and resized when they were encoded"
+
+
+@dataclass(frozen=True)
+class ClipOptions:
+    """The frame sampling, caption dropout and (``force_resolution: false``) per-clip size planner a data.json asks
+    for; ``unused`` lists the keys it gives that the shared loader cannot honour, as (key, why)."""
+
+    sampling: FrameSampling
+    cfg: float = 0.0
+    planner: ClipPlanner | None = None
+    unused: tuple[tuple[str, str], ...] = ()
+
+
+def _number(extra: Mapping[str, Any], key: str, default: float, low: float, kind: type = float) -> Any:
+    value = extra.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)) \
+            or value < low:
+        expected = f"an integer of at least {low:g}" if kind is int else f"a number of at least {low:g}"
+        raise ConfigError(f"data.dataset_param.{key} must be {expected}, got {value!r}")
+    return kind(value)
+
+
+def _optional_int(extra: Mapping[str, Any], key: str) -> int | None:
+    return _number(extra, key, 1, 1, int) if extra.get(key) is not None else None
+
+
+def clip_options(param: DatasetParam) -> ClipOptions:
+    """The options of ``param``'s frame and resize keys (a ConfigError naming a key of the wrong value)."""
+    extra = param.extra
+    if param.dataset_type == "feature":
+        return ClipOptions(FrameSampling(param.num_frames), unused=tuple((key, FEATURES) for key in extra))
+    unused = [(key, why) for key, why in NO_MEANING.items() if key in extra]
+    by_stride = extra.get("auto_interval", True) is False or param.train_fps is None
+    interval = _number(extra, "frame_interval", 1, 1) if by_stride else None
+    if not by_stride and "frame_interval" in extra:
+        unused.append(("frame_interval", FPS_STRIDE))
+    if by_stride and param.train_fps is not None:
+        unused.append(("train_fps", INTERVAL_STRIDE))
+    sampling = FrameSampling(
+        param.num_frames,
+        None if by_stride else param.train_fps,
+        interval,
+        _number(extra, "skip_frame_num", 0, 0, int),
+        _number(extra, "speed_factor", 1.0, 1),
+    )
+    if _number(extra, "min_num_frames", param.num_frames, 1, int) < param.num_frames:
+        unused.append(("min_num_frames", SHORT_CLIPS))
+    if _number(extra, "drop_short_ratio", 1.0, 0) < 1:
+        unused.append(("drop_short_ratio", SHORT_CLIPS))
+    cfg = _number(extra, "cfg", 0.0, 0)
+    if cfg > 1:
+        raise ConfigError(f"data.dataset_param.cfg must be a probability in [0, 1], got {cfg!r}")
+    planner = None
+    if extra.get("force_resolution", True) is False:
+        planner = ClipPlanner(
+            num_frames=param.num_frames, min_num_frames=param.num_frames, max_height=param.max_height,
+            max_width=param.max_width, max_hxw=_optional_int(extra, "max_hxw"), min_hxw=_optional_int(extra, "min_hxw"),
+            hw_stride=_number(extra, "hw_stride", 32, 1, int), hw_aspect_thr=_number(extra, "hw_aspect_thr", 2.0, 1),
+            force_resolution=False,
+        )
+    else:
+        unused += [(key, FIXED_SIZE) for key in DYNAMIC_SIZE_KEYS if key in extra]
+    return ClipOptions(sampling, cfg, planner, tuple(unused))
