@@ -86,6 +86,19 @@ def test_wan2_1_writes_mindspeed_layout_that_trains_as_its_own(tmp_path) -> None
     torch.testing.assert_close(from_theirs, from_ours, rtol=0, atol=0)
 
 
+@pytest.mark.slow
+def test_wan2_1_i2v_mindspeed_layout_holds_its_clip_tokens_and_condition_and_trains_as_its_own(tmp_path) -> None:
+    clips = [*_clips(9), "model.task=i2v"]
+    ours = _extract(wan_config, extract_wan, tmp_path / "mm", "mm", *clips)
+    theirs = _extract(wan_config, extract_wan, tmp_path / "mindspeed", "mindspeed", *clips)
+    sample = torch.load(tmp_path / "mindspeed" / _lines(theirs)[0]["file"], weights_only=True)
+    assert sorted(sample) == ["i2v_clip_feature", "i2v_vae_feature", "prompt_ids", "prompt_mask", "video"]
+    assert sample["i2v_clip_feature"].shape == (17, 32) and sample["i2v_vae_feature"].shape == (8, 3, 4, 4)
+    from_ours, from_theirs = _losses(wan_config, wan_loader, build_wan, wan_plugin, [ours, theirs], (4, 3, 4, 4),
+                                     "model.task=i2v")
+    torch.testing.assert_close(from_theirs, from_ours, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("task", ["t2v", "i2v"])
 def test_stepvideo_writes_mindspeed_layout_that_trains_as_its_own(tmp_path, task) -> None:
     # hunyuan_clip pads captions to CLIP_LEN tokens: its padded tokens are in both stores, and attended to.
