@@ -158,13 +158,24 @@ class OpenSoraPlanI2V(OpenSoraPlanT2V):
         masked = self.encode_video(pixels * (mask < 0.5), generators)
         return torch.cat([masked, compress_mask(mask, self.vae_strides).to(masked.dtype)], dim=1)
 
+    def sample_conditions(self, video: torch.Tensor, noise_seeds: Sequence[int] | None) -> torch.Tensor:
+        """:meth:`conditions` of masks drawn per sample, from its seed's condition stream (else the global RNG)."""
+        seeds = noise_seeds if noise_seeds is not None else torch.randint(0, 2**62, (video.shape[0],)).tolist()
+        generators = [torch.Generator(video.device).manual_seed(int(s) ^ CONDITION_SEED_BIT) for s in seeds]
+        return self.conditions(video, self.draw_masks(video.shape[2], generators), generators)
+
+    def features(self, batch: dict) -> dict:
+        """OpenSoraPlanT2V's features and the sample's ``conditions``."""
+        if "video" not in batch:
+            return batch
+        conditions = self.sample_conditions(batch["video"], batch.get("noise_seeds"))
+        return {**super().features(batch), "conditions": conditions}
+
     def embed(self, video: torch.Tensor | None = None, conditions: torch.Tensor | None = None,
               noise_seeds: Sequence[int] | None = None, **inputs: object) -> Carry:
         """As OpenSoraPlanT2V.embed, with ``conditions`` (else drawn from ``video``'s masks, per sample)."""
         if conditions is None:
             if video is None:
                 raise ValueError("OpenSoraPlanI2V needs the clip (video) or its conditions")
-            seeds = noise_seeds if noise_seeds is not None else torch.randint(0, 2**62, (video.shape[0],)).tolist()
-            generators = [torch.Generator(video.device).manual_seed(int(s) ^ CONDITION_SEED_BIT) for s in seeds]
-            conditions = self.conditions(video, self.draw_masks(video.shape[2], generators), generators)
+            conditions = self.sample_conditions(video, noise_seeds)
         return super().embed(video=video, noise_seeds=noise_seeds, conditions=conditions, **inputs)

@@ -134,6 +134,53 @@ class OpenSoraPlanT2V(FrozenEncoders):
         draws = [torch.rand((), generator=g, device=g.device).item() for g in generators]
         return ["" if u < self.text_dropout else p for p, u in zip(prompts, draws)]
 
+    def _generators(self, device: torch.device, noise_seeds: Sequence[int] | None) -> list[torch.Generator] | None:
+        return None if noise_seeds is None else [torch.Generator(device).manual_seed(int(s)) for s in noise_seeds]
+
+    def encode_inputs(
+        self,
+        video: torch.Tensor | None = None,
+        prompt: Sequence[str] | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        prompt_mask: torch.Tensor | None = None,
+        noise_seeds: Sequence[int] | None = None,
+        noise: torch.Tensor | None = None,
+        timesteps: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """``latents``, ``prompt_embeds``, ``prompt_mask``, ``noise`` and ``timesteps``: those given, the others
+        encoded from ``video`` / ``prompt`` or drawn, in this order from each sample's generator (its seed in
+        ``noise_seeds``, else the global RNG): the VAE sample, the caption dropout, the timestep and noise."""
+        device = latents.device if latents is not None else video.device
+        generators = self._generators(device, noise_seeds)
+        if latents is None:
+            latents = self.encode_video(video, generators)
+        if prompt_embeds is None:
+            prompt_embeds, prompt_mask = self.encode_text(self._drop_captions(prompt, generators))
+        if noise is None or timesteps is None:
+            if generators is None:
+                generators = [torch.Generator(device).manual_seed(int(s))
+                              for s in torch.randint(0, 2**62, (latents.shape[0],)).tolist()]
+            drawn_noise, drawn_t = self.diffusion.draw(latents, generators, *self.timestep_stratum)
+            noise = drawn_noise if noise is None else noise
+            timesteps = drawn_t if timesteps is None else timesteps
+        return {"latents": latents, "prompt_embeds": prompt_embeds, "prompt_mask": prompt_mask, "noise": noise,
+                "timesteps": timesteps.to(device)}
+
+    def features(self, batch: dict) -> dict:
+        """A raw batch with :meth:`encode_inputs` (latents, caption states, noise, timesteps) in place of its
+        ``video`` and ``prompt``: what the forward trains on, as the encoder engines serve it (a feature batch as
+        it is)."""
+        if "video" not in batch:
+            return batch
+        out = {key: value for key, value in batch.items() if key not in ("video", "prompt")}
+        out.update(self.encode_inputs(batch["video"], batch["prompt"], noise_seeds=batch.get("noise_seeds")))
+        return out
+
+    def offloaded(self) -> list[torch.nn.Module]:
+        """The encoders interleaved offload keeps on the CPU between its windows: mT5."""
+        return [self.text_encoder]
+
     def embed(
         self,
         video: torch.Tensor | None = None,
@@ -151,29 +198,16 @@ class OpenSoraPlanT2V(FrozenEncoders):
 
         Give ``video`` and ``prompt``, or ``latents`` with ``prompt_embeds`` and ``prompt_mask``. Each sample's VAE
         sample, caption dropout, timestep and noise come from its seed in ``noise_seeds``; ``noise`` and
-        ``timesteps`` given override them. ``video_mask`` [B, T, H, W] marks the latents that are not padding;
-        ``conditions`` (I2V) are concatenated to the noised latents along the channels.
+        ``timesteps`` given override them (see :meth:`encode_inputs`). ``video_mask`` [B, T, H, W] marks the
+        latents that are not padding; ``conditions`` (I2V) are concatenated to the noised latents along the
+        channels.
         """
-        device = latents.device if latents is not None else video.device
-        generators = None
-        if noise_seeds is not None:
-            generators = [torch.Generator(device).manual_seed(int(s)) for s in noise_seeds]
-        if latents is None:
-            latents = self.encode_video(video, generators)
-        if prompt_embeds is None:
-            prompt_embeds, prompt_mask = self.encode_text(self._drop_captions(prompt, generators))
-        if noise is None or timesteps is None:
-            if generators is None:
-                generators = [torch.Generator(device).manual_seed(int(s))
-                              for s in torch.randint(0, 2**62, (latents.shape[0],)).tolist()]
-            drawn_noise, drawn_t = self.diffusion.draw(latents, generators, *self.timestep_stratum)
-            noise = drawn_noise if noise is None else noise
-            timesteps = drawn_t if timesteps is None else timesteps
-        timesteps = timesteps.to(device)
+        inputs = self.encode_inputs(video, prompt, latents, prompt_embeds, prompt_mask, noise_seeds, noise, timesteps)
+        latents, noise, timesteps = inputs["latents"], inputs["noise"], inputs["timesteps"]
         noised = self.diffusion.add_noise(latents, noise, timesteps)
         if conditions is not None:
             noised = torch.cat([noised, conditions.to(noised.dtype)], dim=1)
-        inner = self.predictor.embed(noised, timesteps, prompt_embeds, prompt_mask, video_mask)
+        inner = self.predictor.embed(noised, timesteps, inputs["prompt_embeds"], inputs["prompt_mask"], video_mask)
         target = self.diffusion.target(latents, noise, timesteps)
         weights = self.diffusion.loss_weights(timesteps)
         loss_mask = latents.new_zeros(latents.shape[0], 0) if video_mask is None else video_mask.float()

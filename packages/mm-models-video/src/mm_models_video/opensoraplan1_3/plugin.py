@@ -10,7 +10,7 @@ from mm_core.data_iter import DataIterator
 from mm_core.errors import ConfigError
 from mm_core.runtime import Runtime
 from mm_models_video import clip_shape
-from mm_models_video.cp_batch import read_seeded_batch
+from mm_models_video.encoder_engines import FeatureEncoder, check_encoder_engines, engine_batch, fsdp_ignored
 from mm_models_video.frozen import FROZEN
 from mm_models_video.infer_hint import print_infer_hint
 from mm_models_video.opensoraplan1_3 import schema
@@ -24,7 +24,7 @@ from mm_models_video.opensoraplan1_3.inpaint import OpenSoraPlanI2V
 from mm_models_video.opensoraplan1_3.mindspeed import MINDSPEED_MODULES
 from mm_models_video.opensoraplan1_3.model import Carry, OpenSoraPlanT2V, run_block
 from mm_models_video.opensoraplan1_3.tp import tensor_parallel_plan
-from mm_models_video.vae_cp import check_vae_cp, vae_cp_group
+from mm_models_video.vae_cp import vae_cp_group
 
 # The embedded run: a tiny OpenSoraPlan on generated clips, about a minute on two CPU cores.
 TRAINING = {
@@ -37,7 +37,9 @@ TRAINING = {
     "save_interval": 60,
 }
 
-MODEL_INPUTS = ("video", "prompt", "latents", "prompt_embeds", "prompt_mask", "noise_seeds", "video_mask")
+# noise, timesteps and conditions come with the features the encoder engines serve (OpenSoraPlanT2V.features).
+MODEL_INPUTS = ("video", "prompt", "latents", "prompt_embeds", "prompt_mask", "noise_seeds", "video_mask", "noise",
+                "timesteps", "conditions")
 # The predictor's modules before and after its blocks: on the first and the last pipeline stage.
 PP_PRE = ("caption_projection", "pos_embed", "adaln_single", "rope")
 PP_PRE_I2V = ("pos_embed_masked_hidden_states", "pos_embed_mask")
@@ -71,11 +73,14 @@ def check_clips(config: Config, model: OpenSoraPlanT2V) -> None:
 
 @hookimpl
 def model_provider(config: Config, runtime: Runtime) -> OpenSoraPlanT2V:
-    """Build the model (on the CPU; the engines place it), checked against the data and the parallel layout."""
+    """Build the model (on the CPU; the engines place it), checked against the data and the parallel layout.
+
+    With ``model.ae.vae_cp_size`` its VAE encodes each clip split over that many ranks of the CP group.
+    """
+    check_encoder_engines(config.model, config.parallel)
     model = build_model(config.model)
     check_clips(config, model)
     size = config.model.ae.vae_cp_size
-    check_vae_cp(size, config.parallel.cp.size, config.parallel.pp.size)
     if size > 1:
         model.vae_cp_group = vae_cp_group(runtime.submesh("cp").get_group(), size)
     parsed = parse_data(config)
@@ -94,12 +99,14 @@ def parallel_plan(model: OpenSoraPlanT2V, config: Config) -> ParallelPlan:
 
     MindSpeed-MM's module paths in the fsdp2 patterns (``predictor.videodit_sparse_blocks.{*}``) name the blocks.
     CP splits the tokens before the first block and the RoPE tables (computed for the whole grid), and gathers
-    after ``proj_out``. Under PP the first stage encodes, noises and embeds (``embed``), the last predicts.
+    after ``proj_out``. Under PP the first stage encodes, noises and embeds (``embed``), the last predicts. With
+    the encoder engines on, FSDP2 leaves the frozen encoders whole: they encode in ``get_batch``.
     """
     i2v = isinstance(model, OpenSoraPlanI2V)
     pre = [*FROZEN, *(f"predictor.{name}" for name in (*PP_PRE, *(PP_PRE_I2V if i2v else ())))]
     return ParallelPlan(
         fsdp_modules=["predictor.transformer_blocks.{*}"],
+        fsdp_ignored=fsdp_ignored(config.model, FROZEN),
         cp=ContextParallelPlan(
             split_inputs={"predictor.transformer_blocks.0": 1},
             split_outputs={"predictor.rope": 0},
@@ -127,12 +134,13 @@ def datasets_provider(config: Config, runtime: Runtime) -> tuple:
 
 
 @hookimpl
-def get_batch(data_iterator: DataIterator, runtime: Runtime) -> dict:
+def get_batch(data_iterator: DataIterator, runtime: Runtime, model: torch.nn.Module) -> dict:
     """The next batch on the device, with per-sample seeds from (training seed, epoch, index) of its items.
 
-    With context parallelism only cp rank 0 reads it; the other ranks of its group receive it.
+    With context parallelism only cp rank 0 reads it; the other ranks of its group receive it. With
+    ``model.enable_encoder_dp`` or ``model.encoder_offload_interval`` it comes encoded (``encoder_engines``).
     """
-    return read_seeded_batch(data_iterator, runtime)
+    return engine_batch(data_iterator, runtime, model, lambda osp: FeatureEncoder(osp.features, osp.offloaded()))
 
 
 def model_inputs(batch: dict) -> dict:

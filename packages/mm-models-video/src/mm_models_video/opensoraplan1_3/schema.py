@@ -143,11 +143,7 @@ FIXED = {
 # DDPM (training's noising) or the sampler of MindSpeed-MM's inference model.json.
 DIFFUSION_IDS = ("DDPM", "EulerAncestralDiscrete")
 # MindSpeed-MM features whose keys load but which mm's opensoraplan1_3 does not implement: only these values.
-NOT_IMPLEMENTED = {
-    "enable_encoder_dp": False,
-    "encoder_offload_interval": 1,
-    "use_dynamic_dpcp": False,
-}
+NOT_IMPLEMENTED = {"use_dynamic_dpcp": False}
 # MindSpeed-MM's predictor of each task.
 PREDICTOR_IDS = {"t2v": "videoditsparse", "i2v": "videoditsparsei2v"}
 
