@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
+from torch import nn
 
 from mm_data.transforms import normalize_pixels
 from mm_models_video.flow_matching import NoiseToDataFlowMatching
@@ -17,6 +18,9 @@ from mm_models_video.stepvideo.vae import SPATIAL_STRIDE, TEMPORAL_STRIDE, StepV
 
 # The first-frame condition of TI2V is noised with σ = exp(N(-3, 0.5)) before encoding (MindSpeed-MM's I2V processor).
 IMAGE_NOISE_MEAN, IMAGE_NOISE_STD = -3.0, 0.5
+# A sample's seed draws its diffusion noise; seed + 1 its TI2V first-frame noise, seed + 2 its VAE posterior sample.
+POSTERIOR_SEED_OFFSET = 2
+TEXT_FEATURES = ("prompt_embeds", "prompt_mask", "clip_embeds")
 
 
 class Carry(NamedTuple):
@@ -75,10 +79,18 @@ class StepVideo(FrozenEncoders):
         return TEMPORAL_STRIDE, SPATIAL_STRIDE
 
     @torch.no_grad()
-    def encode_video(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Pixels [B, 3, T, H, W] (uint8, or float in [-1, 1]) -> float32 latents [B, F, z, H/16, W/16]."""
+    def encode_video(
+        self, video: torch.Tensor, generator: torch.Generator | None = None, seeds: Sequence[int] | None = None
+    ) -> torch.Tensor:
+        """Pixels [B, 3, T, H, W] (uint8, or float in [-1, 1]) -> float32 latents [B, F, z, H/16, W/16].
+
+        The posterior sample is drawn from ``generator``, or per sample from its seed (+ POSTERIOR_SEED_OFFSET), so
+        it does not depend on when or where the clip is encoded. With ``vae_cp_group`` the encode is split over it.
+        """
         pixels = normalize_pixels(video).transpose(1, 2)
-        return self.ae.encode(pixels, sample=self.do_sample, generator=generator).float()
+        if seeds is not None:
+            generator = [torch.Generator(video.device).manual_seed(seed + POSTERIOR_SEED_OFFSET) for seed in seeds]
+        return self.ae.encode(pixels, sample=self.do_sample, generator=generator, group=self.vae_cp_group).float()
 
     @torch.no_grad()
     def encode_image_condition(self, video: torch.Tensor, latents: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
@@ -97,6 +109,37 @@ class StepVideo(FrozenEncoders):
     def encode_text(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Prompts -> ``{"prompt_embeds", "prompt_mask", "clip_embeds"}`` (see StepVideoTextEncoders)."""
         return self.text_encoder(prompts)
+
+    def encode_inputs(
+        self, latents: torch.Tensor | None, text: dict[str, torch.Tensor] | None, image_latents: torch.Tensor | None,
+        video: torch.Tensor | None, prompt: Sequence[str] | None, seeds: Sequence[int] | None,
+    ) -> dict[str, torch.Tensor]:
+        """The latents, text features (TEXT_FEATURES) and TI2V condition the forward trains on: those given, the
+        rest encoded from the clip and caption (the random draws from the per-sample ``seeds``)."""
+        if latents is None:
+            latents = self.encode_video(video, seeds=seeds)
+        if text is None:
+            encoded = self.encode_text(prompt)
+            text = {key: encoded[key] for key in TEXT_FEATURES}
+        out = {"latents": latents, **text}
+        if self.task == "i2v":
+            out["image_latents"] = image_latents if image_latents is not None else self.encode_image_condition(
+                video, latents, seeds or [0] * latents.shape[0])
+        return out
+
+    def features(self, batch: dict) -> dict:
+        """A raw batch with the clip's latents, the caption's features (and TI2V's condition) in place of its
+        ``video`` and ``prompt``: what the forward takes, as the encoder engines serve it (a feature batch as it is)."""
+        if "video" not in batch:
+            return batch
+        out = {key: value for key, value in batch.items() if key not in ("video", "prompt")}
+        out.update(self.encode_inputs(None, None, None, batch["video"], batch["prompt"],
+                                      _host(batch.get("noise_seeds"))))
+        return out
+
+    def offloaded(self) -> list[nn.Module]:
+        """The encoders interleaved offload keeps on the CPU between its windows: step_llm and hunyuan_clip."""
+        return [self.text_encoder]
 
     def forward(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor | int]:
         """Noise the clip's latents and predict the velocity: ``{"pred", "target", "tokens"}`` (see :meth:`embed`)."""
@@ -117,20 +160,20 @@ class StepVideo(FrozenEncoders):
         noise: torch.Tensor | None = None,
         timestep_indices: torch.Tensor | None = None,
         noise_seeds: Sequence[int] | torch.Tensor | None = None,
+        clip_mask: torch.Tensor | None = None,
     ) -> Carry:
         """Everything before the blocks: encode (unless given features), noise, the predictor's embeddings.
 
         Give ``latents`` and the text features (extracted) or ``video`` and ``prompt``. Noise and timestep are drawn
-        per sample from ``noise_seeds`` (see flow_matching.noise_seeds) unless given.
+        per sample from ``noise_seeds`` (see flow_matching.noise_seeds) unless given. ``clip_mask`` (encode_text
+        gives it, for feature stores) is not read: the transformer attends every CLIP token.
         """
-        seeds = noise_seeds.tolist() if isinstance(noise_seeds, torch.Tensor) else noise_seeds
-        if latents is None:
-            latents = self.encode_video(video)
-        if prompt_embeds is None:
-            text = self.encode_text(prompt)
-            prompt_embeds, prompt_mask, clip_embeds = text["prompt_embeds"], text["prompt_mask"], text["clip_embeds"]
-        if self.task == "i2v" and image_latents is None:
-            image_latents = self.encode_image_condition(video, latents, seeds or [0] * latents.shape[0])
+        seeds = _host(noise_seeds)
+        text = None if prompt_embeds is None else {
+            "prompt_embeds": prompt_embeds, "prompt_mask": prompt_mask, "clip_embeds": clip_embeds}
+        encoded = self.encode_inputs(latents, text, image_latents, video, prompt, seeds)
+        latents, prompt_embeds, prompt_mask, clip_embeds = (encoded[k] for k in ("latents", *TEXT_FEATURES))
+        image_latents = encoded.get("image_latents")
         noise, timestep_indices = self.diffusion.noise_and_indices(latents, noise, timestep_indices, seeds)
         noised, timesteps = self.diffusion.add_noise(latents, noise, timestep_indices)
         tokens, context, keep, modulation, embedded, cos, sin = self.predictor.embed(
@@ -146,6 +189,10 @@ class StepVideo(FrozenEncoders):
         grid = self.predictor.token_grid(carry.target)
         pred = self.predictor.unembed(carry.hidden, carry.embedded_timestep, grid)
         return {"pred": pred, "target": carry.target, "tokens": carry.target.shape[0] * math.prod(grid)}
+
+
+def _host(seeds: Sequence[int] | torch.Tensor | None) -> list[int] | None:
+    return seeds.tolist() if isinstance(seeds, torch.Tensor) else seeds
 
 
 def image_condition(first_latent: torch.Tensor, frames: int) -> torch.Tensor:

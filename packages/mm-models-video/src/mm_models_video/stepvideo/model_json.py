@@ -44,9 +44,11 @@ TOP: dict[str, Any] = {
     "load_video_features": _FEATURES,
     "load_text_features": _FEATURES,
     "enable_encoder_dp": False,
+    "encoder_offload_interval": 1,
     "patch": {"ae_float32": None},  # true: the VAE runs in float32 whatever ae.dtype says
 }
 AE: dict[str, Any] = {
+    "vae_cp_size": 1,
     "i2v_processor": Unused("model.task=i2v (give it to extract TI2V features) conditions on the first frame")
 }
 
@@ -95,9 +97,6 @@ def check(model: Config) -> None:
     if extra is not None and bool(extra) != (model.task == "i2v"):
         raise ConfigError(f"model.predictor.use_additional_conditions is {extra} but model.task is "
                           f"{model.task!r} (true for i2v only)")
-    if model.get("enable_encoder_dp"):
-        raise ConfigError("model.enable_encoder_dp: stepvideo encodes on every rank (encoder data parallelism is "
-                          "not implemented for it); set it to false")
 
 
 def patch_size(model: Config) -> int | None:

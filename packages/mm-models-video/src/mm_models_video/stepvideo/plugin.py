@@ -8,7 +8,7 @@ from mm_core import ContextParallelPlan, ParallelPlan, PipelinePlan, hookimpl
 from mm_core.config import Config
 from mm_core.data_iter import DataIterator
 from mm_core.runtime import Runtime
-from mm_models_video.cp_batch import read_seeded_batch
+from mm_models_video.encoder_engines import FeatureEncoder, check_encoder_engines, engine_batch, fsdp_ignored
 from mm_models_video.flow_matching import velocity_loss
 from mm_models_video.frozen import FROZEN
 from mm_models_video.infer_hint import print_infer_hint
@@ -21,6 +21,7 @@ from mm_models_video.stepvideo.extract import extract_features as run_extraction
 from mm_models_video.stepvideo.infer import generate
 from mm_models_video.stepvideo.model import Carry, StepVideo, run_block
 from mm_models_video.stepvideo.tp import tensor_parallel_plan
+from mm_models_video.vae_cp import vae_cp_group
 
 # The embedded run: a tiny Step-Video T2V on generated clips, about a minute on two CPU cores.
 TRAINING = {
@@ -56,9 +57,15 @@ def default_config(task: str) -> dict:
 
 @hookimpl
 def model_provider(config: Config, runtime: Runtime) -> StepVideo:
-    """Build the StepVideo (on the CPU; the engines place it) and check the data's clip shape against it."""
+    """Build the StepVideo (on the CPU; the engines place it) and check the data's clip shape against it.
+
+    With ``model.ae.vae_cp_size`` its VAE encodes each clip split over that many ranks of the CP group.
+    """
+    check_encoder_engines(config.model, config.parallel)
     model = build_model(model_json.with_data_tokenizers(config))
     check_clip_fits(config, model.predictor.config.patch_size)
+    if config.model.ae.vae_cp_size > 1:
+        model.vae_cp_group = vae_cp_group(runtime.submesh("cp").get_group(), config.model.ae.vae_cp_size)
     return model
 
 
@@ -70,11 +77,13 @@ def parallel_plan(model: StepVideo, config: Config) -> ParallelPlan:
     CP splits after the patch embedding (with the RoPE tables, computed for the whole sequence, so each token keeps
     its position) and gathers after ``proj_out``; the self-attention goes through ``mm_parallel.attention``. Under
     PP the first stage encodes, noises and embeds (``StepVideo.embed``), the last predicts (``StepVideo.predict``).
-    MindSpeed-MM's module paths in an fsdp2 yaml resolve through ``model_json.MINDSPEED_MODULES``.
+    MindSpeed-MM's module paths in an fsdp2 yaml resolve through ``model_json.MINDSPEED_MODULES``. With the encoder
+    engines on, FSDP2 leaves the frozen encoders whole: they encode in ``get_batch``.
     """
     predictor = model.predictor
     return ParallelPlan(
         fsdp_modules=["predictor.transformer_blocks.{*}"],
+        fsdp_ignored=fsdp_ignored(config.model, FROZEN),
         cp=ContextParallelPlan(
             split_inputs={"predictor.transformer_blocks.0": 1},
             split_outputs={"predictor.rope": 1},
@@ -103,12 +112,13 @@ def datasets_provider(config: Config, runtime: Runtime) -> tuple:
 
 
 @hookimpl
-def get_batch(data_iterator: DataIterator, runtime: Runtime) -> dict:
+def get_batch(data_iterator: DataIterator, runtime: Runtime, model: torch.nn.Module) -> dict:
     """The next batch on the device, with per-sample noise seeds from (training seed, epoch, index) of its items.
 
-    With context parallelism only cp rank 0 reads it; the other ranks of its group receive it.
+    With context parallelism only cp rank 0 reads it; the other ranks of its group receive it. With
+    ``model.enable_encoder_dp`` or ``model.encoder_offload_interval`` it comes encoded (``encoder_engines``).
     """
-    return read_seeded_batch(data_iterator, runtime)
+    return engine_batch(data_iterator, runtime, model, lambda step: FeatureEncoder(step.features, step.offloaded()))
 
 
 def model_inputs(batch: dict) -> dict:

@@ -3,18 +3,25 @@
 17 frames encode to 3 latent frames (each 17-frame chunk on its own, as the release encodes), latents are laid out
 frames before channels ([B, F, C, H, W]); decoding turns each 3-frame latent chunk into 17 frames and blends the
 frames where two chunks meet. Group norms normalize each frame on its own (the release's ``spatial`` mode of v2).
-``from_file`` loads the released ``vae_v2.safetensors``.
+``from_file`` loads the released ``vae_v2.safetensors``. With a VAE-CP group (``model.ae.vae_cp_size``) the encode
+is split over its ranks: whole chunks per rank (``vae_cp.encode_chunks``), or each chunk's frames when the clip has
+fewer chunks than ranks (``vae_cp.encode_split``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
+from torch.distributed import ProcessGroup
+
+from mm_models_video import vae_cp
 
 FRAME_LEN = 17
 LATENT_LEN = 3
@@ -373,22 +380,37 @@ class StepVideoVAE(nn.Module):
         }
         self.load_state_dict(state)
 
-    def encode_moments(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pixels [B, T, 3, H, W] -> the posterior's (mean, log-variance) [B, F, z, h, w], 17 frames at a time."""
-        chunks = [self.encoder(chunk.transpose(1, 2).to(self.dtype)) for chunk in video.split(FRAME_LEN, dim=1)]
-        moments = torch.cat(chunks, dim=2).transpose(1, 2)
-        mean, logvar = moments.chunk(2, dim=2)
+    def encode_moments(
+        self, video: torch.Tensor, group: ProcessGroup | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixels [B, T, 3, H, W] -> the posterior's (mean, log-variance) [B, F, z, h, w], 17 frames at a time; with
+        ``group`` (every rank passing the same clip) split over its ranks, the same moments on every rank."""
+        video = video.to(self.dtype)
+        if group is None:
+            chunks = [self.encoder(chunk.transpose(1, 2)) for chunk in video.split(FRAME_LEN, dim=1)]
+            moments = torch.cat(chunks, dim=2)
+        elif math.ceil(video.shape[1] / FRAME_LEN) >= dist.get_world_size(group):
+            moments = vae_cp.encode_chunks(lambda chunk: self.encoder(chunk.transpose(1, 2)), video, FRAME_LEN,
+                                           group, frame_dim=1, latent_dim=2)
+        else:
+            ops = split_ops(self.encoder)
+            moments = torch.cat([vae_cp.encode_split(self.encoder, chunk.transpose(1, 2), ops, TEMPORAL_STRIDE, group)
+                                 for chunk in video.split(FRAME_LEN, dim=1)], dim=2)
+        mean, logvar = moments.transpose(1, 2).chunk(2, dim=2)
         return mean, logvar.clamp(-30.0, 20.0)
 
     def encode(
-        self, video: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None
+        self, video: torch.Tensor, sample: bool = True,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None, group: ProcessGroup | None = None,
     ) -> torch.Tensor:
-        """Pixels [B, T, 3, H, W] -> latents [B, F, z, h, w]: a posterior sample (the release's) or its mean."""
-        mean, logvar = self.encode_moments(video)
+        """Pixels [B, T, 3, H, W] -> latents [B, F, z, h, w]: a posterior sample (the release's) or its mean.
+
+        ``generator``: one for the batch, or one per sample. ``group``: split the encode (see :meth:`encode_moments`).
+        """
+        mean, logvar = self.encode_moments(video, group)
         if not sample:
             return mean
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-        return mean + torch.exp(0.5 * logvar) * noise
+        return mean + torch.exp(0.5 * logvar) * posterior_noise(mean, generator)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents [B, F, z, h, w] (F a multiple of 3) -> pixels [B, 17·F/3, 3, 16h, 16w], chunk seams blended."""
@@ -397,6 +419,25 @@ class StepVideoVAE(nn.Module):
         chunks = [self.decoder(chunk.transpose(1, 2).to(self.dtype)).transpose(1, 2)
                   for chunk in latents.split(LATENT_LEN, dim=1)]
         return blend_chunks(torch.cat(chunks, dim=1))
+
+
+def posterior_noise(
+    mean: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator] | None
+) -> torch.Tensor:
+    """Standard normal noise shaped like ``mean``, drawn from one generator or from one per sample."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    return torch.cat([torch.randn((1, *mean.shape[1:]), generator=g, device=mean.device, dtype=mean.dtype)
+                      for g in generator])
+
+
+def split_ops(encoder: VideoEncoder) -> list[vae_cp.HaloOp]:
+    """The encoder's temporal ops for splitting one chunk's frames over ranks: its causal convs, the patchify conv
+    (a kernel-4 stride-2 op with the pixel unshuffle) and its shortcut, and the middle attention (causal over every
+    earlier position: the whole prefix)."""
+    return [*vae_cp.causal_conv_ops(encoder, CausalConv, skip=[encoder.conv_patchify.conv]),
+            vae_cp.HaloOp(encoder.conv_patchify, 4, 2), vae_cp.HaloOp(encoder.shortcut_pathify, 2, 2),
+            vae_cp.HaloOp(encoder.mid.attn_1, None)]
 
 
 def blend_chunks(video: torch.Tensor) -> torch.Tensor:
