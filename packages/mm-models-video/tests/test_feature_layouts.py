@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from stepvideo_testing import stepvideo_config
+from stepvideo_testing import spawn_extraction, stepvideo_config
 from wan_testing import wan_config
 
 from mm_core.errors import ConfigError
 from mm_core.runtime import create_runtime
+from mm_data.features import MindSpeedFeatureDataset
 from mm_data.synthetic import make_moving_shapes
 from mm_models_video.stepvideo import plugin as step_plugin
 from mm_models_video.stepvideo.build import build_model as build_stepvideo
@@ -114,6 +115,19 @@ def test_stepvideo_writes_mindspeed_layout_that_trains_as_its_own(tmp_path, task
     from_ours, from_theirs = _losses(stepvideo_config, stepvideo_loader, build_stepvideo, step_plugin, [ours, theirs],
                                      (3, 4, 2, 2), *clips[2:])
     torch.testing.assert_close(from_theirs, from_ours, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_two_ranks_write_one_mindspeed_store_in_video_order(tmp_path) -> None:
+    clips = _clips(17)
+    one = _extract(stepvideo_config, extract_stepvideo, tmp_path / "one", "mindspeed", *clips)
+    spawn_extraction(2, f"extract.output_dir={tmp_path / 'two'}", "extract.layout=mindspeed", *clips)
+    assert _lines(tmp_path / "two" / "data.json") == _lines(one)
+    assert not list((tmp_path / "two").glob("rank_*"))
+    ours, theirs = MindSpeedFeatureDataset(one.parent / "data.jsonl"), MindSpeedFeatureDataset(tmp_path / "two")
+    for i in range(4):
+        for key in ("latents", "prompt_embeds", "prompt_embeds_2", "prompt_mask_2"):
+            assert torch.equal(theirs[i][key], ours[i][key])
 
 
 def test_unknown_layout_is_one_error(tmp_path) -> None:
