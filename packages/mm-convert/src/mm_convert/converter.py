@@ -43,12 +43,12 @@ class Converter:
 
     @classmethod
     def subcommands(cls) -> dict[str, Subcommand]:
-        """The subcommands this converter offers, in the order they are defined."""
+        """The subcommands this converter offers, in the order they are defined: its own, then its bases'."""
         found: dict[str, Subcommand] = {}
-        for klass in reversed(cls.__mro__):
+        for klass in cls.__mro__:
             for name, member in vars(klass).items():
                 options = getattr(member, SUBCOMMAND, None)
-                if options is not None:
+                if options is not None and name not in found:
                     doc = inspect.getdoc(member) or ""
                     found[name] = Subcommand(name, options, doc.splitlines()[0] if doc else "", member)
         return found

@@ -92,7 +92,7 @@ class MergeLoraOptions:
     version: str | None = option(None, help="the family's version where it has versions (OpenSoraPlan v1.3)")
 
 
-def _whole(key: str) -> None:
+def _replicated(key: str) -> None:
     return None
 
 
@@ -107,7 +107,7 @@ def read_mm_checkpoint(path: str | Path, spec: PipelineSpec, tp_rule: SplitRule 
         if len(checkpoint.sources) > 1 and tp_rule is None:
             raise ConvertError(f"{path} has {len(checkpoint.sources)} tensor-parallel ranks; this model has no "
                                "tensor parallelism")
-        return merge_tp(checkpoint.sources, lora_split_rule(tp_rule or _whole))
+        return merge_tp(checkpoint.sources, lora_split_rule(tp_rule or _replicated))
     if find_dcp(path) is None:
         raise ConvertError(f"{option_name} {path} is neither a MindSpeed-MM checkpoint (release/ or iter_*/ with "
                            "mp_rank_*) nor an FSDP2 one (a .metadata in it, its release/ or iter_*/)")
@@ -157,7 +157,7 @@ class SoraConverter(Converter):
             raise ConvertError(f"{self.name} has no tensor parallelism: {PARALLEL_OPTION}.tp_size must be 1, "
                                f"got {parallel.tp_size}")
         layout = parse_layout(parallel.pp_layers or layer_count(tensors, self.pipeline), f"{PARALLEL_OPTION}.pp_layers")
-        rule = lora_split_rule(self.tp_split or _whole)
+        rule = lora_split_rule(self.tp_split or _replicated)
         with staged_output(target, stale=STALE) as out:
             write_megatron(out, split_tp(tensors, parallel.tp_size, rule, f"{PARALLEL_OPTION}.tp_size"),
                            {self.pipeline.stacks[0].name: layout}, self.pipeline, sparse)
