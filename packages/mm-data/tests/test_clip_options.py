@@ -1,5 +1,5 @@
 """The data.json frame and resize keys of MindSpeed-MM's video processors, as the shared video loader honours them
-(frame_interval, skip_frame_num, speed_factor, cfg, max_hxw ...), and the keys it names as not honoured."""
+(frame_interval, skip_frame_num, speed_factor, max_hxw ...), and the keys it names as not honoured."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mm_core.errors import ConfigError, DataError
-from mm_data.clip_options import FEATURES, FIXED_SIZE, FPS_STRIDE, SHORT_CLIPS, clip_options
+from mm_data.clip_options import FEATURES, FIXED_SIZE, FPS_STRIDE, NO_DROPOUT, SHORT_CLIPS, clip_options
 from mm_data.datasets import VideoTextDataset
 from mm_data.formats import DatasetParam, parse_data_config, read_index
 from mm_data.synthetic import make_moving_shapes
@@ -70,6 +70,7 @@ def test_keys_that_cannot_be_honoured_are_named_with_why(counter_video) -> None:
     assert unused["skip_define_frame_index"] == "MindSpeed-MM reads it nowhere"
     assert unused["min_num_frames"] == unused["drop_short_ratio"] == SHORT_CLIPS
     assert unused["max_hxw"] == FIXED_SIZE and "video_reader_type" in unused
+    assert dict(clip_options(_param(counter_video, cfg=0.1)).unused) == {"cfg": NO_DROPOUT}
     assert clip_options(_param(counter_video, drop_short_ratio=1.0, min_num_frames=5)).unused == ()
     features = clip_options(dataclasses.replace(_param(counter_video, max_hxw=1200), dataset_type="feature"))
     assert features.unused == (("max_hxw", FEATURES),)
@@ -77,11 +78,3 @@ def test_keys_that_cannot_be_honoured_are_named_with_why(counter_video) -> None:
         clip_options(_param(counter_video, frame_interval=0))
     with pytest.raises(ConfigError, match=r"^data.dataset_param.max_hxw is needed when force_resolution is false"):
         clip_options(_param(counter_video, force_resolution=False))
-
-
-def test_cfg_drops_captions_with_its_probability(shapes_dir) -> None:
-    param = _param(read_index(shapes_dir / "data.json")[0].path, cfg=0.5)
-    records = read_index(shapes_dir / "data.json") * 10
-    dataset = VideoTextDataset(records, 5, 32, 32, options=clip_options(param), seed=1)
-    dropped = sum(dataset.load(i)["prompt"] == "" for i in range(len(dataset)))
-    assert 15 <= dropped <= 45

@@ -2,11 +2,13 @@
 
 MindSpeed-MM's video processors read these keys: ``frame_interval`` is the stride between sampled frames unless
 ``auto_interval`` (true by default) lets ``train_fps`` set it; ``skip_frame_num`` frames at a clip's start are never
-sampled; ``speed_factor`` speeds a long clip up; ``cfg`` drops a caption with that probability; with
+sampled; ``speed_factor`` speeds a long clip up; with
 ``force_resolution: false`` each clip keeps its aspect, scaled to at most ``max_hxw`` pixels and cropped to
 multiples of ``hw_stride`` (``min_hxw`` and ``hw_aspect_thr`` leave clips out). Every clip has ``num_frames``
 frames here, so the keys that let shorter clips train (``min_num_frames``, ``drop_short_ratio`` below 1) cannot be
-honoured: they, and the keys of no meaning to mm, come back in ``unused`` with why, for one warning line each.
+honoured, nor ``cfg`` (a caption dropped with that probability each time it is read: the per-sample seeded loader
+would drop the same captions every epoch): they, and the keys of no meaning to mm, come back in ``unused`` with
+why, for one warning line each.
 """
 
 from __future__ import annotations
@@ -45,16 +47,16 @@ SHORT_CLIPS = "every clip has num_frames frames: a shorter one is skipped as a b
 FIXED_SIZE = "force_resolution is true: clips are resized and center-cropped to max_height × max_width"
 FPS_STRIDE = "auto_interval: train_fps sets the stride between frames"
 INTERVAL_STRIDE = "auto_interval is false: frame_interval sets the stride between frames"
+NO_DROPOUT = "captions are not dropped for classifier-free guidance by this family's loader"
 FEATURES = "the data are extracted features: their clips were sampled and resized when they were encoded"
 
 
 @dataclass(frozen=True)
 class ClipOptions:
-    """The frame sampling, caption dropout and (``force_resolution: false``) per-clip size planner a data.json asks
-    for; ``unused`` lists the keys it gives that the shared loader cannot honour, as (key, why)."""
+    """The frame sampling and (``force_resolution: false``) per-clip size planner a data.json asks for; ``unused``
+    lists the keys it gives that the shared loader cannot honour, as (key, why)."""
 
     sampling: FrameSampling
-    cfg: float = 0.0
     planner: ClipPlanner | None = None
     unused: tuple[tuple[str, str], ...] = ()
 
@@ -95,9 +97,8 @@ def clip_options(param: DatasetParam) -> ClipOptions:
         unused.append(("min_num_frames", SHORT_CLIPS))
     if _number(extra, "drop_short_ratio", 1.0, 0) < 1:
         unused.append(("drop_short_ratio", SHORT_CLIPS))
-    cfg = _number(extra, "cfg", 0.0, 0)
-    if cfg > 1:
-        raise ConfigError(f"data.dataset_param.cfg must be a probability in [0, 1], got {cfg!r}")
+    if _number(extra, "cfg", 0.0, 0) > 0:
+        unused.append(("cfg", NO_DROPOUT))
     planner = None
     if extra.get("force_resolution", True) is False:
         planner = ClipPlanner(
@@ -108,4 +109,4 @@ def clip_options(param: DatasetParam) -> ClipOptions:
         )
     else:
         unused += [(key, FIXED_SIZE) for key in DYNAMIC_SIZE_KEYS if key in extra]
-    return ClipOptions(sampling, cfg, planner, tuple(unused))
+    return ClipOptions(sampling, planner, tuple(unused))

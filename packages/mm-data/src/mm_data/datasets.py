@@ -27,7 +27,7 @@ class VideoTextDataset(Dataset):
     logged, counted in ``bad_samples`` and replaced by the next good sample; with ``"error"`` it
     raises DataError. The clip start is random, drawn from ``seed`` and the index so that a
     sample reads the same frames every time. ``options`` (the data.json's frame and resize keys, see
-    :mod:`mm_data.clip_options`) set the frame stride, skipped first frames, speed-up, caption dropout and, with
+    :mod:`mm_data.clip_options`) set the frame stride, skipped first frames, speed-up and, with
     ``force_resolution: false``, each clip's own size (left out when it does not fit: a bad sample).
     """
 
@@ -115,12 +115,9 @@ class VideoTextDataset(Dataset):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
         frames = read_video(record.path, self.num_frames, generator=generator, backend=self.backend,
                             sampling=self.options.sampling)
-        caption = record.caption
-        if self.options.cfg and torch.rand((), generator=generator) < self.options.cfg:
-            caption = ""  # MindSpeed-MM's cfg: the caption dropped for classifier-free guidance
-        item = {"video": self._resize(index, frames), "prompt": caption, "index": index}
+        item = {"video": self._resize(index, frames), "prompt": record.caption, "index": index}
         if self.tokenizer is not None:
-            item.update(self.tokenizer(caption))
+            item.update(self.tokenizer(record.caption))
         return item
 
     def __getitem__(self, index: int) -> dict[str, Any]:

@@ -237,7 +237,6 @@ class MindSpeedFeatureWriter:
         self.index = self.out_dir / index_name
         if self.index.exists():
             raise DataError(f"feature store {self.out_dir} already has a {index_name}; write into a new folder")
-        self.num_samples = 0
 
     def add(self, name: str, tensors: Mapping[str, Any], **line: Any) -> None:
         """Save one sample's tensors (a tensor, or a list of them per key) as ``features/name`` and index it."""
@@ -250,7 +249,6 @@ class MindSpeedFeatureWriter:
             index.write(json.dumps({**line, "file": relative}) + "\n")
             index.flush()
             os.fsync(index.fileno())
-        self.num_samples += 1
 
 
 def _to_cpu(value: Any) -> Any:
