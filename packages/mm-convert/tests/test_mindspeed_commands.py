@@ -23,6 +23,8 @@ from mm_convert.tp_split import merge_tp, split_tp
 from mm_models_video.opensoraplan1_3.convert import RELEASE_TO_MM
 from mm_models_video.opensoraplan1_3.flavors import get_flavor
 from mm_models_video.opensoraplan1_3.transformer import OpenSoraT2V
+from mm_models_video.stepvideo.flavors import get_flavor as stepvideo_flavor
+from mm_models_video.stepvideo.transformer import StepVideoModel
 from mm_models_video.wan2_1.convert import DIFFUSERS_TO_MM, MM_PIPELINE
 from mm_models_video.wan2_1.flavors import FLAVORS
 
@@ -102,7 +104,8 @@ class ShardFlattenInfo:
 
 
 def _write_layerzero(folder, tensors: dict[str, torch.Tensor], ranks: int = 2) -> None:
-    """LayerZero shards as MindSpeed's mga_checkpoint.save_checkpoint writes them: model_<rank>.pt per rank."""
+    """LayerZero shards as MindSpeed's mga_checkpoint.save_checkpoint writes them: model_<rank>.pt per rank, the
+    EMA weights (here: the model's doubled) beside the model's."""
     name = "mindspeed.core.distributed.layerzero.state.fqn"
     chain = [name.rsplit(".", n)[0] for n in range(name.count("."), -1, -1)]  # pickle imports the parents too
     for part in chain:
@@ -110,26 +113,24 @@ def _write_layerzero(folder, tensors: dict[str, torch.Tensor], ranks: int = 2) -
     sys.modules[name].ShardFlattenInfo = ShardFlattenInfo
     ShardFlattenInfo.__module__ = name
     try:
-        infos, pieces = {}, [{} for _ in range(ranks)]
+        infos, states = {}, [{"model": {}, "ema_model": {}} for _ in range(ranks)]
         for n, (name, tensor) in enumerate(tensors.items()):
             wrapped = "_zero3_wrapped_module.predictor." + name.replace(".", "._zero3_wrapped_module.", 1)
-            if n == 0:  # a parameter LayerZero does not manage: whole on every rank, no shard info
-                for piece in pieces:
-                    piece[wrapped] = tensor
-                continue
-            fqn = "predictor." + name
-            infos[fqn] = ShardFlattenInfo(True, tensor.numel(), 0, 0, tensor.shape, False, -1, 1)
-            flat = tensor.reshape(-1)
-            cut = flat.numel() // 3  # uneven pieces, as a flat parameter's shards are
-            for rank, piece in enumerate((flat[:cut], flat[cut:]) if ranks == 2 else (flat,)):
-                pieces[rank][wrapped] = piece.clone()
+            if n:  # the first parameter is one LayerZero does not manage: whole on every rank, no shard info
+                infos["predictor." + name] = ShardFlattenInfo(True, tensor.numel(), 0, 0, tensor.shape, False, -1, 1)
+            for key, value in (("model", tensor), ("ema_model", 2 * tensor)):
+                flat = value.reshape(-1)
+                cut = flat.numel() // 3  # uneven pieces, as a flat parameter's shards are
+                pieces = [value] * ranks if not n else (flat[:cut], flat[cut:]) if ranks == 2 else (flat,)
+                for state, piece in zip(states, pieces):
+                    state[key][wrapped] = piece.clone()
         folder.mkdir(parents=True)
         args = argparse.Namespace(num_layers=2, pipeline_model_parallel_size=1)
-        for rank, piece in enumerate(pieces):
+        for rank, state in enumerate(states):
             parallel = {"tp_rank": 0, "pp_rank": 0, "dp_rank": rank, "tp_degree": 1, "pp_degree": 1,
                         "dp_degree": ranks, "global_rank": rank}
-            torch.save({"args": args, "checkpoint_version": 3.0, "iteration": 5, "model": piece,
-                        "shard_state_dict": infos, "parallel_state": parallel}, folder / f"model_{rank}.pt")
+            torch.save({"args": args, "checkpoint_version": 3.0, "iteration": 5, **state, "shard_state_dict": infos,
+                        "parallel_state": parallel}, folder / f"model_{rank}.pt")
     finally:
         for part in chain:
             del sys.modules[part]
@@ -142,6 +143,9 @@ def test_layerzero_to_mm_joins_the_ranks_shards(hf, tmp_path):
     checkpoint = read_megatron(tmp_path / "mm", MM_PIPELINE)
     assert checkpoint.layouts == {"dit": [[2]]}
     _assert_equal(checkpoint.sources[0], tensors)
+    _run(WAN, "layerzero_to_mm", "--cfg.source_path", tmp_path / "save", "--cfg.target_path", tmp_path / "ema",
+         "--cfg.ema_model", "true", "--cfg.iteration", "5", "--cfg.target_parallel_config.pp_layers", "[1,1]")
+    _assert_equal(read_megatron(tmp_path / "ema", MM_PIPELINE).sources[0], {k: 2 * v for k, v in tensors.items()})
 
 
 def _lora(module_names: list[str], rank: int = 4) -> dict[str, torch.Tensor]:
@@ -214,6 +218,31 @@ def test_opensoraplan_tp_checkpoint_to_dcp_and_a_lora_merged_into_tp_ranks(tmp_p
         weight = expected[f"{name}.weight"]
         expected[f"{name}.weight"] = weight + 2.0 * (lora[f"{name}.lora_B.weight"] @ lora[f"{name}.lora_A.weight"])
     _assert_equal(read_safetensors(tmp_path / "back"), expected)
+
+
+def test_stepvideo_lora_of_the_fused_per_head_qkv_merges_in_mindspeed_mm_s_layout(tmp_path):
+    # The release's attn1.wqkv rows are per head; MindSpeed-MM's proj_qkv per part, split by TP: B follows the rows.
+    torch.manual_seed(0)
+    StepVideoModel(**stepvideo_flavor("tiny").predictor).save_pretrained(tmp_path / "release")
+    release = read_safetensors(tmp_path / "release")
+    step = ["StepVideoConverter"]
+    _run(*step, "hf_to_mm", "--cfg.source_path", tmp_path / "release", "--cfg.target_path", tmp_path / "mm",
+         "--cfg.target_parallel_config.tp_size", "2")
+    qkv, kv = "transformer_blocks.0.attn1.wqkv", "transformer_blocks.1.attn2.wkv"
+    lora = _lora([(name, tuple(release.meta(f"{name}.weight").shape)) for name in (qkv, kv)])
+    save_file(lora, str(tmp_path / "lora.safetensors"))
+    _run(*step, "lora_hf_to_mm", "--cfg.source_path", tmp_path / "lora.safetensors", "--cfg.target_path",
+         tmp_path / "lora_mm", "--cfg.hf_dir", tmp_path / "release", "--cfg.target_parallel_config.tp_size", "2")
+    _run(*step, "merge_lora_to_base", "--cfg.source_path", tmp_path / "mm", "--cfg.lora_path", tmp_path / "lora_mm",
+         "--cfg.target_path", tmp_path / "merged", "--lora_alpha", "4", "--lora_rank", "4",
+         "--cfg.target_parallel_config.tp_size", "2")
+    _run(*step, "mm_to_hf", "--cfg.source_path", tmp_path / "merged", "--cfg.ckpt_path", tmp_path / "release",
+         "--cfg.target_path", tmp_path / "back")
+    back = read_safetensors(tmp_path / "back")
+    for name in (qkv, kv):
+        update = lora[f"{name}.lora_B.weight"] @ lora[f"{name}.lora_A.weight"]
+        torch.testing.assert_close(back[f"{name}.weight"], release[f"{name}.weight"] + update)
+    assert torch.equal(back["transformer_blocks.0.attn1.wo.weight"], release["transformer_blocks.0.attn1.wo.weight"])
 
 
 def _toy(tensors: dict[str, torch.Tensor]) -> TensorSource:
