@@ -269,11 +269,14 @@ def test_a_rule_that_reorders_rows_reorders_lora_b_and_tp_splits_the_pair_as_its
     _assert_equal(merge_tp(ranks, rule), {k: lora[k] for k in lora})
 
 
-def test_print_config_of_a_readme_command_line(hf, tmp_path, capsys):
+def test_print_config_of_a_readme_command_line_is_a_config_file_that_gives_it(tmp_path, capsys):
     assert main([WAN, "merge_lora_to_base", "--cfg.source_path", "base", "--cfg.target_path", "merged",
                  "--cfg.lora_path", "lora", "--lora_alpha", "64", "--lora_rank", "64", "--print_config"]) == 0
     printed = capsys.readouterr().out
     assert "lora_alpha: 64.0" in printed and "lora_rank: 64" in printed and "lora_path: lora" in printed
+    (tmp_path / "merge.yaml").write_text(printed)
+    assert main([WAN, "merge_lora_to_base", "--config", str(tmp_path / "merge.yaml"), "--print_config"]) == 0
+    assert capsys.readouterr().out == printed
 
 
 @pytest.mark.parametrize(("argv", "message"), [
