@@ -145,10 +145,13 @@ class SoraConverter(Converter):
     def _read(self, path: Path, option_name: str = "--cfg.source_path") -> TensorSource:
         return read_mm_checkpoint(path, self.pipeline, self.tp_split, option_name)
 
+    def _lora_file(self, path: Path, hf_dir: Path | None) -> TensorSource:
+        return convert_lora(read_safetensors(path), self._lora_namings(hf_dir))
+
     def _read_lora(self, path: Path, hf_dir: Path | None) -> TensorSource:
         path = Path(path)
         if path.is_file() or any(path.glob("*.safetensors")):
-            return convert_lora(read_safetensors(path), self._lora_namings(hf_dir))
+            return self._lora_file(path, hf_dir)
         return self._read(path, "--cfg.lora_path")
 
     def _write(self, target: Path, tensors: TensorSource, parallel: ParallelTarget,
@@ -183,7 +186,7 @@ class SoraConverter(Converter):
     def lora_hf_to_mm(self, opts: LoraHfToMmOptions) -> str:
         """LoRA safetensors (diffusers / Wan-AI / DiffSynth / peft names) -> MindSpeed-MM LoRA checkpoint."""
         self._check_version(opts.version)
-        tensors = convert_lora(read_safetensors(opts.source_path), self._lora_namings(opts.hf_dir))
+        tensors = self._lora_file(opts.source_path, opts.hf_dir)
         tp, layout = self._write(opts.target_path, tensors, opts.target_parallel_config, sparse=True)
         return (f"lora_hf_to_mm {opts.source_path} -> {opts.target_path} ({len(tensors) // 2} LoRA pairs, tp {tp}, "
                 f"layers per stage {layout})")
