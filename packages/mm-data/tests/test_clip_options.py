@@ -7,10 +7,11 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+import torch
 
 from mm_core.errors import ConfigError, DataError
 from mm_data.clip_options import FEATURES, FIXED_SIZE, FPS_STRIDE, NO_DROPOUT, SHORT_CLIPS, clip_options
-from mm_data.datasets import VideoTextDataset
+from mm_data.datasets import VideoTextDataset, collate
 from mm_data.formats import DatasetParam, parse_data_config, read_index
 from mm_data.synthetic import make_moving_shapes
 
@@ -78,3 +79,11 @@ def test_keys_that_cannot_be_honoured_are_named_with_why(counter_video) -> None:
         clip_options(_param(counter_video, frame_interval=0))
     with pytest.raises(ConfigError, match=r"^data.dataset_param.max_hxw is needed when force_resolution is false"):
         clip_options(_param(counter_video, force_resolution=False))
+
+
+def test_clips_of_two_sizes_in_one_batch_are_one_error() -> None:
+    small = {"video": torch.zeros(3, 5, 16, 32, dtype=torch.uint8), "prompt": "a", "index": 0}
+    large = {"video": torch.zeros(3, 5, 24, 48, dtype=torch.uint8), "prompt": "b", "index": 1}
+    with pytest.raises(DataError, match=r"^a batch's 'video' tensors differ in shape \(\(3, 5, 16, 32\), \(3, 5, 24, "
+                                        r"48\)\): samples of several sizes .* grouped by size \(group_resolution"):
+        collate([small, large])

@@ -141,6 +141,12 @@ def collate(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     for key in items[0]:
         values = [item[key] for item in items]
         if isinstance(values[0], torch.Tensor):
+            shapes = sorted({tuple(value.shape) for value in values})
+            if len(shapes) > 1:
+                raise DataError(f"a batch's {key!r} tensors differ in shape ({', '.join(map(str, shapes))}): "
+                                "samples of several sizes (force_resolution: false, features of such clips) batch "
+                                "grouped by size (group_resolution, the index giving each resolution) or one at a "
+                                "time (micro_batch_size 1)")
             batch[key] = default_collate(values)
         elif isinstance(values[0], int):
             batch[key] = torch.tensor(values)
