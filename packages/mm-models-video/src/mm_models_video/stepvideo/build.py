@@ -12,7 +12,9 @@ from mm_core.config import Config
 from mm_core.errors import ConfigError
 from mm_models_video.flow_matching import NoiseToDataFlowMatching
 from mm_models_video.pretrained import fixed_init, load_pretrained
+from mm_models_video.stepvideo import model_json
 from mm_models_video.stepvideo.flavors import Flavor
+from mm_models_video.stepvideo.mindspeed_checkpoint import read_mindspeed_checkpoint, split_load
 from mm_models_video.stepvideo.model import StepVideo
 from mm_models_video.stepvideo.schema import (
     PREDICTOR_KEYS,
@@ -55,6 +57,8 @@ def part_source(model: Config, part: str) -> str | None:
     kind, _, name = part.partition(".")
     if kind == "text_encoder":
         own = text_encoder(model, name).from_pretrained
+    elif kind == "tokenizer":
+        own = model_json.tokenizers(model)[name].from_pretrained
     else:
         own = model.get_path(f"{part}.from_pretrained")
     if own:
@@ -90,8 +94,9 @@ def build_vae(model: Config, flavor: Flavor) -> StepVideoVAE:
 
 def build_text_encoders(model: Config, flavor: Flavor) -> StepVideoTextEncoders:
     """step_llm and hunyuan_clip with their tokenizers, from the release's folders or the tiny flavor's."""
-    llm_len = model.tokenizer.llm.model_max_length or flavor.llm_len
-    clip_len = model.tokenizer.clip.model_max_length or flavor.clip_len
+    tokenizers = model_json.tokenizers(model)
+    llm_len = tokenizers["llm"].model_max_length or flavor.llm_len
+    clip_len = tokenizers["clip"].model_max_length or flavor.clip_len
     llm_tokenizer_path, clip_tokenizer_path = part_source(model, "tokenizer.llm"), part_source(model, "tokenizer.clip")
     if llm_tokenizer_path is None:
         _needs(flavor, model, "tokenizer.llm", f"the release's step_llm/{LLM_TOKENIZER_FILE}")
@@ -117,9 +122,18 @@ def build_text_encoders(model: Config, flavor: Flavor) -> StepVideoTextEncoders:
     return StepVideoTextEncoders(llm, clip, llm_tokenizer, clip_tokenizer, clip_len)
 
 
-def build_predictor(model: Config, flavor: Flavor) -> StepVideoModel:
-    """The trained transformer in float32: the release's transformer/ (checked against model.json) or the flavor."""
+def build_predictor(model: Config, flavor: Flavor, checkpoint: str | None = None) -> StepVideoModel:
+    """The trained transformer in float32: the release's transformer/ (checked against model.json), the model.json's
+    architecture with a MindSpeed-MM ``checkpoint``'s weights, or the flavor."""
     wanted = predictor_arguments(model, flavor)
+    if checkpoint is not None:
+        predictor = StepVideoModel(**wanted)
+        try:
+            predictor.load_state_dict(read_mindspeed_checkpoint(checkpoint, wanted["num_attention_heads"]))
+        except RuntimeError as exc:
+            raise ConfigError(f"--load {checkpoint} does not fit the model.json's transformer: "
+                              f"{str(exc)[:400]}") from None
+        return predictor
     path = part_source(model, "predictor")
     if path is None:
         with torch.device("meta"):
@@ -143,13 +157,14 @@ def build_predictor(model: Config, flavor: Flavor) -> StepVideoModel:
 
 def build_model(model: Config) -> StepVideo:
     """The StepVideo the model section describes; parts without pretrained files are built from the flavor."""
+    model, checkpoint = split_load(model)
     flavor = check_model(model)
     external = [name for name, part in (("ae", "ae"), ("text_encoder.llm", "text_encoder.llm"),
                                         ("text_encoder.clip", "text_encoder.clip")) if part_source(model, part)]
     return StepVideo(
         ae=build_vae(model, flavor),
         text_encoder=build_text_encoders(model, flavor),
-        predictor=build_predictor(model, flavor),
+        predictor=build_predictor(model, flavor, checkpoint),
         diffusion=NoiseToDataFlowMatching(
             model.diffusion.num_train_timesteps, float(model.diffusion.shift), float(model.diffusion.sigma_min),
             model.diffusion.extra_one_step,

@@ -19,12 +19,14 @@ from mm_core.runtime import Runtime
 from mm_data.synthetic import write_video
 from mm_data.transforms import resize_center_crop
 from mm_models_video.flow_matching import NoiseToDataFlowMatching
+from mm_models_video.stepvideo import model_json
 from mm_models_video.stepvideo.build import build_model
 from mm_models_video.stepvideo.data import check_clip
 from mm_models_video.stepvideo.flavors import get_flavor
 from mm_models_video.stepvideo.model import StepVideo, image_condition, text_mask
 from mm_models_video.stepvideo.schema import dtype_of, flavor_name
 from mm_models_video.stepvideo.vae import FRAME_LEN, LATENT_LEN, SPATIAL_STRIDE
+from mm_models_video.wan2_1.infer import lines_of, output_paths
 
 
 def resolve_checkpoint(path: Path) -> Path:
@@ -101,14 +103,32 @@ def denoise(
     return latents
 
 
+def first_frames(inf: Config, count: int) -> list[str]:
+    """Per prompt, the TI2V first-frame image: ``inference.image``, or the lines of the .txt file it names."""
+    if not inf.image:
+        raise ConfigError("inference.image is not set: TI2V (model.task=i2v) needs the first frame, --image FILE")
+    images = lines_of(str(inf.image), "image")
+    images = images * count if len(images) == 1 else images
+    if len(images) != count:
+        raise ConfigError(f"inference.image lists {len(images)} images for {count} prompts")
+    return images
+
+
 def generate(config: Config, runtime: Runtime) -> str:
-    """Sample ``num_inference_videos_per_sample`` videos for the inference section's prompt; write them as mp4."""
-    inf = config.inference
+    """Sample ``num_inference_videos_per_sample`` videos for the prompt (or each line of a prompt .txt file, with
+    TI2V its first frame); write them as mp4. A MindSpeed-MM inference model.json's run keys fill the section."""
+    inf = model_json.inference_values(config)
     model_config, checkpoint = model_source(config)
+    model_config = model_json.inference_task(model_config)
     flavor = get_flavor(flavor_name(model_config))
     task = model_config.task
     frames = inf.num_frames or flavor.num_frames[task]
     height, width = inf.height or flavor.height, inf.width or flavor.width
+    count = inf.num_inference_videos_per_sample
+    if not isinstance(count, int) or count < 1:
+        raise ConfigError(f"inference.num_inference_videos_per_sample must be a positive integer, got {count!r}")
+    prompts = lines_of(str(inf.prompt), "prompt")
+    images = first_frames(inf, len(prompts)) if task == "i2v" else [None] * len(prompts)
     model = build_model(model_config)
     if checkpoint is not None:
         load_model_state(checkpoint, model)
@@ -117,29 +137,27 @@ def generate(config: Config, runtime: Runtime) -> str:
     dtype = dtype_of(model_config.predictor.dtype, flavor, "model.predictor.dtype")
     for tensor in (*model.predictor.parameters(), *model.predictor.buffers()):
         tensor.data = tensor.data.to(dtype)
-    if task == "i2v" and not inf.image:
-        raise ConfigError("inference.image is not set: TI2V (model.task=i2v) needs the first frame, --image FILE")
-    count = inf.num_inference_videos_per_sample
     guided = inf.guidance_scale > 1.0
-    text = model.encode_text([inf.prompt])
     negative = model.encode_text([inf.negative_prompt]) if guided else None
     generator = torch.Generator(runtime.device).manual_seed(inf.seed)
     shape = (count, frames // FRAME_LEN * LATENT_LEN, model.ae.z_channels,
              height // SPATIAL_STRIDE, width // SPATIAL_STRIDE)
-    noise = torch.randn(shape, generator=generator, device=runtime.device)
-    condition = motion = None
-    if task == "i2v":
-        image = load_image(inf.image, height, width).to(runtime.device)
-        first = model.ae.encode(image, sample=False).float()
-        condition = image_condition(first, shape[1]).expand(count, -1, -1, -1, -1)
-        motion = float(inf.motion_score if inf.motion_score is not None else model_config.motion_score)
+    motion = float(inf.motion_score if inf.motion_score is not None else model_config.motion_score)
     shift = float(inf.time_shift if inf.time_shift is not None else model_config.diffusion.shift)
-    latents = denoise(model, noise, text, negative, inf.steps, inf.guidance_scale, shift, condition, motion)
-    videos = model.ae.decode(latents).float()
-    pixels = ((videos.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 1, 3, 4, 2).cpu().numpy()
-    output = Path(inf.output)
-    paths = [write_video(output if count == 1 else output.with_name(f"{output.stem}_{i}{output.suffix}"),
-                         pixels[i], inf.fps or flavor.fps) for i in range(count)]
+    outputs = iter(output_paths(inf.output, len(prompts), count))
+    paths = []
+    for prompt, image in zip(prompts, images):
+        text = model.encode_text([prompt])
+        noise = torch.randn(shape, generator=generator, device=runtime.device)
+        condition = None
+        if image is not None:
+            first = model.ae.encode(load_image(image, height, width).to(runtime.device), sample=False).float()
+            condition = image_condition(first, shape[1]).expand(count, -1, -1, -1, -1)
+        latents = denoise(model, noise, text, negative, inf.steps, inf.guidance_scale, shift, condition,
+                          motion if task == "i2v" else None)
+        videos = model.ae.decode(latents).float()
+        pixels = ((videos.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 1, 3, 4, 2).cpu().numpy()
+        paths.extend(write_video(next(outputs), pixels[i], inf.fps or flavor.fps) for i in range(count))
     source = checkpoint or model_config.from_pretrained or f"untrained {flavor_name(model_config)} model"
     written = ", ".join(str(p) for p in paths)
     return f"wrote {written}: {frames} frames of {width}x{height} each, from {source}"

@@ -8,6 +8,7 @@ mm implements (``DESIGN``); Ascend switches are accepted with a warning.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from mm_core.config import Config, Unused, wrap
@@ -18,6 +19,11 @@ TEXT_ENCODER_PARTS = ("llm", "clip")
 TEXT_ENCODERS: dict[str, dict[str, Any]] = {
     "llm": {"model_id": "StepLLmModel", "hub_backend": "hf", "from_pretrained": None, "dtype": None},
     "clip": {"model_id": "BertModel", "hub_backend": "hf", "from_pretrained": None, "dtype": None},
+}
+TOKENIZERS: dict[str, dict[str, Any]] = {
+    "llm": {"autotokenizer_name": "stepchat", "hub_backend": "hf", "from_pretrained": None, "model_max_length": None},
+    "clip": {"autotokenizer_name": "BertTokenizer", "hub_backend": "hf", "from_pretrained": None,
+             "model_max_length": None},
 }
 
 # The predictor's layer design in mm's StepVideoModel: a model.json key given must have this value.
@@ -39,6 +45,24 @@ PREDICTOR: dict[str, Any] = {
     "fa_layout": _KERNEL,
     "masked_softmax_fusion": _KERNEL,
 }
+# The inference model.json's run keys: inference_values reads them where the inference section keeps its defaults.
+INFERENCE_KEYS: dict[str, Any] = {
+    **dict.fromkeys(("prompt", "image", "save_path", "fps", "num_inference_videos_per_sample")),
+    "pipeline_config": {
+        **dict.fromkeys(("input_size", "guidance_scale", "motion_score", "model_type")),
+        "version": Unused("mm infer runs Step-Video's sampler"),
+        "use_attention_mask": Unused("mm infer always masks the text tokens past each prompt"),
+    },
+    "unload_text_encoder": Unused("mm infer encodes the prompts first and keeps the text encoders where they are"),
+    "frame_interval": Unused("mm infer writes every generated frame"),
+    "use_prompt_preprocess": Unused("mm infer encodes the prompts as given"),
+    "pipeline_class": Unused("mm infer runs Step-Video's sampler (TI2V when pipeline_config.model_type or "
+                             "model.task is i2v)"),
+    "device": Unused("mm infer runs on the device its runtime gives (CUDA when present)"),
+    "dtype": Unused("each part's dtype (model.predictor.dtype ...) sets its dtype"),
+}
+# The inference model.json's diffusion key: its sampling steps (inference.steps).
+DIFFUSION: dict[str, Any] = {"num_inference_timesteps": None}
 _FEATURES = Unused("data.json's dataset_type (feature) says whether clips and captions come as features")
 TOP: dict[str, Any] = {
     "load_video_features": _FEATURES,
@@ -46,6 +70,7 @@ TOP: dict[str, Any] = {
     "enable_encoder_dp": False,
     "encoder_offload_interval": 1,
     "patch": {"ae_float32": None},  # true: the VAE runs in float32 whatever ae.dtype says
+    **INFERENCE_KEYS,
 }
 AE: dict[str, Any] = {
     "vae_cp_size": 1,
@@ -53,31 +78,41 @@ AE: dict[str, Any] = {
 }
 
 
-def text_encoders(model: Config) -> dict[str, Config]:
-    """The llm and clip text encoder entries: mm's mapping or MindSpeed-MM's list [step_llm, hunyuan_clip]."""
-    given = model.get("text_encoder") or {}
+def _parts(model: Config, key: str, defaults: Mapping[str, dict[str, Any]], id_key: str) -> dict[str, Config]:
+    """model.<key>'s llm and clip entries, defaults filled in: mm's mapping or MindSpeed-MM's list (step_llm's,
+    then hunyuan_clip's); ``id_key`` must name the class mm implements."""
+    given = model.get(key) or {}
+    names = " then ".join(f"{part} ({entry[id_key]})" for part, entry in defaults.items())
     if isinstance(given, list):
         if len(given) != len(TEXT_ENCODER_PARTS):
-            raise ConfigError(f"model.text_encoder lists {len(given)} encoders; Step-Video has two: "
-                              "step_llm (StepLLmModel) then hunyuan_clip (BertModel)")
+            raise ConfigError(f"model.{key} lists {len(given)} entries; Step-Video has two: {names}")
         given = dict(zip(TEXT_ENCODER_PARTS, given))
     if not isinstance(given, Mapping) or set(given) - set(TEXT_ENCODER_PARTS):
-        raise ConfigError(f"model.text_encoder must be a list [step_llm, hunyuan_clip] or a mapping with keys "
-                          f"llm, clip; got {given!r}")
+        raise ConfigError(f"model.{key} must be a list [{names}] or a mapping with keys llm, clip; got {given!r}")
     out = {}
-    for part, defaults in TEXT_ENCODERS.items():
+    for part, part_defaults in defaults.items():
         entry = given.get(part) or {}
         if not isinstance(entry, Mapping):
-            raise ConfigError(f"model.text_encoder.{part} must be a mapping, got {entry!r}")
-        unknown = sorted(set(entry) - set(defaults))
+            raise ConfigError(f"model.{key}.{part} must be a mapping, got {entry!r}")
+        unknown = sorted(set(entry) - set(part_defaults))
         if unknown:
-            raise ConfigError(f"model.text_encoder.{part}: unknown key {unknown[0]!r} (known: {', '.join(defaults)})")
-        merged = {**defaults, **{k: v for k, v in entry.items() if v is not None}}
-        if merged["model_id"] != defaults["model_id"]:
-            raise ConfigError(f"model.text_encoder.{part}.model_id must be {defaults['model_id']!r} (mm's stepvideo "
-                              f"implements only that), got {merged['model_id']!r}")
+            raise ConfigError(f"model.{key}.{part}: unknown key {unknown[0]!r} (known: {', '.join(part_defaults)})")
+        merged = {**part_defaults, **{k: v for k, v in entry.items() if v is not None}}
+        if merged[id_key] != part_defaults[id_key]:
+            raise ConfigError(f"model.{key}.{part}.{id_key} must be {part_defaults[id_key]!r} (mm's stepvideo "
+                              f"implements only that), got {merged[id_key]!r}")
         out[part] = wrap(merged)
     return out
+
+
+def text_encoders(model: Config) -> dict[str, Config]:
+    """The llm and clip text encoder entries: mm's mapping or MindSpeed-MM's list [step_llm, hunyuan_clip]."""
+    return _parts(model, "text_encoder", TEXT_ENCODERS, "model_id")
+
+
+def tokenizers(model: Config) -> dict[str, Config]:
+    """The llm and clip tokenizer entries: mm's mapping or MindSpeed-MM's list [stepchat, BertTokenizer]."""
+    return _parts(model, "tokenizer", TOKENIZERS, "autotokenizer_name")
 
 
 def check(model: Config) -> None:
@@ -177,10 +212,51 @@ def data_tokenizers(data: Config) -> dict[str, dict[str, Any]]:
     return out
 
 
+def with_tokenizers(model: Config, from_data: Mapping[str, Mapping[str, Any]] | None = None) -> Config:
+    """The model section with ``model.tokenizer`` as the mapping {llm, clip} (defaults filled in), ``from_data``'s
+    entries filling the keys it leaves unset."""
+    from_data = from_data or {}
+    tokenizer = {part: {**entry, **{k: v for k, v in from_data.get(part, {}).items() if entry.get(k) is None}}
+                 for part, entry in tokenizers(model).items()}
+    return wrap({**model, "tokenizer": tokenizer})
+
+
 def with_data_tokenizers(config: Config) -> Config:
     """The model section with data.json's tokenizer_config filling the model.tokenizer keys it leaves unset."""
-    from_data = data_tokenizers(config.data)
-    if not from_data:
-        return config.model
-    tokenizer = {part: {**from_data.get(part, {}), **given(entry)} for part, entry in config.model.tokenizer.items()}
-    return wrap({**config.model, "tokenizer": tokenizer})
+    return with_tokenizers(config.model, data_tokenizers(config.data))
+
+
+def inference_task(model: Config) -> Config:
+    """The model section with ``task`` i2v when an inference model.json's ``pipeline_config.model_type`` says i2v
+    (model.task left at t2v); one error when the two disagree otherwise."""
+    named = (model.get("pipeline_config") or {}).get("model_type")
+    if named is None or named == model.task:
+        return model
+    if named not in ("t2v", "i2v") or model.task != "t2v":
+        raise ConfigError(f"model.pipeline_config.model_type is {named!r} but model.task is {model.task!r}: "
+                          "give one task, t2v or i2v")
+    return wrap({**model, "task": named})
+
+
+def inference_values(config: Config) -> Config:
+    """The inference section with what a MindSpeed-MM inference model.json gives (prompt, image, fps, save_path,
+    num_inference_videos_per_sample, pipeline_config's input_size / guidance_scale / motion_score, diffusion's
+    num_inference_timesteps) where the section keeps its defaults."""
+    inf = Config(config.inference)
+    model = config.model
+    pipeline = model.get("pipeline_config") or {}
+    frames_hw = pipeline.get("input_size")
+    if frames_hw is not None and (not isinstance(frames_hw, list) or len(frames_hw) != 3):
+        raise ConfigError(f"model.pipeline_config.input_size must be [frames, height, width], got {frames_hw!r}")
+    values = {
+        **{key: model.get(key) for key in ("prompt", "image", "fps", "num_inference_videos_per_sample")},
+        **{key: pipeline.get(key) for key in ("guidance_scale", "motion_score")},
+        "steps": model.diffusion.get("num_inference_timesteps"),
+        **(dict(zip(("num_frames", "height", "width"), frames_hw)) if frames_hw else {}),
+    }
+    if model.get("save_path") is not None:
+        values["output"] = str(Path(model.save_path) / Path(inf.output).name)
+    for key, value in values.items():
+        if value is not None and config.source_of(f"inference.{key}") is None:
+            inf[key] = value
+    return inf

@@ -37,10 +37,8 @@ MODEL: dict[str, Any] = {
     },
     # {llm: {...}, clip: {...}} or MindSpeed-MM's list [step_llm, hunyuan_clip]: read through text_encoder().
     "text_encoder": None,
-    "tokenizer": {
-        "llm": {"autotokenizer_name": "stepchat", "from_pretrained": None, "model_max_length": None},
-        "clip": {"autotokenizer_name": "BertTokenizer", "from_pretrained": None, "model_max_length": None},
-    },
+    # {llm: {...}, clip: {...}} or MindSpeed-MM's list [stepchat, BertTokenizer]: read through model_json.tokenizers.
+    "tokenizer": None,
     "predictor": {
         "model_id": "stepvideodit",
         "from_pretrained": None,
@@ -64,6 +62,7 @@ MODEL: dict[str, Any] = {
         "extra_one_step": True,
         "reverse": False,
         "solver": "euler",
+        **model_json.DIFFUSION,
     },
     **model_json.TOP,
 }
@@ -95,8 +94,6 @@ FIXED = {
     "ae.model_id": "stepvideovae",
     "ae.frame_len": 17,
     "ae.version": 2,
-    "tokenizer.llm.autotokenizer_name": "stepchat",
-    "tokenizer.clip.autotokenizer_name": "BertTokenizer",
     "predictor.model_id": "stepvideodit",
     "diffusion.model_id": "flow_match_discrete_scheduler",
     "diffusion.reverse": False,
