@@ -87,11 +87,14 @@ def test_an_architecture_that_differs_from_the_checkpoint_is_one_error_naming_th
         build_model(config)
 
 
-def test_load_of_a_mindspeed_mm_checkpoint_gives_the_hugging_face_weights(tmp_path, tiny_dir, capsys):
+@pytest.mark.parametrize("canonical", ["false", "true"])
+def test_load_of_a_mindspeed_mm_checkpoint_gives_the_hugging_face_weights(tmp_path, tiny_dir, capsys, canonical):
+    # Fused q/k/v and gate/up, or apart (enable_canonical_hf_struct): --load reads either.
     ckpt = tmp_path / "mm_path"
     assert convert(["Qwen2_5_VLConverter", "hf_to_mm", "--cfg.mm_dir", str(ckpt), "--cfg.hf_config.hf_dir",
                     str(tiny_dir), "--cfg.parallel_config.llm_pp_layers", "[[1,1]]",
-                    "--cfg.parallel_config.vit_pp_layers", "[[2,0]]", "--cfg.parallel_config.tp_size", "2"]) == 0
+                    "--cfg.parallel_config.vit_pp_layers", "[[2,0]]", "--cfg.parallel_config.tp_size", "2",
+                    "--cfg.common_model_config.enable_canonical_hf_struct", canonical]) == 0
     files = _mindspeed_files(tmp_path, tiny_dir, layers=2)
     config = make_config(load_plugins(PLUGIN), "run", [], files, [f"model.from_pretrained={ckpt}"])
     loaded, reference = build_model(config), build_model(make_config(load_plugins(PLUGIN), "run", [], {},

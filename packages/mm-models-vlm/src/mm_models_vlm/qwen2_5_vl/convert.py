@@ -344,9 +344,14 @@ def _check_source(checkpoint: MegatronCheckpoint, source: SourceParallel) -> Non
                            f"{stated['vit']}, llm {stated['llm']})")
 
 
+def is_canonical(tensors: TensorSource) -> bool:
+    """Whether ``tensors`` (MindSpeed-MM names) are in the enable_canonical_hf_struct layout (q/k/v apart)."""
+    return any(".self_attention.q_proj." in key for key in tensors)
+
+
 def _check_canonical(tensors: TensorSource, canonical: bool, where: str) -> None:
     """``enable_canonical_hf_struct`` must say how ``tensors`` (MindSpeed-MM names) are laid out."""
-    apart = any(".self_attention.q_proj." in key for key in tensors)
+    apart = is_canonical(tensors)
     if canonical != apart:
         have = "q_proj / k_proj / v_proj apart" if apart else "the fused linear_qkv"
         raise ConvertError(f"{where} holds {have}: --cfg.common_model_config.enable_canonical_hf_struct must be "

@@ -1,16 +1,16 @@
 """A MindSpeed-MM Qwen2.5-VL checkpoint (``release/`` or ``iter_*/`` with ``mp_rank_*``) as a folder mm loads.
 
 ``--load`` in a MindSpeed-MM launch script names such a checkpoint; mm trains transformers' Qwen2.5-VL, so the
-checkpoint is converted once (its TP ranks merged, its pipeline stages joined, its names mapped back) into a
-Hugging Face folder in the data cache, keyed by the checkpoint's files, and loaded from there.
+checkpoint is converted once (its TP ranks merged, its pipeline stages joined, its names mapped back; fused or in
+the enable_canonical_hf_struct layout) into a Hugging Face folder in the data cache, keyed by the checkpoint's
+files, and loaded from there.
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
-from mm_convert import read_megatron, staged_output, write_safetensors
+from mm_convert import read_megatron
 from mm_convert.load_cache import converted_once
 from mm_convert.tp_split import merge_tp
 from mm_core.errors import ConfigError, MMError
@@ -27,16 +27,11 @@ def as_hf_folder(checkpoint: Path, hf_dir: Path, cache: Path) -> Path:
 
 def _convert(checkpoint: Path, hf_dir: Path, target: Path) -> None:
     # convert.py reaches this module through export.py and data.py: imported here, not at the top
-    from mm_models_vlm.qwen2_5_vl.convert import WEIGHT_FILES, QwenLayout, tp_split
+    from mm_models_vlm.qwen2_5_vl.convert import QwenLayout, is_canonical, tp_split
 
     try:
-        qwen = QwenLayout(hf_dir)
-        tensors = qwen.rules.to_hf(merge_tp(read_megatron(checkpoint, qwen.pipeline).sources, tp_split))
-        tensors.check(qwen.hf_shapes(), f"the Qwen2.5-VL of {hf_dir / 'config.json'}")
-        with staged_output(target, stale=WEIGHT_FILES) as out:
-            write_safetensors(out, tensors, "model", "5GB")
-            for path in hf_dir.iterdir():
-                if path.is_file() and not any(path.match(p) for p in WEIGHT_FILES):
-                    shutil.copy2(path, out / path.name)
+        whole = merge_tp(read_megatron(checkpoint, QwenLayout(hf_dir).pipeline).sources, tp_split)
+        qwen = QwenLayout(hf_dir, canonical=is_canonical(whole))
+        qwen.write_hf(qwen.rules.to_hf(whole), hf_dir, target, "5GB")
     except MMError as exc:
         raise ConfigError(f"--load {checkpoint}: not a readable MindSpeed-MM Qwen2.5-VL checkpoint: {exc}") from None
