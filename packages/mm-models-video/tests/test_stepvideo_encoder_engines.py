@@ -3,8 +3,19 @@ clip on every rank does (T2V and TI2V)."""
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+from pathlib import Path
+
 import pytest
-from stepvideo_testing import QUIET, stepvideo_parallel_run
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from stepvideo_testing import QUIET, stepvideo_config, stepvideo_parallel_run
+
+from mm_models_video.stepvideo.build import build_model
+from mm_models_video.stepvideo.vae import FRAME_LEN
 
 # Two steps of two single-clip micro-batches: offload windows of 3 cross a step boundary.
 RUN = [*QUIET, "training.micro_batch_size=1", "training.global_batch_size=2", "training.train_iters=2",
@@ -69,3 +80,34 @@ def test_tensor_parallel_encoder_dp_trains_like_every_rank_encoding(tmp_path) ->
 @pytest.mark.slow
 def test_fsdp2_leaves_the_offloaded_encoders_whole(tmp_path) -> None:
     assert_trains_alike(tmp_path, ["parallel.fsdp2.enable=true"], ["model.encoder_offload_interval=2"])
+
+
+def _encode_on_two_ranks(rank: int, port: int, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    model = build_model(stepvideo_config("model.ae.do_sample=true").model)
+    errors = {}
+    for chunks in (1, 2):
+        clip = torch.rand(2, 3, FRAME_LEN * chunks, 32, 32, generator=torch.Generator().manual_seed(chunks)) * 2 - 1
+        model.vae_cp_group = None
+        alone = model.encode_video(clip, seeds=[7, 8])
+        model.vae_cp_group = dist.group.WORLD
+        split = model.encode_video(clip, seeds=[7, 8])
+        errors[chunks] = ((split - alone).abs().max() / alone.abs().max()).item()
+    if rank == 0:
+        Path(out).write_text(json.dumps(errors))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_vae_cp_latents_equal_the_single_device_encode(tmp_path) -> None:
+    # One 17-frame chunk: its frames split over the 2 ranks; two chunks: a whole chunk per rank. The posterior
+    # sample is drawn from each clip's seed, the same on every rank.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "errors.json"
+    mp.start_processes(_encode_on_two_ranks, args=(port, str(out)), nprocs=2, join=True, start_method="fork")
+    errors = json.loads(out.read_text())
+    assert errors["1"] < 1e-5 and errors["2"] == 0.0
