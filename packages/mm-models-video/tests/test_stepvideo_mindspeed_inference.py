@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from stepvideo_testing import QUIET, SHORT_RUN
 
 from mm_convert.cli import main as convert
@@ -83,10 +84,11 @@ def _tiny_release(tmp_path: Path) -> tuple[StepVideoModel, Path, Path]:
     return predictor, release, checkpoint
 
 
-def _tiny_inference_file(tmp_path: Path) -> Path:
-    """The real T2V inference model.json with the tiny architecture, no weight files and a two-prompt list."""
+def _tiny_inference_file(tmp_path: Path, task: str = "t2v") -> Path:
+    """The real inference model.json of ``task`` with the tiny architecture, no weight files and a two-prompt list
+    (TI2V: one first frame for both)."""
     tiny = get_flavor("tiny")
-    model = json.loads(INFERENCE["t2v"].read_text())
+    model = json.loads(INFERENCE[task].read_text())
     arguments = tiny.predictor
     model["predictor"].update(num_layers=arguments["num_layers"], num_heads=arguments["num_attention_heads"],
                               head_dim=arguments["attention_head_dim"], channel_split=arguments["rope_ch_split"],
@@ -100,6 +102,10 @@ def _tiny_inference_file(tmp_path: Path) -> Path:
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\na blue square moving left\n")
     model.update(prompt=str(prompts), save_path=str(tmp_path / "videos"))
+    if task == "i2v":
+        Image.new("RGB", (40, 36), (200, 30, 30)).save(tmp_path / "first.png")
+        (tmp_path / "images.txt").write_text(f"{tmp_path / 'first.png'}\n")
+        model["image"] = str(tmp_path / "images.txt")
     path = tmp_path / "inference_model.json"
     path.write_text(json.dumps(model))
     return path
@@ -118,6 +124,17 @@ def test_load_of_a_mindspeed_checkpoint_is_the_predictors_weights_and_mm_infer_r
                "model.flavor=tiny", *TINY_CLIP]) == 0
     videos = sorted(p.name for p in (tmp_path / "videos").iterdir())
     assert videos == ["stepvideo_0.mp4", "stepvideo_1.mp4"]
+
+
+@pytest.mark.slow
+def test_mm_infer_runs_the_ti2v_inference_file(tmp_path, restored_logging):
+    torch.manual_seed(5)
+    predictor = StepVideoModel(**{**get_flavor("tiny").predictor, "use_additional_conditions": True})
+    predictor.save_pretrained(tmp_path / "release")
+    model_file = _tiny_inference_file(tmp_path, "i2v")
+    assert mm(["infer", "--plugin", "stepvideo", "--mm-model", str(model_file), "model.flavor=tiny",
+               f"model.predictor.from_pretrained={tmp_path / 'release'}", *TINY_CLIP]) == 0
+    assert sorted(p.name for p in (tmp_path / "videos").iterdir()) == ["stepvideo_0.mp4", "stepvideo_1.mp4"]
 
 
 def test_training_from_a_mindspeed_checkpoint_starts_from_its_weights(mm_train, tmp_path):

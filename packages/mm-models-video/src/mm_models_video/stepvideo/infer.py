@@ -63,7 +63,7 @@ def load_image(path: str, height: int, width: int) -> torch.Tensor:
     """The first frame of TI2V: an image file resized to cover and center-cropped, float [1, 1, 3, H, W] in [-1, 1]."""
     if not Path(path).is_file():
         raise ConfigError(f"inference.image {path} does not exist")
-    pixels = torch.from_numpy(np.asarray(Image.open(path).convert("RGB")))[None]
+    pixels = torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).copy())[None]
     frame = resize_center_crop(pixels, height, width)
     return (frame.float() / 127.5 - 1.0).permute(1, 0, 2, 3)[None]
 
