@@ -178,9 +178,10 @@ def time_sample(dataset, backend: str) -> dict:
 
 
 def draw(pm, data_iter: DataIterator, runtime) -> tuple[dict, float]:
-    """The next micro-batch through the plugin's get_batch and the seconds waited, as the Trainer measures them."""
+    """The next micro-batch through the plugin's get_batch and the seconds waited, as the Trainer measures them
+    (no model: the data alone, its encoders off)."""
     start = time.perf_counter()
-    batch = pm.hook.get_batch(data_iterator=data_iter, runtime=runtime)
+    batch = pm.hook.get_batch(data_iterator=data_iter, runtime=runtime, model=None)
     return batch, time.perf_counter() - start
 
 
