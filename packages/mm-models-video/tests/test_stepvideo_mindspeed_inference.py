@@ -111,19 +111,22 @@ def _tiny_inference_file(tmp_path: Path, task: str = "t2v") -> Path:
     return path
 
 
-def test_load_of_a_mindspeed_checkpoint_is_the_predictors_weights_and_mm_infer_runs_the_file(tmp_path, capsys,
-                                                                                               restored_logging):
+def test_load_of_a_mindspeed_checkpoint_is_the_predictors_weights(tmp_path):
     predictor, _, checkpoint = _tiny_release(tmp_path)
-    model_file = _tiny_inference_file(tmp_path)
-    config = make_config(load_plugins(["stepvideo"]), "infer", [], {"model": model_file},
+    config = make_config(load_plugins(["stepvideo"]), "infer", [], {"model": _tiny_inference_file(tmp_path)},
                          [*QUIET, f"model.from_pretrained={checkpoint}", "model.flavor=tiny"])
     loaded = build_model(config.model).predictor.state_dict()
     assert loaded.keys() == predictor.state_dict().keys()
     assert all(torch.equal(loaded[k], v) for k, v in predictor.state_dict().items())
+
+
+@pytest.mark.slow
+def test_mm_infer_runs_the_t2v_inference_file_with_load(tmp_path, restored_logging):
+    _, _, checkpoint = _tiny_release(tmp_path)
+    model_file = _tiny_inference_file(tmp_path)
     assert mm(["infer", "--plugin", "stepvideo", "--mm-model", str(model_file), "--load", str(checkpoint),
                "model.flavor=tiny", *TINY_CLIP]) == 0
-    videos = sorted(p.name for p in (tmp_path / "videos").iterdir())
-    assert videos == ["stepvideo_0.mp4", "stepvideo_1.mp4"]
+    assert sorted(p.name for p in (tmp_path / "videos").iterdir()) == ["stepvideo_0.mp4", "stepvideo_1.mp4"]
 
 
 @pytest.mark.slow
