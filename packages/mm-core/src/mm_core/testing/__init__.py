@@ -24,11 +24,12 @@ from mm_core.trainer import Trainer, TrainResult
 
 
 def launch_script_flags(script: str | Path, **values: str) -> list[str]:
-    """The ``GPT_ARGS``, ``MM_ARGS`` and ``OUTPUT_ARGS`` of a MindSpeed-MM launch script as one argument list, its
-    shell variables (``TP=1``, ``MM_MODEL="..."``; ``values`` override them) filled in."""
+    """The ``GPT_ARGS``, ``MM_ARGS``, ``OUTPUT_ARGS`` and ``SORA_ARGS`` (the inference scripts' Megatron flags) of a
+    MindSpeed-MM launch script as one argument list, its shell variables (``TP=1``, ``MM_MODEL="..."``; ``values``
+    override them) filled in."""
     text = Path(script).read_text(encoding="utf-8")
     known = dict(re.findall(r"^(\w+)=\"?([^\"\n#]*?)\"?\s*(?:#.*)?$", text, re.M)) | values
-    args = " ".join(re.findall(r'^(?:GPT|MM|OUTPUT)_ARGS="(.*?)"', text, re.M | re.S))
+    args = " ".join(re.findall(r'^(?:GPT|MM|OUTPUT|SORA)_ARGS="(.*?)"', text, re.M | re.S))
     args = re.sub(r"\$\{?(\w+)\}?", lambda m: known.get(m.group(1), m.group(0)), args.replace("\\\n", " "))
     return shlex.split(args)
 
