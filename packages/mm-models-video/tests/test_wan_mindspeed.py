@@ -175,8 +175,8 @@ def test_the_feature_extraction_scripts_flags_are_a_valid_extract(capsys, restor
                    MM_DATA=str(folder / "data.json"), GBS="1")
     assert mm(["config", "--plugin", "wan2_1", *flags]) == 0
     out, err = capsys.readouterr()
-    assert "Traceback" not in err and "error" not in err and "i2v_vae_encode_tiling" in err
-    assert "tile_size:\n      - 34\n      - 34" in out and "task: i2v" in out
+    assert "Traceback" not in err and "error" not in err and "i2v_vae_encode_tiling" not in err
+    assert "tile_size:\n      - 34\n      - 34" in out and "task: i2v" in out and "i2v_vae_encode_tiling: false" in out
 
 
 def test_the_posttrain_script_with_video_dpo_stacked_reads_the_dpo_block(capsys, restored_logging):

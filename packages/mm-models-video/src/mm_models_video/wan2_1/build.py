@@ -25,8 +25,9 @@ from mm_models_video.flow_matching import FlowMatching
 from mm_models_video.pretrained import load_pretrained, source
 from mm_models_video.tokenizer import build_char_tokenizer
 from mm_models_video.wan2_1.flavors import Flavor, task_of
+from mm_models_video.wan2_1.flf2v import flf2v_overrides, image_tokens
 from mm_models_video.wan2_1.i2v import WanI2V
-from mm_models_video.wan2_1.mindspeed import diffusers_tiling
+from mm_models_video.wan2_1.mindspeed import condition_tiling, diffusers_tiling
 from mm_models_video.wan2_1.model import WanT2V
 from mm_models_video.wan2_1.schema import check_model, dtype_of
 
@@ -54,6 +55,8 @@ def predictor_overrides(predictor: Config, flavor: Flavor, task: str = "t2v") ->
     out = {PREDICTOR_KEYS[k]: v for k, v in predictor.items() if k in PREDICTOR_KEYS and v is not None}
     if task == "i2v" and predictor.img_dim is not None:
         out["image_dim"] = predictor.img_dim
+    if task == "i2v":
+        out.update(flf2v_overrides(predictor, flavor))
     if "patch_size" in out:
         out["patch_size"] = tuple(out["patch_size"])
     if predictor.qk_norm_type not in (None, "rmsnorm"):
@@ -79,7 +82,7 @@ def predictor_overrides(predictor: Config, flavor: Flavor, task: str = "t2v") ->
 
 def _check_matches(predictor: WanTransformer3DModel, wanted: dict[str, Any], path: str) -> None:
     names = {**{v: k for k, v in PREDICTOR_KEYS.items()}, "attention_head_dim": "hidden_size", "qk_norm": "qk_norm",
-             "image_dim": "img_dim", "added_kv_proj_dim": "hidden_size"}
+             "image_dim": "img_dim", "added_kv_proj_dim": "hidden_size", "pos_embed_seq_len": "model_type"}
     for key, value in wanted.items():
         have = predictor.config[key]
         if (list(have) if isinstance(have, (list, tuple)) else have) != (
@@ -175,4 +178,6 @@ def build_model(model: Config) -> WanT2V:
     encoder, processor, tokens = build_i2v_parts(model, flavor)
     if image_encoder_source(model):
         external.append("image_encoder")
-    return WanI2V(**parts, image_encoder=encoder, image_processor=processor, image_tokens=tokens, external=external)
+    return WanI2V(**parts, image_encoder=encoder, image_processor=processor,
+                  image_tokens=image_tokens(parts["predictor"], tokens),
+                  condition_tiling=condition_tiling(ae_section, parts["ae"]), external=external)

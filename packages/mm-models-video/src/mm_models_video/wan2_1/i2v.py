@@ -24,6 +24,7 @@ from transformers import CLIPImageProcessor, CLIPVisionModel, PreTrainedTokenize
 from mm_data.transforms import normalize_pixels
 from mm_models_video.flow_matching import FlowMatching
 from mm_models_video.wan2_1.flavors import MASK_CHANNELS
+from mm_models_video.wan2_1.mindspeed import vae_tiling
 from mm_models_video.wan2_1.model import Carry, WanT2V
 
 
@@ -94,8 +95,10 @@ class WanI2V(WanT2V):
         norm_latents: bool = True,
         do_sample: bool = False,
         external: Sequence[str] = (),
+        condition_tiling: bool | None = None,
     ) -> None:
         super().__init__(ae, text_encoder, tokenizer, predictor, diffusion, text_len, norm_latents, do_sample, external)
+        self.condition_tiling = condition_tiling  # the first frame's encode: tiled, not, or as the clips' (None)
         self.image_encoder = image_encoder.requires_grad_(False).eval()
         self.image_processor = image_processor
         self.image_tokens = image_tokens
@@ -124,7 +127,8 @@ class WanI2V(WanT2V):
         the frame followed by ``num_frames`` - 1 zero frames (WanImageToVideoPipeline.prepare_latents)."""
         first = normalize_pixels(first_frame).float().unsqueeze(2)
         zeros = first.new_zeros(first.shape[0], 3, num_frames - 1, *first.shape[3:])
-        latents = self.encode_video(torch.cat([first, zeros], dim=2))
+        with vae_tiling(self.ae, self.condition_tiling):
+            latents = self.encode_video(torch.cat([first, zeros], dim=2))
         mask = torch.zeros(latents.shape[0], MASK_CHANNELS, *latents.shape[2:], device=latents.device)
         mask[:, :, 0] = 1
         return torch.cat([mask, latents], dim=1)

@@ -31,8 +31,8 @@ MODEL: dict[str, Any] = {
         "vae_cp_size": 1,
         # Wan2.1's tiles in latent pixels ([height, width]), as MindSpeed-MM's wan_video_vae takes them
         "tiling_param": {**sections.AE["tiling_param"], "tile_size": None, "tile_stride": None},
-        "i2v_processor": {"processor_id": "wan_i2v_processor", "image_encoder": None, "i2v_vae_encode_tiling": Unused(
-            "the first frame's latents are encoded as ae.enable_tiling says")},
+        # true / false: tile the first frame's encode (or not) whatever enable_tiling says; "auto" (None): as it says
+        "i2v_processor": {"processor_id": "wan_i2v_processor", "image_encoder": None, "i2v_vae_encode_tiling": None},
     },
     "text_encoder": copy.deepcopy(sections.TEXT_ENCODER),
     "tokenizer": {"autotokenizer_name": "AutoTokenizer", "hub_backend": "hf", "from_pretrained": None},
@@ -74,12 +74,17 @@ MODEL: dict[str, Any] = {
 # means the generated moving-shapes dataset.
 DATA: dict[str, Any] = {"dataset_param": {}, "dataloader_param": {}, "on_bad_sample": "skip"}
 
-# prompt (and image, for I2V) may name a .txt file of lines; None values take the flavor's and task's defaults.
+# prompt, image (I2V's first frame; FLF2V's "first, last"), last_image (FLF2V) and video (v2v's source clip, T2V
+# models) may name a .txt file of lines; None values take the flavor's and task's defaults.
 INFERENCE: dict[str, Any] = {
     "checkpoint": None,
     "prompt": "a red circle moving right on a blue background",
     "negative_prompt": "",
     "image": None,
+    "last_image": None,
+    "video": None,
+    "start_frame": 0,  # v2v: the source's first frame; num_frames frames are read from it
+    "strength": 0.7,  # v2v: the share of the denoising steps run from the noised source (1: all of them)
     "num_frames": None,
     "height": None,
     "width": None,
@@ -118,7 +123,7 @@ def check_model(model: Config) -> Flavor:
     if model.diffusion.model_id not in schedulers:
         raise ConfigError(f"model.diffusion.model_id must be one of {', '.join(map(repr, schedulers))} (training "
                           f"or mm infer's sampler), got {model.diffusion.model_id!r}")
-    if model.predictor.model_type not in (None, task):
+    if mindspeed.MODEL_TYPE_TASKS.get(model.predictor.model_type, model.predictor.model_type) not in (None, task):
         raise ConfigError(f"model.predictor.model_type {model.predictor.model_type!r} differs from model.task {task!r}")
     for part in ("ae", "text_encoder", "image_encoder", "predictor"):
         dtype_of(model[part].dtype, flavor, f"model.{part}.dtype")
