@@ -20,7 +20,7 @@ from mm_models_video.opensoraplan1_3.flavors import FLAVORS as OSP_FLAVORS
 from mm_models_video.opensoraplan1_3.wfvae import WFVAEModel
 from mm_models_video.opensoraplan1_3.wfvae_blocks import CausalConv3d
 from mm_models_video.stepvideo.flavors import FLAVORS as STEP_FLAVORS
-from mm_models_video.stepvideo.vae import FRAME_LEN, TEMPORAL_STRIDE, CausalConv, StepVideoVAE
+from mm_models_video.stepvideo.vae import FRAME_LEN, TEMPORAL_STRIDE, StepVideoVAE, split_ops
 
 
 def _clip(*shape: int) -> torch.Tensor:
@@ -79,10 +79,7 @@ def stepvideo_split(group: dist.ProcessGroup, chunks: int) -> dict:
     clip = _clip(1, FRAME_LEN * chunks, 3, 32, 32)
     mean, logvar = vae.encode_moments(clip)
     encoder = vae.encoder
-    ops = [*vae_cp.causal_conv_ops(encoder, CausalConv, skip=[encoder.conv_patchify.conv]),
-           vae_cp.HaloOp(encoder.conv_patchify, 4, 2), vae_cp.HaloOp(encoder.shortcut_pathify, 2, 2),
-           vae_cp.HaloOp(encoder.mid.attn_1, None)]
-    parts = [vae_cp.encode_split(encoder, chunk.transpose(1, 2), ops, TEMPORAL_STRIDE, group)
+    parts = [vae_cp.encode_split(encoder, chunk.transpose(1, 2), split_ops(encoder), TEMPORAL_STRIDE, group)
              for chunk in clip.split(FRAME_LEN, dim=1)]
     got_mean, got_logvar = torch.cat(parts, dim=2).transpose(1, 2).chunk(2, dim=2)
     return {"whole": max(_error(got_mean, mean), _error(got_logvar.clamp(-30.0, 20.0), logvar))}
