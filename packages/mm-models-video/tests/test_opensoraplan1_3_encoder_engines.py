@@ -4,7 +4,10 @@ every clip on every rank does (VAE sample, caption dropout, noise, timesteps and
 from __future__ import annotations
 
 import pytest
-from opensoraplan_testing import SHORT_RUN, parallel_run
+from opensoraplan_testing import SHORT_RUN, osp_config, parallel_run
+
+from mm_core.errors import ConfigError
+from mm_models_video.opensoraplan1_3.plugin import model_provider
 
 # Half the captions dropped: features draw the dropout from each sample's generator, as the forward does.
 DROP = "data.dataset_param.cfg=0.5"
@@ -18,6 +21,12 @@ def test_offloaded_text_encoder_trains_like_encoding_every_step(mm_train) -> Non
     every = mm_train(["opensoraplan1_3"], *RUN)
     offloaded = mm_train(["opensoraplan1_3"], *RUN, "model.encoder_offload_interval=3")
     assert offloaded.losses == every.losses
+
+
+def test_pipeline_stages_refuse_the_engines() -> None:
+    config = osp_config("parallel.pp.size=2", "model.encoder_offload_interval=2")
+    with pytest.raises(ConfigError, match="model.encoder_offload_interval with parallel.pp.size=2: the encoder"):
+        model_provider(config, None)
 
 
 @pytest.mark.slow
