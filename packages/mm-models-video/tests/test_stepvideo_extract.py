@@ -53,15 +53,17 @@ def _features(tmp_path) -> dict:
     return {"data": tmp_path / "features" / "data.json"}
 
 
-@pytest.mark.parametrize("task", ["t2v", "i2v"])
-def test_loss_from_features_equals_online_loss(tmp_path, clips, t2v_features, task) -> None:
-    if task == "i2v":
-        message = _extract(tmp_path, "model.task=i2v", *clips)
+@pytest.mark.parametrize(("task", "sampled"), [("t2v", False), ("i2v", False), ("t2v", True)])
+def test_loss_from_features_equals_online_loss(tmp_path, clips, t2v_features, task, sampled) -> None:
+    # A sampled VAE posterior is drawn from the clip's seed at extraction as in training.
+    options = [f"model.task={task}", f"model.ae.do_sample={str(sampled).lower()}"]
+    if task == "i2v" or sampled:
+        message = _extract(tmp_path, *options, *clips)
         assert message.startswith(f"extracted 4 samples (0 skipped on rank 0) into {tmp_path / 'features'}")
         assert f"mm run --plugin stepvideo --data {tmp_path / 'features' / 'data.json'}" in message
-    features_at = tmp_path if task == "i2v" else t2v_features
-    feature_config = stepvideo_config(*BATCH, f"model.task={task}", sections=_features(features_at))
-    video_config = stepvideo_config(*BATCH, f"model.task={task}", *clips)
+    features_at = tmp_path if task == "i2v" or sampled else t2v_features
+    feature_config = stepvideo_config(*BATCH, *options, sections=_features(features_at))
+    video_config = stepvideo_config(*BATCH, *options, *clips)
     runtime = create_runtime(video_config)
     features = next(iter(build_train_loader(feature_config, runtime)))
     videos = next(iter(build_train_loader(video_config, runtime)))

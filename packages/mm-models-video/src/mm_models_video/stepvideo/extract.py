@@ -21,8 +21,8 @@ def extract_features(config: Config, runtime: Runtime) -> str:
 
     mm's layout stores the LLM embeddings up to the prompt's end (training pads them back with their mask) and the
     CLIP embeddings whole; MindSpeed-MM's stores both padded, with their masks, as a list per key, in the encoders'
-    dtypes. TI2V's first frame is noised with the seed training would draw for the clip in epoch 0, so epoch 0 from
-    features equals training on the videos.
+    dtypes. A sampled VAE posterior and TI2V's noised first frame are drawn from the seed training would draw for
+    the clip in epoch 0, so epoch 0 from features equals training on the videos.
     """
 
     def encoder(layout: str) -> feature_extraction.Encode:
@@ -33,13 +33,13 @@ def extract_features(config: Config, runtime: Runtime) -> str:
 
         def encode(item: Mapping[str, Any]) -> dict[str, Any]:
             video = item["video"].unsqueeze(0).to(runtime.device)
-            latents = model.encode_video(video)
+            seeds = noise_seeds(config.training.seed, [0], [item["index"]])
+            latents = model.encode_video(video, seeds=seeds)
             text = model.encode_text([item["prompt"]])
             # The encoders' outputs are cast up to float32: storing them in their own dtype loses nothing.
             llm, clip = text["prompt_embeds"][0].to(llm_dtype), text["clip_embeds"][0].to(clip_dtype)
             i2v = {}
             if model.task == "i2v":
-                seeds = noise_seeds(config.training.seed, [0], [item["index"]])
                 i2v[IMAGE_KEY] = model.encode_image_condition(video, latents, seeds)[0]
             if layout != MINDSPEED_LAYOUT:
                 length = int(text["prompt_mask"][0].sum())
