@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mm_core.errors import ConfigError, DataError
-from mm_data.clip_options import FEATURES, FIXED_SIZE, FPS_STRIDE, NO_DROPOUT, SHORT_CLIPS, clip_options
+from mm_data.clip_options import FEATURES, FIXED_SIZE, FPS_STRIDE, NO_PREPROCESSING, SHORT_CLIPS, clip_options
 from mm_data.datasets import VideoTextDataset, collate
 from mm_data.formats import DatasetParam, parse_data_config, read_index
 from mm_data.synthetic import make_moving_shapes
@@ -71,7 +71,9 @@ def test_keys_that_cannot_be_honoured_are_named_with_why(counter_video) -> None:
     assert unused["skip_define_frame_index"] == "MindSpeed-MM reads it nowhere"
     assert unused["min_num_frames"] == unused["drop_short_ratio"] == SHORT_CLIPS
     assert unused["max_hxw"] == FIXED_SIZE and "video_reader_type" in unused
-    assert dict(clip_options(_param(counter_video, cfg=0.1)).unused) == {"cfg": NO_DROPOUT}
+    # MindSpeed-MM drops captions only when it preprocesses them.
+    unpreprocessed = clip_options(_param(counter_video, cfg=0.1, enable_text_preprocessing=False))
+    assert dict(unpreprocessed.unused)["cfg"] == NO_PREPROCESSING and unpreprocessed.cfg == 0
     assert clip_options(_param(counter_video, drop_short_ratio=1.0, min_num_frames=5)).unused == ()
     features = clip_options(dataclasses.replace(_param(counter_video, max_hxw=1200), dataset_type="feature"))
     assert features.unused == (("max_hxw", FEATURES),)

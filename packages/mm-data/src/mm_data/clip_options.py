@@ -2,17 +2,17 @@
 
 MindSpeed-MM's video processors read these keys: ``frame_interval`` is the stride between sampled frames unless
 ``auto_interval`` (true by default) lets ``train_fps`` set it; ``skip_frame_num`` frames at a clip's start are never
-sampled; ``speed_factor`` speeds a long clip up; with
-``force_resolution: false`` each clip keeps its aspect, scaled to at most ``max_hxw`` pixels and cropped to
-multiples of ``hw_stride`` (``min_hxw`` and ``hw_aspect_thr`` leave clips out). Every clip has ``num_frames``
-frames here, so the keys that let shorter clips train (``min_num_frames``, ``drop_short_ratio`` below 1) cannot be
-honoured, nor ``cfg`` (a caption dropped with that probability each time it is read: the per-sample seeded loader
-would drop the same captions every epoch): they, and the keys of no meaning to mm, come back in ``unused`` with
-why, for one warning line each.
+sampled; ``speed_factor`` speeds a long clip up; ``cfg`` drops a caption (to "") with that probability, drawn
+anew each epoch; with ``force_resolution: false`` each clip keeps its aspect, scaled to at most ``max_hxw`` pixels
+and cropped to multiples of ``hw_stride`` (``min_hxw`` and ``hw_aspect_thr`` leave clips out). Every clip has
+``num_frames`` frames here, so the keys that let shorter clips train (``min_num_frames``, ``drop_short_ratio`` below
+1) cannot be honoured: they, and the keys of no meaning to mm, come back in ``unused`` with why, for one warning
+line each.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -47,18 +47,27 @@ SHORT_CLIPS = "every clip has num_frames frames: a shorter one is skipped as a b
 FIXED_SIZE = "force_resolution is true: clips are resized and center-cropped to max_height × max_width"
 FPS_STRIDE = "auto_interval: train_fps sets the stride between frames"
 INTERVAL_STRIDE = "auto_interval is false: frame_interval sets the stride between frames"
-NO_DROPOUT = "captions are not dropped for classifier-free guidance by this family's loader"
+NO_PREPROCESSING = "enable_text_preprocessing is false: MindSpeed-MM drops captions only when it preprocesses them"
+# MindSpeed-MM's cfg when a data.json leaves it out but has its text processer preprocess the captions.
+PREPROCESSING_CFG = 0.1
 FEATURES = "the data are extracted features: their clips were sampled and resized when they were encoded"
 
 
 @dataclass(frozen=True)
 class ClipOptions:
-    """The frame sampling and (``force_resolution: false``) per-clip size planner a data.json asks for; ``unused``
-    lists the keys it gives that the shared loader cannot honour, as (key, why)."""
+    """The frame sampling, caption dropout (``cfg``) and (``force_resolution: false``) per-clip size planner a
+    data.json asks for; ``unused`` lists the keys it gives that the shared loader cannot honour, as (key, why)."""
 
     sampling: FrameSampling
     planner: ClipPlanner | None = None
     unused: tuple[tuple[str, str], ...] = ()
+    cfg: float = 0.0
+
+    def drops_caption(self, seed: int, epoch: int, index: int) -> bool:
+        """Whether sample ``index``'s caption is dropped in ``epoch``: drawn from the training seed, the epoch and
+        the index alone, so every rank, loader worker and resumed run draws the same."""
+        # A string seed is hashed with SHA-512: the same draw in every process (no PYTHONHASHSEED).
+        return self.cfg > 0 and random.Random(f"cfg {seed} {epoch} {index}").random() < self.cfg
 
 
 def _number(extra: Mapping[str, Any], key: str, default: float, low: float, kind: type = float) -> Any:
@@ -72,6 +81,20 @@ def _number(extra: Mapping[str, Any], key: str, default: float, low: float, kind
 
 def _optional_int(extra: Mapping[str, Any], key: str) -> int | None:
     return _number(extra, key, 1, 1, int) if extra.get(key) is not None else None
+
+
+def _caption_dropout(extra: Mapping[str, Any], unused: list[tuple[str, str]]) -> float:
+    """MindSpeed-MM's caption dropout: ``cfg`` (0.1 when its text processer preprocesses and no cfg is given),
+    applied only when captions are preprocessed (``enable_text_preprocessing``, true by default)."""
+    preprocessed = extra.get("enable_text_preprocessing", True) is not False
+    default = PREPROCESSING_CFG if preprocessed and extra.get("use_text_processer") is True else 0.0
+    cfg = _number(extra, "cfg", default, 0)
+    if cfg > 1:
+        raise ConfigError(f"data.dataset_param.cfg must be a probability in [0, 1], got {cfg!r}")
+    if cfg > 0 and not preprocessed:
+        unused.append(("cfg", NO_PREPROCESSING))
+        return 0.0
+    return cfg
 
 
 def clip_options(param: DatasetParam) -> ClipOptions:
@@ -97,8 +120,7 @@ def clip_options(param: DatasetParam) -> ClipOptions:
         unused.append(("min_num_frames", SHORT_CLIPS))
     if _number(extra, "drop_short_ratio", 1.0, 0) < 1:
         unused.append(("drop_short_ratio", SHORT_CLIPS))
-    if _number(extra, "cfg", 0.0, 0) > 0:
-        unused.append(("cfg", NO_DROPOUT))
+    cfg = _caption_dropout(extra, unused)
     planner = None
     if extra.get("force_resolution", True) is False:
         planner = ClipPlanner(
@@ -109,4 +131,4 @@ def clip_options(param: DatasetParam) -> ClipOptions:
         )
     else:
         unused += [(key, FIXED_SIZE) for key in DYNAMIC_SIZE_KEYS if key in extra]
-    return ClipOptions(sampling, planner, tuple(unused))
+    return ClipOptions(sampling, planner, tuple(unused), cfg)

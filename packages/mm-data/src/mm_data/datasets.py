@@ -27,9 +27,13 @@ class VideoTextDataset(Dataset):
     logged, counted in ``bad_samples`` and replaced by the next good sample; with ``"error"`` it
     raises DataError. The clip start is random, drawn from ``seed`` and the index so that a
     sample reads the same frames every time. ``options`` (the data.json's frame and resize keys, see
-    :mod:`mm_data.clip_options`) set the frame stride, skipped first frames, speed-up and, with
-    ``force_resolution: false``, each clip's own size (left out when it does not fit: a bad sample).
+    :mod:`mm_data.clip_options`) set the frame stride, skipped first frames, speed-up, caption dropout and, with
+    ``force_resolution: false``, each clip's own size (left out when it does not fit: a bad sample). Read with an
+    ``(epoch, index)`` key (``epoch_keyed``: the sampler's ``with_epoch``), a caption is dropped per epoch; an
+    integer key reads epoch 0.
     """
+
+    epoch_keyed = True
 
     def __init__(
         self,
@@ -104,8 +108,9 @@ class VideoTextDataset(Dataset):
                             f"{planner.hw_aspect_thr:g}, hw_stride {planner.hw_stride})")
         return planner.resize(frames, *size)
 
-    def load(self, index: int) -> dict[str, Any]:
-        """Sample ``index`` or DataError when it is bad, whatever ``on_bad_sample`` says."""
+    def load(self, index: int, epoch: int = 0) -> dict[str, Any]:
+        """Sample ``index`` as read in ``epoch`` (its caption dropped or not), or DataError when it is bad, whatever
+        ``on_bad_sample`` says."""
         record = self.records[index]
         if record.caption is None:
             raise DataError(f"sample {index} ({record.path}): its index entry has no caption "
@@ -115,16 +120,18 @@ class VideoTextDataset(Dataset):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
         frames = read_video(record.path, self.num_frames, generator=generator, backend=self.backend,
                             sampling=self.options.sampling)
-        item = {"video": self._resize(index, frames), "prompt": record.caption, "index": index}
+        caption = "" if self.options.drops_caption(self.seed, epoch, index) else record.caption
+        item = {"video": self._resize(index, frames), "prompt": caption, "index": index}
         if self.tokenizer is not None:
-            item.update(self.tokenizer(record.caption))
+            item.update(self.tokenizer(caption))
         return item
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
         for offset in range(len(self)):
             candidate = (index + offset) % len(self)
             try:
-                return self.load(candidate)
+                return self.load(candidate, epoch)
             except DataError as exc:
                 self.bad.skip(exc)
         first = f"; the first: {self.bad.reasons[0]}" if self.bad.reasons else ""

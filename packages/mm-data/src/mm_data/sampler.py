@@ -108,7 +108,8 @@ class EpochTagged(Dataset):
     """A dataset of dict items read with ``(epoch, index)`` keys: item ``index`` with an ``"epoch"`` entry added.
 
     The item keeps its own entries, ``"index"`` included (a dataset that replaces a bad sample names the one
-    it read), so a batch alone says which (epoch, sample) each of its rows is.
+    it read), so a batch alone says which (epoch, sample) each of its rows is. A dataset whose ``epoch_keyed``
+    is true is read with the ``(epoch, index)`` key itself (its items differ by epoch: caption dropout).
     """
 
     def __init__(self, dataset: Dataset) -> None:
@@ -119,7 +120,8 @@ class EpochTagged(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
         epoch, index = key
-        return {**self.dataset[index], "epoch": epoch}
+        item = self.dataset[key] if getattr(self.dataset, "epoch_keyed", False) else self.dataset[index]
+        return {**item, "epoch": epoch}
 
 
 def bucket_keys(

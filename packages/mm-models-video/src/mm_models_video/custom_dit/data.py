@@ -83,11 +83,12 @@ def check_clip_fits(config: Config, model: CustomModel) -> None:
 
 
 def build_train_loader(config: Config, runtime: Runtime) -> DataLoader:
-    """This rank's resumable dataloader over CustomT2VDataset, per the data section."""
+    """This rank's resumable dataloader over CustomT2VDataset, per the data section; with epochs (for ``cfg``)."""
     data = data_config(config)
     dataset = CustomT2VDataset.from_data_config(data, seed=config.training.seed)
     loader = data.dataloader_param
     buckets = bucket_keys(dataset.shapes(), loader.group_frame, loader.group_resolution)
     return build_rank_loader(
-        dataset, loader, config.training.micro_batch_size, runtime, config.training.seed, collate, buckets
+        dataset, loader, config.training.micro_batch_size, runtime, config.training.seed, collate, buckets,
+        with_epoch=True,
     )
