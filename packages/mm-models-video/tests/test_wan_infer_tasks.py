@@ -120,7 +120,7 @@ def _images(tmp_path: Path) -> tuple[Path, Path]:
     return first, last
 
 
-def test_flf2v_conditions_on_the_first_and_last_frames(tmp_path, monkeypatch):
+def test_flf2v_conditions_on_the_first_and_last_frames(tmp_path, monkeypatch, capsys, restored_logging):
     first, last = _images(tmp_path)
     (tmp_path / "images.txt").write_text(f"{first}, {last}\n")
     path = _tiny("14b/flf2v/inference_model.json", tmp_path, {"in_dim": 12}, image=str(tmp_path / "images.txt"),
@@ -145,6 +145,9 @@ def test_flf2v_conditions_on_the_first_and_last_frames(tmp_path, monkeypatch):
     assert (mask[3, -1] == 1).all() and (mask[:3, -1] == 0).all()
     with pytest.raises(ConfigError, match="an FLF2V model needs the first and last frames: inference.last_image"):
         _infer(path, f"inference.image={first}")
+    assert mm(["run", "--plugin", "wan2_1", "--model", str(path), *CPU]) != 0
+    assert "an FLF2V model (model.predictor.model_type flf2v, pos_embed_seq_len 34) runs in mm infer only" in \
+        capsys.readouterr().err
     i2v = _tiny("14b/flf2v/inference_model.json", tmp_path, {"in_dim": 12, "model_type": "i2v"}, name="i2v.json")
     with pytest.raises(ConfigError, match="inference.last_image needs an FLF2V model"):
         _infer(i2v, f"inference.image={first}", f"inference.last_image={last}")

@@ -37,3 +37,11 @@ def image_tokens(predictor: nn.Module, tokens: int) -> int:
         raise ConfigError(f"the FLF2V transformer embeds {predictor.config.pos_embed_seq_len} image tokens but the "
                           f"image encoder gives {tokens} per image (2 images: {2 * tokens})")
     return 2 * tokens
+
+
+def check_trainable(predictor: nn.Module) -> None:
+    """A ConfigError for training an FLF2V transformer: mm trains I2V from first frames only."""
+    if is_flf2v(predictor):
+        raise ConfigError("an FLF2V model (model.predictor.model_type flf2v, pos_embed_seq_len "
+                          f"{predictor.config.pos_embed_seq_len}) runs in mm infer only: mm run trains I2V on first "
+                          "frames, not on first and last")

@@ -22,7 +22,7 @@ from mm_models_video.wan2_1.build import build_model
 from mm_models_video.wan2_1.flavors import Flavor, flavor_of, get_flavor, task_of
 from mm_models_video.wan2_1.flf2v import is_flf2v
 from mm_models_video.wan2_1.i2v import WanI2V
-from mm_models_video.wan2_1.mindspeed import inference_values, task_from_model_type, unipc_scheduler
+from mm_models_video.wan2_1.mindspeed import inference_values, unipc_scheduler
 from mm_models_video.wan2_1.model import WanT2V
 from mm_models_video.wan2_1.schema import check_clip, dtype_of
 from mm_models_video.wan2_1.v2v import check_strength, noised_latents, source_clip, source_path, video_pipeline
@@ -190,7 +190,6 @@ def generate(config: Config, runtime: Runtime) -> str:
     """Sample ``num_inference_videos_per_sample`` videos for the prompt (or each line of a prompt .txt file) and its
     first (and, FLF2V, last) frame or, v2v, its source clip, with WanPipeline / WanImageToVideoPipeline /
     WanVideoToVideoPipeline; write them as mp4."""
-    task_from_model_type(config)
     inf = inference_values(config)
     model_config, checkpoint = model_source(config)
     flavor = get_flavor(model_config.flavor)

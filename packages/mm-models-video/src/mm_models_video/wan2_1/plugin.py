@@ -23,9 +23,10 @@ from mm_models_video.wan2_1.convert import register_converters  # noqa: F401 (mm
 from mm_models_video.wan2_1.cp import use_context_parallel_attention
 from mm_models_video.wan2_1.data import build_train_loader, check_clip_fits, example_prompt, write_example_image
 from mm_models_video.wan2_1.extract import extract_features as run_extraction
+from mm_models_video.wan2_1.flf2v import check_trainable
 from mm_models_video.wan2_1.i2v import WanI2V
 from mm_models_video.wan2_1.infer import generate
-from mm_models_video.wan2_1.mindspeed import MINDSPEED_MODULES, inferred_flavor
+from mm_models_video.wan2_1.mindspeed import MINDSPEED_MODULES, inferred_flavor, task_from_model_type
 from mm_models_video.wan2_1.mindspeed_checkpoint import resolve_load
 from mm_models_video.wan2_1.model import Carry, WanT2V, run_block
 from mm_models_video.wan2_1.tp import tensor_parallel_plan
@@ -77,6 +78,7 @@ def model_provider(config: Config, runtime: Runtime) -> WanT2V:
     settle(config)
     check_encoder_engines(config.model, config.parallel)
     model = build_model(config.model)
+    check_trainable(model.predictor)
     check_clip_fits(config, model)
     if config.model.ae.vae_cp_size > 1:
         model.vae_cp_group = vae_cp_group(runtime.submesh("cp").get_group(), config.model.ae.vae_cp_size)
@@ -138,9 +140,11 @@ def get_batch(data_iterator: DataIterator, runtime: Runtime, model: torch.nn.Mod
 
 
 def settle(config: Config) -> None:
-    """Before any hook reads the model section: give a MindSpeed-MM model.json without a flavor the flavor its
-    predictor keys describe, give the tiny I2V its embedded run's steps where the user set none, and read
-    ``--load DIR`` (a transformer folder or MindSpeed-MM checkpoint) as the predictor's weights."""
+    """Before any hook reads the model section: give a MindSpeed-MM model.json without a task the task of its
+    predictor.model_type and without a flavor the flavor its predictor keys describe, give the tiny I2V its
+    embedded run's steps where the user set none, and read ``--load DIR`` (a transformer folder or MindSpeed-MM
+    checkpoint) as the predictor's weights."""
+    task_from_model_type(config)
     config.model["flavor"] = inferred_flavor(config.model)
     if config.model.task == "i2v" and config.model.flavor == "tiny":
         for key, value in TINY_I2V_TRAINING.items():
