@@ -168,6 +168,7 @@ def test_an_architecture_that_differs_from_the_checkpoint_is_one_error_naming_th
 
 
 def test_load_of_a_mindspeed_mm_checkpoint_gives_the_release_weights(tmp_path):
+    # Megatron's layout (TP 2, PP 2) as hf_to_mm writes it,
     files = _tiny_files(tmp_path)
     config = make_config(load_plugins(PLUGIN), "run", [], files, ["model.flavor=tiny"])
     release = build_predictor(config.model, TINY)
@@ -176,11 +177,15 @@ def test_load_of_a_mindspeed_mm_checkpoint_gives_the_release_weights(tmp_path):
     assert convert(["OpenSoraPlanConverter", "hf_to_mm", "--cfg.source_path", str(tmp_path / "transformer"),
                     "--cfg.target_path", str(ckpt), "--cfg.target_parallel_config.tp_size", "2",
                     "--cfg.target_parallel_config.pp_layers", "[1,1]"]) == 0
-    loaded = build_model(make_config(load_plugins(PLUGIN), "run", [], files,
-                                     ["model.flavor=tiny", f"model.from_pretrained={ckpt}"]).model)
+    # and the same weights as MindSpeed-MM's FSDP2 training saves them (DCP)
+    assert convert(["OpenSoraPlanConverter", "mm_to_dcp", "--cfg.source_path", str(ckpt), "--cfg.target_path",
+                    str(tmp_path / "dcp")]) == 0
     expected = release.state_dict()
-    for name, tensor in loaded.predictor.state_dict().items():
-        torch.testing.assert_close(tensor, expected[name], rtol=0, atol=0, msg=name)
+    for checkpoint in (ckpt, tmp_path / "dcp"):
+        loaded = build_model(make_config(load_plugins(PLUGIN), "run", [], files,
+                                         ["model.flavor=tiny", f"model.from_pretrained={checkpoint}"]).model)
+        for name, tensor in loaded.predictor.state_dict().items():
+            torch.testing.assert_close(tensor, expected[name], rtol=0, atol=0, msg=name)
 
 
 def test_the_inference_model_json_generates_with_its_prompt_file_steps_and_size(tmp_path, capsys, restored_logging):

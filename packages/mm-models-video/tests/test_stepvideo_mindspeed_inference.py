@@ -108,8 +108,13 @@ def _tiny_inference_file(tmp_path: Path, task: str = "t2v") -> Path:
     return path
 
 
-def test_load_of_a_mindspeed_checkpoint_is_the_predictors_weights(tmp_path):
+@pytest.mark.parametrize("layout", ["megatron", "fsdp2"])
+def test_load_of_a_mindspeed_checkpoint_is_the_predictors_weights(tmp_path, layout):
     predictor, _, checkpoint = _tiny_release(tmp_path)
+    if layout == "fsdp2":  # as MindSpeed-MM's FSDP2 training saves it (DCP)
+        assert convert(["StepVideoConverter", "mm_to_dcp", "--cfg.source_path", str(checkpoint),
+                        "--cfg.target_path", str(tmp_path / "dcp")]) == 0
+        checkpoint = tmp_path / "dcp"
     config = make_config(load_plugins(["stepvideo"]), "infer", [], {"model": _tiny_inference_file(tmp_path)},
                          [*QUIET, f"model.from_pretrained={checkpoint}", "model.flavor=tiny"])
     loaded = build_model(config.model).predictor.state_dict()

@@ -4,6 +4,7 @@ data.json files, fsdp2_config.yaml and the launch scripts' flags; a model.json's
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -133,6 +134,14 @@ def test_the_readme_converter_commands_and_load_of_the_folder_converted_in_place
     back = build_model(make_config(load_plugins(PLUGIN), "run", [], {"model": _tiny_model_json(tmp_path)},
                                    [f"model.predictor.from_pretrained={tmp_path / 'back'}"]).model)
     torch.testing.assert_close(back.predictor.state_dict(), reference, rtol=0, atol=0)
+    # The same weights as MindSpeed-MM's FSDP2 training saves them (DCP), beside the transformer's config.json.
+    dcp = tmp_path / "fsdp2"
+    assert convert(["WanConverter", "mm_to_dcp", "--cfg.source_path", str(folder), "--cfg.target_path", str(dcp)]) == 0
+    shutil.copy(folder / "config.json", dcp / "config.json")
+    config = make_config(load_plugins(PLUGIN), "run", [], {"model": _tiny_model_json(tmp_path)},
+                         [f"model.from_pretrained={dcp}", f"training.output_dir={tmp_path / 'run'}"])
+    settle(config)
+    torch.testing.assert_close(build_model(config.model).predictor.state_dict(), reference, rtol=0, atol=0)
 
 
 def test_load_of_a_mindspeed_checkpoint_without_its_config_is_one_error(tmp_path):

@@ -4,10 +4,13 @@ a model.json's architecture, and --load of a MindSpeed-MM checkpoint."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed.checkpoint as dcp
+from safetensors.torch import load_file
 from transformers import Qwen2_5_VLConfig
 
 from mm_convert.cli import main as convert
@@ -97,6 +100,21 @@ def test_load_of_a_mindspeed_mm_checkpoint_gives_the_hugging_face_weights(tmp_pa
                     "--cfg.common_model_config.enable_canonical_hf_struct", canonical]) == 0
     files = _mindspeed_files(tmp_path, tiny_dir, layers=2)
     config = make_config(load_plugins(PLUGIN), "run", [], files, [f"model.from_pretrained={ckpt}"])
+    loaded, reference = build_model(config), build_model(make_config(load_plugins(PLUGIN), "run", [], {},
+                                                                     [f"model.from_pretrained={tiny_dir}"]))
+    expected = reference.state_dict()
+    for name, tensor in loaded.state_dict().items():
+        torch.testing.assert_close(tensor, expected[name], msg=name)
+
+
+def test_load_of_a_mindspeed_mm_fsdp2_checkpoint_gives_the_hugging_face_weights(tmp_path, tiny_dir):
+    # MindSpeed-MM's FSDP2 save (GenericDCPConverter's layout: model.<Hugging Face name>, in release/).
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.save({"model": load_file(tiny_dir / "model.safetensors")}, checkpoint_id=str(tmp_path / "save" / "release"),
+                 no_dist=True)
+    files = _mindspeed_files(tmp_path, tiny_dir, layers=2)
+    config = make_config(load_plugins(PLUGIN), "run", [], files, [f"model.from_pretrained={tmp_path / 'save'}"])
     loaded, reference = build_model(config), build_model(make_config(load_plugins(PLUGIN), "run", [], {},
                                                                      [f"model.from_pretrained={tiny_dir}"]))
     expected = reference.state_dict()

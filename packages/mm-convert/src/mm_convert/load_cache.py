@@ -8,14 +8,17 @@ from pathlib import Path
 
 import torch
 
+from mm_convert.dcp_layout import find_dcp
 from mm_convert.megatron_layout import ITERATION_FILE
 
 
-def is_megatron_checkpoint(path: str | Path) -> bool:
-    """Whether ``path`` is a MindSpeed-MM (Megatron) checkpoint folder: ``latest_checkpointed_iteration.txt``,
-    ``release/`` or ``iter_*/mp_rank_*``."""
+def is_mindspeed_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is a MindSpeed-MM checkpoint folder: Megatron's (``latest_checkpointed_iteration.txt``,
+    ``release/`` or ``iter_*/mp_rank_*``) or FSDP2's (a torch.distributed.checkpoint with its ``.metadata``, in it
+    or in its ``release/`` or ``iter_*/``)."""
     path = Path(path)
-    return (path / ITERATION_FILE).is_file() or (path / "release").is_dir() or any(path.glob("iter_*/mp_rank_*"))
+    return ((path / ITERATION_FILE).is_file() or (path / "release").is_dir() or any(path.glob("iter_*/mp_rank_*"))
+            or find_dcp(path) is not None)
 
 
 def converted_once(checkpoint: Path, cache: Path, prefix: str, convert: Callable[[Path], None]) -> Path:

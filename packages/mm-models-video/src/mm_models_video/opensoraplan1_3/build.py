@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, MT5Config, MT5EncoderModel
 
-from mm_convert.load_cache import is_megatron_checkpoint
+from mm_convert.load_cache import is_mindspeed_checkpoint
 from mm_core.config import Config, wrap
 from mm_core.errors import ConfigError, reason
 from mm_models_video.opensoraplan1_3.diffusion import OpenSoraDiffusion
@@ -153,7 +153,7 @@ def build_model(model: Config) -> OpenSoraPlanT2V:
     flavor = check_model(model)
     checkpoint = None
     loaded = Path(model.from_pretrained).expanduser() if model.from_pretrained else None
-    if loaded is not None and not model.predictor.from_pretrained and is_megatron_checkpoint(loaded):
+    if loaded is not None and not model.predictor.from_pretrained and is_mindspeed_checkpoint(loaded):
         # --load names MindSpeed-MM's predictor checkpoint; the other parts load from their own from_pretrained
         checkpoint, model = str(model.from_pretrained), wrap({**model, "from_pretrained": None})
     cls = OpenSoraPlanI2V if model.task == "i2v" else OpenSoraPlanT2V

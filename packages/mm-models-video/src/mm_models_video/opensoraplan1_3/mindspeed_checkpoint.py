@@ -1,5 +1,5 @@
-"""A MindSpeed-MM OpenSoraPlan checkpoint (``release/`` or ``iter_*/`` with ``mp_rank_*``, or one state-dict file in
-its names) as the predictor's weights.
+"""A MindSpeed-MM OpenSoraPlan checkpoint (``release/`` or ``iter_*/`` with ``mp_rank_*``, an FSDP2 (DCP) one, or one
+state-dict file in its names) as the predictor's weights.
 
 ``--load`` in a MindSpeed-MM launch script names such a checkpoint (as ``mm-convert OpenSoraPlanConverter hf_to_mm``
 writes it): its TP ranks are merged, its pipeline stages joined and its names mapped back to the release's, and the
@@ -12,18 +12,18 @@ from pathlib import Path
 
 import torch
 
-from mm_convert import TensorSource, read_megatron
-from mm_convert.tp_split import merge_tp
+from mm_convert import TensorSource
 from mm_core.errors import ConfigError, MMError
 
 
 def read_mindspeed_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """The transformer's tensors of a MindSpeed-MM checkpoint, by the release's (mm's) names."""
     # convert.py imports build.py, which reads checkpoints through this module: imported here, not at the top
+    from mm_convert.sora_commands import read_mm_checkpoint
     from mm_models_video.opensoraplan1_3.convert import MM_PIPELINE, RELEASE_TO_MM, tp_split
 
     try:
-        tensors = RELEASE_TO_MM.to_hf(merge_tp(read_megatron(path, MM_PIPELINE).sources, tp_split))
+        tensors = RELEASE_TO_MM.to_hf(read_mm_checkpoint(path, MM_PIPELINE, tp_split, option_name="--load"))
         return {name: tensors[name] for name in tensors}
     except MMError as exc:
         raise ConfigError(f"--load {path}: not a readable MindSpeed-MM OpenSoraPlan checkpoint: {exc}") from None

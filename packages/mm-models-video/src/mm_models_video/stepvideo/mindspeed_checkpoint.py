@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from mm_convert.load_cache import is_megatron_checkpoint
+from mm_convert.load_cache import is_mindspeed_checkpoint
 from mm_core.config import Config, wrap
 from mm_core.errors import ConfigError, MMError
 
@@ -21,7 +21,7 @@ def split_load(model: Config) -> tuple[Config, str | None]:
     """``(model, checkpoint)``: when ``model.from_pretrained`` (``--load``) names a MindSpeed-MM checkpoint and the
     predictor has no weights of its own, that checkpoint and the model section without it (no release folder)."""
     loaded = Path(model.from_pretrained).expanduser() if model.from_pretrained else None
-    if loaded is None or model.predictor.from_pretrained or not loaded.is_dir() or not is_megatron_checkpoint(loaded):
+    if loaded is None or model.predictor.from_pretrained or not loaded.is_dir() or not is_mindspeed_checkpoint(loaded):
         return model, None
     return wrap({**model, "from_pretrained": None}), str(loaded)
 

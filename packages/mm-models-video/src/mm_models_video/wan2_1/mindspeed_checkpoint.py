@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mm_convert.load_cache import converted_once, is_megatron_checkpoint
+from mm_convert.load_cache import converted_once, is_mindspeed_checkpoint
 from mm_core.config import Config
 from mm_core.errors import ConfigError, MMError
 
@@ -42,7 +42,7 @@ def resolve_load(model: Config, cache: Path) -> None:
                           "Wan2.1 folder, its transformer/ folder or a MindSpeed-MM checkpoint")
     if not path.is_dir() or (path / PIPELINE_INDEX).is_file():
         return
-    if is_megatron_checkpoint(path):
+    if is_mindspeed_checkpoint(path):
         transformer = as_diffusers_transformer(path, cache)
     elif is_transformer_folder(path):
         transformer = path

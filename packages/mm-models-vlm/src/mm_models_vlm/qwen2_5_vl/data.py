@@ -9,7 +9,7 @@ from pathlib import Path
 from torch.utils.data import DataLoader
 from transformers import Qwen2_5_VLConfig
 
-from mm_convert.load_cache import is_megatron_checkpoint
+from mm_convert.load_cache import is_mindspeed_checkpoint
 from mm_core.config import Config
 from mm_core.errors import ConfigError
 from mm_data.bad_samples import BadSamples
@@ -39,7 +39,7 @@ def model_dir(config: Config) -> Path:
     once into the cache), or the generated tiny model."""
     if config.model.from_pretrained:
         path = Path(config.model.from_pretrained)
-        if is_megatron_checkpoint(path):
+        if is_mindspeed_checkpoint(path):
             hf_dir = config.data.dataset_param.preprocess_parameters.model_name_or_path
             return as_hf_folder(path, Path(hf_dir or path), cache_root(config))
         return path
