@@ -1,8 +1,9 @@
 """Megatron / MindSpeed-MM launch flags (``--micro-batch-size 1 --use-torch-fsdp2 ...``) as mm's config.
 
 A MindSpeed-MM launch script runs unchanged once ``pretrain_xxx.py`` is replaced by ``mm run --plugin X``: each
-flag becomes a section file (``--mm-model`` is ``--model``) or a dotted override, and flags that only tune
-Megatron's or Ascend's kernels are accepted with a one-line warning naming them.
+flag becomes a section file (``--mm-model`` is ``--model``) or a dotted override (``--mm-tool``'s tools.json: see
+:mod:`mm_core.tools_json`), and flags that only tune Megatron's or Ascend's kernels are accepted with a one-line
+warning naming them.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from mm_core import tools_json
 from mm_core.errors import ConfigError
 
 log = logging.getLogger("mm")
@@ -94,7 +96,6 @@ MULTI_VALUE = {"--lora-target-modules": "model.lora.target_modules"}
 
 # Flags that tune Megatron's or Ascend's kernels, or name things mm does its own way: accepted, with a warning.
 IGNORED_WITH_VALUE = {
-    "--mm-tool": "MindSpeed-MM's profiling tools.json; mm logs step time and memory itself",
     "--ckpt-format": "mm always writes torch.distributed.checkpoint (DCP) and reads MindSpeed-MM's formats",
     "--distributed-backend": "mm picks nccl, hccl or gloo from the device",
     "--distributed-timeout-minutes": "mm uses torch's default process-group timeout",
@@ -196,6 +197,10 @@ def translate(argv: Sequence[str]) -> LaunchFlags:
         known = name in FLAGS or name in MULTI_VALUE or name in IGNORED_WITH_VALUE or name in IGNORED_SWITCHES
         if name in SECTION_FLAGS:
             out.argv += [SECTION_FLAGS[name], inline if eq else _take(items, name)]
+        elif name == tools_json.FLAG:
+            tools = tools_json.read_tools(inline if eq else _take(items, name))
+            out.settings += tools.settings
+            out.ignored += tools.ignored
         elif not known:
             out.argv.append(token)
         elif name in MULTI_VALUE:
