@@ -68,7 +68,7 @@ def test_noise_seeds_come_from_the_epoch_and_index_of_each_item() -> None:
     runtime = create_runtime(config)
     data = DataIterator(build_train_loader(config, runtime), seed=config.training.seed)
     data.load_state_dict({"epoch": 3, "position": 7})
-    batch = get_batch(data, runtime)
+    batch = get_batch(data, runtime, model=None)
     assert batch["epoch"].tolist() == [3, 3]
     stride = 1_000_003
     assert batch["noise_seeds"] == [(1234 * stride + 3) * stride + index for index in batch["index"].tolist()]
