@@ -28,16 +28,21 @@ from mm_data.features import feature_prompts, open_feature_store
 from mm_data.formats import DataConfig, parse_data_config
 from mm_data.sampler import bucket_keys, build_rank_loader
 from mm_data.video import read_video
+from mm_models_video import clip_shape
 from mm_models_video.captions import clean_caption
 from mm_models_video.opensoraplan1_3.flavors import model_flavor
 from mm_models_video.opensoraplan1_3.inpaint import MASK_TYPES
+from mm_models_video.opensoraplan1_3.model import OpenSoraPlanT2V
 from mm_models_video.synthetic import with_synthetic_data
-from mm_models_video.video_text_data import FEATURE_TYPE, FeatureCollate
+from mm_models_video.video_text_data import FEATURE_TYPE, FeatureCollate, stored_keys
 
 # dataset_param keys of the seeds' OpenSoraPlan files that mm_data.formats does not know; read here.
 OWN_KEYS = ("vae_scale_factor", "seed", "use_aesthetic", "mask_type_ratio_dict_video", "train_pipeline_after_resize")
 NESTED = ("basic_parameters", "preprocess_parameters")
 LOW_AESTHETIC, HIGH_AESTHETIC = 4.25, 5.75
+# I2V features: mm's store holds the conditions the transformer takes; MindSpeed-MM's, their two parts.
+CONDITIONS_KEY = "conditions"
+MINDSPEED_CONDITIONS = ("masked_video", "input_mask")
 
 
 @dataclass(frozen=True)
@@ -81,9 +86,6 @@ def parse_data(config: Config) -> OpenSoraData:
     if "dataset_type" not in flat:
         data = replace(data, dataset_param=replace(param, dataset_type=config.model.task))
         param = data.dataset_param
-    if param.dataset_type == FEATURE_TYPE and config.model.task == "i2v":
-        raise ConfigError("data.dataset_param.dataset_type 'feature': mm's opensoraplan1_3 trains I2V from videos "
-                          "only (its masks and first-frame conditions come from the clip)")
     if param.dataset_type not in (config.model.task, FEATURE_TYPE):
         raise ConfigError(
             f"data.dataset_param.dataset_type {param.dataset_type!r} does not match model.task {config.model.task!r}"
@@ -116,6 +118,19 @@ def parse_data(config: Config) -> OpenSoraData:
     clean = bool(extra.get("use_text_processer", False)) and bool(extra.get("enable_text_preprocessing", True))
     return OpenSoraData(data, planner, float(extra.get("cfg", 0.0)), bool(own.get("use_aesthetic", False)),
                         dict(ratio), float(extra.get("drop_short_ratio", 0.0)), (vae_scale[0], vae_scale[1]), clean)
+
+
+def check_clips(config: Config, model: OpenSoraPlanT2V) -> None:
+    """A ConfigError unless the data section's clip sizes fit the VAE strides × patch size."""
+    planner = parse_data(config).planner
+    patch = model.predictor.config.patch_size
+    factors = clip_shape.clip_factors(model.vae_strides, (1, patch, patch))
+    why = "for OpenSoraPlan 1.3 (VAE stride × patch size)"
+    if planner.force_resolution:
+        clip_shape.check_clip(planner.num_frames, planner.max_height, planner.max_width, factors, "data.dataset_param",
+                              why)
+    elif planner.hw_stride % factors[1]:
+        raise ConfigError(f"data.dataset_param.hw_stride {planner.hw_stride} must be a multiple of {factors[1]} {why}")
 
 
 def aesthetic_caption(caption: str, aes: float | None, generator: torch.Generator) -> str:
@@ -166,6 +181,11 @@ class PlannedClipDataset(Dataset):
     def shapes(self) -> list[tuple[int, int, int]]:
         """Each clip's planned (frames, height, width)."""
         return list(self.plan)
+
+    @property
+    def records(self) -> list[AnnotatedClip]:
+        """The clips kept, by index (feature extraction names each sample after its ``path``)."""
+        return self.clips
 
     def load(self, index: int) -> dict[str, Any]:
         """Clip ``index`` at its planned shape, or DataError when it cannot be read."""
@@ -234,7 +254,9 @@ class PaddedCollate:
 
 
 class IndexedFeatures(Dataset):
-    """A feature store whose items carry their ``index`` (the per-sample noise seeds draw from it)."""
+    """A feature store whose items carry their ``index`` (the per-sample noise seeds draw from it: the clip's, as
+    extraction stored it, else the position) and, for I2V, their ``conditions`` (MindSpeed-MM's ``masked_video``
+    and ``input_mask`` concatenated along the channels, as the I2V transformer takes them)."""
 
     def __init__(self, store: Dataset) -> None:
         self.store = store
@@ -243,7 +265,23 @@ class IndexedFeatures(Dataset):
         return len(self.store)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return {**self.store[index], "index": index}
+        item = {"index": index, **self.store[index]}
+        if all(key in item for key in MINDSPEED_CONDITIONS):
+            parts = [item.pop(key).float() for key in MINDSPEED_CONDITIONS]
+            item[CONDITIONS_KEY] = torch.cat(parts)
+        return item
+
+
+def check_feature_store(config: Config, parsed: OpenSoraData) -> None:
+    """A ConfigError unless the feature store holds what model.task trains on (I2V: the conditions)."""
+    param = parsed.data.dataset_param
+    keys = set(stored_keys(parsed.data))
+    held = CONDITIONS_KEY in keys or set(MINDSPEED_CONDITIONS) <= keys
+    if config.model.task == "i2v" and keys and not held:
+        raise ConfigError(
+            f"the features at {param.data_path} hold no I2V conditions ({CONDITIONS_KEY}, or MindSpeed-MM's "
+            f"{' and '.join(MINDSPEED_CONDITIONS)}), which model.task=i2v trains on (extract with model.task=i2v)"
+        )
 
 
 def text_len(config: Config, parsed: OpenSoraData) -> int:
@@ -261,8 +299,10 @@ def build_train_loader(config: Config, runtime: Runtime) -> DataLoader:
     parsed = parse_data(config)
     param = parsed.data.dataset_param
     if param.dataset_type == FEATURE_TYPE:
+        check_feature_store(config, parsed)
         store = IndexedFeatures(open_feature_store(param.data_path, param.data_folder or None))
-        collate_fn = FeatureCollate(text_len(config, parsed), "prompt_mask", ("latents", "prompt_embeds"))
+        floats = ("latents", "prompt_embeds", *((CONDITIONS_KEY,) if config.model.task == "i2v" else ()))
+        collate_fn = FeatureCollate(text_len(config, parsed), "prompt_mask", floats)
         return build_rank_loader(store, parsed.data.dataloader_param, config.training.micro_batch_size, runtime,
                                  config.training.seed, collate_fn, None, with_epoch=True)
     dataset = build_dataset(config, parsed)

@@ -128,8 +128,9 @@ class OpenSoraPlanT2V(FrozenEncoders):
             carry = run_block(block, carry)
         return self.predict(carry)
 
-    def _drop_captions(self, prompts: Sequence[str], generators: Sequence[torch.Generator] | None) -> list[str]:
-        if not self.training or not self.text_dropout or generators is None:
+    def drop_captions(self, prompts: Sequence[str], generators: Sequence[torch.Generator] | None) -> list[str]:
+        """Each prompt replaced by the empty one with probability ``text_dropout``, drawn from its generator."""
+        if not self.text_dropout or generators is None:
             return list(prompts)
         draws = [torch.rand((), generator=g, device=g.device).item() for g in generators]
         return ["" if u < self.text_dropout else p for p, u in zip(prompts, draws)]
@@ -156,7 +157,8 @@ class OpenSoraPlanT2V(FrozenEncoders):
         if latents is None:
             latents = self.encode_video(video, generators)
         if prompt_embeds is None:
-            prompt_embeds, prompt_mask = self.encode_text(self._drop_captions(prompt, generators))
+            prompt_embeds, prompt_mask = self.encode_text(self.drop_captions(prompt, generators) if self.training
+                                                          else list(prompt))
         if noise is None or timesteps is None:
             if generators is None:
                 generators = [torch.Generator(device).manual_seed(int(s))

@@ -7,17 +7,16 @@ import torch
 from mm_core import ContextParallelPlan, ParallelPlan, PipelinePlan, hookimpl
 from mm_core.config import Config
 from mm_core.data_iter import DataIterator
-from mm_core.errors import ConfigError
 from mm_core.runtime import Runtime
-from mm_models_video import clip_shape
 from mm_models_video.encoder_engines import FeatureEncoder, check_encoder_engines, engine_batch, fsdp_ignored
 from mm_models_video.frozen import FROZEN
 from mm_models_video.infer_hint import print_infer_hint
 from mm_models_video.opensoraplan1_3 import schema
 from mm_models_video.opensoraplan1_3.build import build_model
 from mm_models_video.opensoraplan1_3.convert import register_converters  # noqa: F401 (mm-convert hook)
-from mm_models_video.opensoraplan1_3.data import build_train_loader, example_prompt, parse_data, text_len
+from mm_models_video.opensoraplan1_3.data import build_train_loader, check_clips, example_prompt, parse_data, text_len
 from mm_models_video.opensoraplan1_3.diffusion import diffusion_loss
+from mm_models_video.opensoraplan1_3.extract import extract_features as run_extraction
 from mm_models_video.opensoraplan1_3.flavors import flavor_name
 from mm_models_video.opensoraplan1_3.infer import generate
 from mm_models_video.opensoraplan1_3.inpaint import OpenSoraPlanI2V
@@ -55,20 +54,8 @@ def default_config(task: str) -> dict:
         "training": TRAINING,
         "logging": {"tensorboard": False},
         "inference": schema.INFERENCE,
+        "extract": schema.EXTRACT,
     }
-
-
-def check_clips(config: Config, model: OpenSoraPlanT2V) -> None:
-    """A ConfigError unless the data section's clip sizes fit the VAE strides × patch size."""
-    planner = parse_data(config).planner
-    patch = model.predictor.config.patch_size
-    factors = clip_shape.clip_factors(model.vae_strides, (1, patch, patch))
-    why = "for OpenSoraPlan 1.3 (VAE stride × patch size)"
-    if planner.force_resolution:
-        clip_shape.check_clip(planner.num_frames, planner.max_height, planner.max_width, factors, "data.dataset_param",
-                              why)
-    elif planner.hw_stride % factors[1]:
-        raise ConfigError(f"data.dataset_param.hw_stride {planner.hw_stride} must be a multiple of {factors[1]} {why}")
 
 
 @hookimpl
@@ -169,6 +156,12 @@ def after_training(config: Config, runtime: Runtime, checkpoint) -> None:
         steps = " --steps 20" if flavor_name(config.model) == "tiny" else ""
         image = " --image first_frame.png" if config.model.task == "i2v" else ""
         print_infer_hint("opensoraplan1_3", runtime, checkpoint, example_prompt(config), image + steps)
+
+
+@hookimpl
+def extract_features(config: Config, runtime: Runtime) -> str:
+    """``mm extract``: encode the data section's clips and captions once into a feature store."""
+    return run_extraction(config, runtime)
 
 
 @hookimpl

@@ -108,6 +108,9 @@ MODEL: dict[str, Any] = {
 # data.json's keys (mindspeed.DATA; the data module checks their values); an empty data_path means generated clips.
 DATA: dict[str, Any] = mindspeed.DATA
 
+# mm extract: where the features go, the shard size of mm's layout, and the layout (mm or mindspeed).
+EXTRACT: dict[str, Any] = {"output_dir": None, "shard_size": 64, "batch_size": 1, "layout": "mm"}
+
 # v1.3's sampler: Euler ancestral, v-prediction, 100 steps, CFG 7.5, its prompt template and negative prompt.
 POSITIVE_TEMPLATE = "\n    high quality, high aesthetic, {}\n    "
 NEGATIVE_PROMPT = (
