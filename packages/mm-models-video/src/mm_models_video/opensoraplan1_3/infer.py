@@ -14,6 +14,7 @@ from mm_core.runtime import Runtime
 from mm_data.synthetic import write_video
 from mm_data.transforms import resize_center_crop
 from mm_models_video import clip_shape
+from mm_models_video.inference_lists import lines_of, output_paths
 from mm_models_video.opensoraplan1_3.build import build_model
 from mm_models_video.opensoraplan1_3.flavors import flavor_name, model_flavor
 from mm_models_video.opensoraplan1_3.inpaint import OpenSoraPlanI2V, frame_mask
@@ -61,19 +62,9 @@ def read_image(path: str | Path, height: int, width: int) -> torch.Tensor:
     return resize_center_crop(pixels[None], height, width)
 
 
-def _lines(value: str, key: str) -> list[str]:
-    """``value`` itself, or the non-empty lines of the .txt file it names (the seeds' prompt and image lists)."""
-    path = Path(value).expanduser()
-    if value.endswith(".txt"):
-        if not path.is_file():
-            raise ConfigError(f"inference.{key} {value} does not exist")
-        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [value]
-
-
 def prompts_of(inf: Config) -> list[str]:
     """The prompts to generate: ``prompt``, or one per line of the .txt file it names."""
-    return _lines(str(inf.prompt), "prompt")
+    return lines_of(str(inf.prompt), "prompt")
 
 
 def condition_images(inf: Config, count: int) -> list[list[str]]:
@@ -83,7 +74,7 @@ def condition_images(inf: Config, count: int) -> list[list[str]]:
     if not value:
         raise ConfigError("inference.image is needed for model.task i2v (the first frame, --image FILE; "
                           "--image FIRST,LAST for a transition)")
-    lines = _lines(str(value), "image")
+    lines = lines_of(str(value), "image")
     if len(lines) == 1:
         lines = lines * count
     if len(lines) != count:
@@ -163,9 +154,7 @@ def generate(config: Config, runtime: Runtime) -> str:
         model.predictor.to(dtype)
     prompts = prompts_of(inf)
     images = condition_images(inf, len(prompts)) if isinstance(model, OpenSoraPlanI2V) else [None] * len(prompts)
-    outputs = [Path(inf.output)] if len(prompts) == 1 else [
-        Path(inf.output).with_name(f"{Path(inf.output).stem}_{i}{Path(inf.output).suffix}") for i in range(len(prompts))
-    ]
+    outputs = [Path(path) for path in output_paths(inf.output, len(prompts))]
     for prompt, paths, output in zip(prompts, images, outputs):
         conditions = None if paths is None else image_conditions(model, paths, num_frames, height, width,
                                                                  runtime.device)

@@ -19,6 +19,7 @@ from mm_core.runtime import Runtime
 from mm_data.synthetic import write_video
 from mm_data.transforms import resize_center_crop
 from mm_models_video.flow_matching import NoiseToDataFlowMatching
+from mm_models_video.inference_lists import lines_of, output_paths
 from mm_models_video.stepvideo import model_json
 from mm_models_video.stepvideo.build import build_model
 from mm_models_video.stepvideo.data import check_clip
@@ -26,7 +27,6 @@ from mm_models_video.stepvideo.flavors import get_flavor
 from mm_models_video.stepvideo.model import StepVideo, image_condition, text_mask
 from mm_models_video.stepvideo.schema import dtype_of, flavor_name
 from mm_models_video.stepvideo.vae import FRAME_LEN, LATENT_LEN, SPATIAL_STRIDE
-from mm_models_video.wan2_1.infer import lines_of, output_paths
 
 
 def resolve_checkpoint(path: Path) -> Path:

@@ -18,6 +18,7 @@ from mm_core.runtime import Runtime
 from mm_data.synthetic import write_video
 from mm_data.transforms import resize_center_crop
 from mm_models_video import clip_shape
+from mm_models_video.inference_lists import lines_of, output_paths
 from mm_models_video.wan2_1.build import build_model
 from mm_models_video.wan2_1.flavors import Flavor, flavor_of, get_flavor, task_of
 from mm_models_video.wan2_1.flf2v import is_flf2v
@@ -79,16 +80,6 @@ def cast_keeping_fp32_modules(module: torch.nn.Module, dtype: torch.dtype) -> No
             tensor.data = tensor.data.to(dtype)
 
 
-def lines_of(value: str, key: str) -> list[str]:
-    """``value`` itself, or the non-empty lines of the .txt file it names (MindSpeed-MM's prompt and image lists)."""
-    if not value.endswith(".txt"):
-        return [value]
-    path = Path(value).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"inference.{key} {value} does not exist")
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def per_prompt(value: str, key: str, count: int) -> list[str]:
     """``value``'s lines (a .txt file) or ``value``, one for all ``count`` prompts or one per prompt."""
     items = lines_of(value, key)
@@ -128,15 +119,6 @@ def load_image(path: str, height: int, width: int, key: str = "image") -> Image.
     pixels = torch.from_numpy(np.asarray(Image.open(Path(path).expanduser()).convert("RGB")).copy())
     frame = resize_center_crop(pixels[None], height, width)[:, 0]
     return Image.fromarray(frame.permute(1, 2, 0).numpy())
-
-
-def output_paths(output: str, prompts: int, per_prompt: int) -> list[str]:
-    """``output`` for one video, else ``<stem>_<k><suffix>`` with k = prompt × per_prompt + video (the numbering
-    MindSpeed-MM's histogram_generator reads back for DPO data)."""
-    if prompts * per_prompt == 1:
-        return [output]
-    path = Path(output)
-    return [str(path.with_name(f"{path.stem}_{k}{path.suffix}")) for k in range(prompts * per_prompt)]
 
 
 def sampling_scheduler(model: WanT2V, flavor: Flavor, model_config: Config, flow_shift: float | None):
