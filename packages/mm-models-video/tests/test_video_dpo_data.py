@@ -7,14 +7,16 @@ import json
 import shutil
 
 import pytest
+from wan_testing import wan_config
 
 from mm_core.errors import ConfigError
 from mm_models_video.video_dpo import histogram_generator
-from mm_models_video.video_dpo.data import read_pairs
+from mm_models_video.video_dpo.data import PreferenceDataset, read_pairs
 from mm_models_video.video_dpo.frames import read_frames
 from mm_models_video.video_dpo.histogram import weighted_scores
 from mm_models_video.video_dpo.scorers import ScoreFileScorer, VBenchScorer, frame_statistics
 from mm_models_video.video_dpo.synthetic import make_preference_set
+from mm_models_video.wan2_1.data import data_config, video_dataset
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +83,14 @@ def test_scores_from_a_file_are_normalized_and_weighted_as_the_seeds_do(tmp_path
 def test_vbench_without_vbench_says_what_to_do(tmp_path) -> None:
     with pytest.raises(ConfigError, match="--scorer vbench needs VBench and its model weights .* --scorer frames"):
         VBenchScorer(tmp_path, "VBench_full_info.json", tmp_path / "eval")
+
+
+def test_data_json_cfg_drops_the_chosen_captions_per_epoch(pairs_folder) -> None:
+    config = wan_config("data.dataset_param.cfg=0.5", "data.dataset_param.num_frames=5",
+                        "data.dataset_param.max_height=16", "data.dataset_param.max_width=16")
+    template = video_dataset(config, data_config(config))
+    dataset = PreferenceDataset(template, read_pairs(pairs_folder / "data.jsonl", pairs_folder / "videos"))
+    seed = template.seed
+    dropped = [{i for i in range(len(dataset)) if dataset[(epoch, i)]["prompt"] == ""} for epoch in (0, 1)]
+    expected = [{i for i in range(len(dataset)) if template.options.drops_caption(seed, epoch, i)} for epoch in (0, 1)]
+    assert dropped == expected and dropped[0] != dropped[1]

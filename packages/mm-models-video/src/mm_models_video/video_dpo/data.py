@@ -87,12 +87,15 @@ class PreferenceDataset(Dataset):
         """Each pair's (num_frames, height, width) as the index states them, for bucketing."""
         return [pair.chosen.shape for pair in self.pairs]
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    epoch_keyed = True  # read with (epoch, index): the chosen clip's caption is dropped per epoch (data.json cfg)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
         for offset in range(len(self)):
             candidate = (index + offset) % len(self)
             try:
-                item = self.chosen.load(candidate)
-                rejected = self.rejected.load(candidate)
+                item = self.chosen.load(candidate, epoch)
+                rejected = self.rejected.load(candidate, epoch)
             except DataError as exc:
                 self.chosen.bad.skip(exc)
                 continue
