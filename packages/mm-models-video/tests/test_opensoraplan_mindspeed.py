@@ -44,8 +44,7 @@ def test_each_real_file_loads_and_the_warnings_name_the_ignored_keys(model, data
     config = make_config(load_plugins(PLUGIN), "run", [], {"model": MINDSPEED / model, "data": MINDSPEED / data}, [])
     assert config.model.predictor.num_layers == 32 and config.model.predictor.pipeline_num_layers == [8, 8, 8, 8]
     for ignored in ("model.predictor.fa_layout", "model.diffusion.device", "model.ae.output_dtype",
-                    "data.dataset_param.preprocess_parameters.train_pipeline", "data.dataloader_param.sampler_type",
-                    "data.dataset_param.preprocess_parameters.frame_interval"):
+                    "data.dataset_param.preprocess_parameters.train_pipeline", "data.dataloader_param.sampler_type"):
         assert ignored in caplog.text, ignored
         assert config.get_path(ignored) is None
     assert "fa_layout" not in config.model.predictor

@@ -2,10 +2,11 @@
 
 Each clip is planned from its index metadata alone, before any decoding, so that batches can be grouped by shape:
 its size is the fixed ``max_height × max_width`` (``force_resolution``) or its own, scaled down to at most
-``max_hxw`` pixels and cropped to multiples of ``hw_stride``; its frame count is what ``train_fps`` leaves of it (a
-longer clip sped up by at most ``speed_factor`` first), at most ``num_frames``, trimmed to ``k·vae_stride_t + 1``
-frames whose latent count is a multiple of ``latent_frame_multiple`` (the largest context-parallel size). Clips too
-small, too short or too far from the aspect are left out (None).
+``max_hxw`` pixels and cropped to multiples of ``hw_stride``; its frame count is what ``train_fps`` (or
+``frame_interval``, past ``skip_frame_num`` frames) leaves of it (a longer clip sped up by at most ``speed_factor``
+first), at most ``num_frames``, trimmed to ``k·vae_stride_t + 1`` frames whose latent count is a multiple of
+``latent_frame_multiple`` (the largest context-parallel size). Clips too small, too short or too far from the aspect
+are left out (None).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 
 from mm_core.errors import ConfigError
 from mm_data.transforms import resize_center_crop
+from mm_data.video import FrameSampling
 
 
 def max_hxw_size(height: int, width: int, max_hxw: int) -> tuple[int, int]:
@@ -54,6 +56,9 @@ class ClipPlanner:
     vae_stride_t: int = 4
     latent_frame_multiple: int = 1
     speed_factor: float = 1.0
+    # auto_interval false: the stride between frames (else train_fps sets it); frames at a clip's start never read.
+    frame_interval: float | None = None
+    skip_frame_num: int = 0
 
     def __post_init__(self) -> None:
         if not self.force_resolution and not self.max_hxw:
@@ -86,10 +91,10 @@ class ClipPlanner:
     def _speed(self, num_frames: int, fps: float | None) -> tuple[int, float]:
         """Frames the clip has at ``train_fps``, after speeding it up by at most ``speed_factor`` (never below
         ``num_frames``), and that speed-up."""
-        interval = 1.0
-        if self.train_fps and fps and abs(fps - self.train_fps) >= 0.1:
+        interval = self.frame_interval or 1.0
+        if not self.frame_interval and self.train_fps and fps and abs(fps - self.train_fps) >= 0.1:
             interval = fps / self.train_fps
-        available = math.ceil(num_frames / interval)
+        available = math.ceil(max(num_frames - self.skip_frame_num, 0) / interval)
         speed = 1.0
         if self.speed_factor > 1 and available > self.num_frames:
             speed = min(self.speed_factor, available / self.num_frames)
@@ -113,6 +118,14 @@ class ClipPlanner:
         if base is None or not num_frames:
             return self.train_fps
         return base * self._speed(num_frames, fps)[1]
+
+    def sampling(self, frames: int, num_frames: int | None, fps: float | None) -> FrameSampling:
+        """How to read ``frames`` frames of a clip of ``num_frames`` at ``fps``: at :meth:`read_fps`, or
+        ``frame_interval`` apart (times the clip's speed-up), past its first ``skip_frame_num`` frames."""
+        if self.frame_interval:
+            speed = self._speed(num_frames, fps)[1] if num_frames else 1.0
+            return FrameSampling(frames, None, self.frame_interval * speed, self.skip_frame_num)
+        return FrameSampling(frames, self.read_fps(num_frames, fps), None, self.skip_frame_num)
 
     def plan(self, num_frames: int | None, fps: float | None, height: int | None,
              width: int | None) -> tuple[int, int, int] | None:

@@ -9,6 +9,7 @@ resumable.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -17,17 +18,18 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mm_core.config import Config
+from mm_core.config import Config, warn_unused
 from mm_core.errors import ConfigError, DataError
 from mm_core.runtime import Runtime
 from mm_data.annotations import AnnotatedClip, read_annotations
 from mm_data.bad_samples import BadSamples
+from mm_data.clip_options import clip_options
 from mm_data.datasets import collate
 from mm_data.dynamic_resolution import ClipPlanner
 from mm_data.features import feature_prompts, open_feature_store
-from mm_data.formats import DataConfig, parse_data_config
+from mm_data.formats import DataConfig, DatasetParam, parse_data_config
 from mm_data.sampler import bucket_keys, build_rank_loader
-from mm_data.video import read_video
+from mm_data.video import FrameSampling, read_video
 from mm_models_video import clip_shape
 from mm_models_video.captions import clean_caption
 from mm_models_video.opensoraplan1_3.flavors import model_flavor
@@ -40,6 +42,7 @@ from mm_models_video.video_text_data import FEATURE_TYPE, FeatureCollate, stored
 OWN_KEYS = ("vae_scale_factor", "seed", "use_aesthetic", "mask_type_ratio_dict_video", "train_pipeline_after_resize")
 NESTED = ("basic_parameters", "preprocess_parameters")
 LOW_AESTHETIC, HIGH_AESTHETIC = 4.25, 5.75
+STRIDE_KEYS = ("frame_interval", "train_fps")
 # I2V features: mm's store holds the conditions the transformer takes; MindSpeed-MM's, their two parts.
 CONDITIONS_KEY = "conditions"
 MINDSPEED_CONDITIONS = ("masked_video", "input_mask")
@@ -75,6 +78,19 @@ def _given(raw: Any) -> Any:
     return {key: _given(value) for key, value in raw.items() if value is not None}
 
 
+def frame_sampling(param: DatasetParam) -> FrameSampling:
+    """``auto_interval`` / ``frame_interval`` / ``skip_frame_num`` read as the shared loader reads them; the stride
+    key that does not apply (``frame_interval`` under auto_interval, else ``train_fps``) is warned once."""
+    options = clip_options(param)
+    _warn_stride(tuple((key, why) for key, why in options.unused if key in STRIDE_KEYS))
+    return options.sampling
+
+
+@functools.lru_cache(maxsize=8)
+def _warn_stride(unused: tuple[tuple[str, str], ...]) -> None:
+    warn_unused([(f"data.dataset_param.{key}", why) for key, why in unused], "data section")
+
+
 def parse_data(config: Config) -> OpenSoraData:
     """The data section parsed (the flavor's clip shape filling its gaps); a wrong key or value is a ConfigError."""
     flavor = model_flavor(config.model)
@@ -93,6 +109,7 @@ def parse_data(config: Config) -> OpenSoraData:
     vae_scale = own.get("vae_scale_factor", [4, 8, 8])
     if vae_scale != [4, 8, 8]:
         raise ConfigError(f"data.dataset_param.vae_scale_factor must be [4, 8, 8] (WF-VAE's), got {vae_scale!r}")
+    sampling = frame_sampling(param)
     planner = ClipPlanner(
         num_frames=param.num_frames,
         min_num_frames=int(extra.get("min_num_frames", param.num_frames)),
@@ -107,6 +124,8 @@ def parse_data(config: Config) -> OpenSoraData:
         vae_stride_t=vae_scale[0],
         latent_frame_multiple=int(config.model.max_cp_size or 1),
         speed_factor=float(extra.get("speed_factor", 1.0)),
+        frame_interval=sampling.interval,
+        skip_frame_num=sampling.skip,
     )
     ratio = own.get("mask_type_ratio_dict_video", {"i2v": 1.0})
     if not isinstance(ratio, Mapping) or not ratio or not set(ratio) <= set(MASK_TYPES):
@@ -191,7 +210,8 @@ class PlannedClipDataset(Dataset):
         """Clip ``index`` at its planned shape, or DataError when it cannot be read."""
         clip, (frames, height, width) = self.clips[index], self.plan[index]
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-        video = read_video(clip.path, frames, self.planner.read_fps(clip.num_frames, clip.fps), generator=generator)
+        sampling = self.planner.sampling(frames, clip.num_frames, clip.fps)
+        video = read_video(clip.path, frames, generator=generator, sampling=sampling)
         try:
             video = self.planner.resize(video, height, width)
         except ValueError as exc:
