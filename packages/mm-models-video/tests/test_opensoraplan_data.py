@@ -110,7 +110,8 @@ def test_wrong_settings_are_one_clear_error(tmp_path) -> None:
     with pytest.raises(ConfigError, match="hw_stride 24 must be a multiple of 16"):
         check_clips(osp_config("data.dataset_param.force_resolution=false", "data.dataset_param.max_hxw=4096",
                                "data.dataset_param.hw_stride=24"), model)
-    with pytest.raises(ConfigError, match=r"model.use_dynamic_dpcp must be False \(mm's opensoraplan1_3 does not "):
+    with pytest.raises(ConfigError, match=r"^model.use_dynamic_dpcp: mm does not switch the DP × CP split per step .*"
+                       r"set parallel.cp.size to model.max_cp_size"):
         check_model(osp_config("model.use_dynamic_dpcp=true").model)
 
 

@@ -145,8 +145,11 @@ FIXED = {
 }
 # DDPM (training's noising) or the sampler of MindSpeed-MM's inference model.json.
 DIFFUSION_IDS = ("DDPM", "EulerAncestralDiscrete")
-# MindSpeed-MM features whose keys load but which mm's opensoraplan1_3 does not implement: only these values.
-NOT_IMPLEMENTED = {"use_dynamic_dpcp": False}
+# MindSpeed-MM's use_dynamic_dpcp regroups the ranks into another DP × CP split each step (by the step's longest
+# clip, up to max_cp_size); mm's device mesh, FSDP2 shards and gradient groups are fixed for the run.
+DYNAMIC_DPCP = ("model.use_dynamic_dpcp: mm does not switch the DP × CP split per step (its device mesh is fixed "
+                "for the run); set parallel.cp.size to model.max_cp_size (parallel.cp.mode=ulysses, as dynamic DPCP "
+                "needs) so the longest clip fits, every step then splits its clips over that many ranks")
 # MindSpeed-MM's predictor of each task.
 PREDICTOR_IDS = {"t2v": "videoditsparse", "i2v": "videoditsparsei2v"}
 
@@ -211,7 +214,8 @@ def check_model(model: Config) -> Flavor:
     if model.task not in TASKS:
         raise ConfigError(f"model.task must be one of {', '.join(TASKS)}, got {model.task!r}")
     sections.check_fixed(model, FIXED, "mm's opensoraplan1_3 implements only that")
-    sections.check_fixed(model, NOT_IMPLEMENTED, "mm's opensoraplan1_3 does not implement the others yet")
+    if model.use_dynamic_dpcp:
+        raise ConfigError(DYNAMIC_DPCP)
     if model.diffusion.model_id not in DIFFUSION_IDS:
         raise ConfigError(f"model.diffusion.model_id must be one of {', '.join(DIFFUSION_IDS)} (DDPM noises for "
                           f"training, mm infer samples with Euler ancestral), got {model.diffusion.model_id!r}")
