@@ -19,6 +19,7 @@ from mm_data.formats import parse_data_config
 from mm_data.synthetic import make_moving_shapes
 from mm_models_video.custom_dit.data import PromptTokenizer
 from mm_models_video.custom_dit.data import build_train_loader as custom_dit_loader
+from mm_models_video.stepvideo.data import data_config as stepvideo_data_config
 from mm_models_video.wan2_1.data import build_train_loader as wan_loader
 
 NUM_SAMPLES, BATCH = 40, 4
@@ -107,3 +108,12 @@ def test_cfg_follows_mindspeed_mm_text_processing_and_features_keep_the_warning(
     features = clip_options(dataclasses.replace(parse_data_config(
         {"dataset_param": {"data_path": str(captioned), "cfg": 0.1}}).dataset_param, dataset_type="feature"))
     assert features.cfg == 0 and features.unused == (("cfg", FEATURES),)
+
+
+def test_stepvideo_s_data_json_without_text_preprocessing_drops_no_caption() -> None:
+    # MindSpeed-MM's stepvideo files turn its text preprocessing off, and with it cfg.
+    data = Path(__file__).resolve().parents[3] / "examples/stepvideo/mindspeed-mm/t2v/data_static_resolution.json"
+    config = make_config(load_plugins(["stepvideo"]), "run", [], {"data": data},
+                         ["model.flavor=tiny", "data.dataset_param.dataset_type=t2v", "data.dataset_param.cfg=0.3"])
+    options = clip_options(stepvideo_data_config(config).dataset_param)
+    assert options.cfg == 0 and dict(options.unused)["cfg"] == NO_PREPROCESSING

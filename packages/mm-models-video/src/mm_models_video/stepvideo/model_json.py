@@ -141,21 +141,14 @@ def patch_size(model: Config) -> int | None:
     return predictor.get("patch_size") or (thw[-1] if thw else None)
 
 
-_DECODE = Unused("mm decodes with decord (PyAV when missing)")
-_TEXT = Unused("captions go to the tokenizers as written")
 # data.json dataset_param keys, at its top or under basic_parameters / preprocess_parameters; None: not given (the
-# frame and resize keys are read, or named as not honoured, by mm_data.clip_options).
+# frame, resize, caption-dropout and text-processing keys are read, or named as not honoured, by
+# mm_data.clip_options).
 DATASET_KEYS: dict[str, Any] = {
     **dict.fromkeys((
         "dataset_type", "data_path", "json_path", "data_folder", "num_frames", "max_height", "max_width",
         "train_fps", "tokenizer_config", *CLIP_KEYS,
     )),
-    "data_storage_mode": Unused("data_path is read as one data.jsonl / data.json index"),
-    "video_processor_type": _DECODE,
-    "video_reader_type": _DECODE,
-    "train_pipeline": Unused("mm resizes and center-crops clips to max_height × max_width"),
-    "use_text_processer": _TEXT,
-    "enable_text_preprocessing": _TEXT,
 }
 DATA: dict[str, Any] = {
     "dataset_param": {**DATASET_KEYS, "basic_parameters": dict(DATASET_KEYS),
