@@ -36,7 +36,7 @@ from mm_convert import (
 )
 from mm_convert.dcp_io import read_dcp
 from mm_convert.megatron_layout import STALE
-from mm_convert.sora_commands import SoraConverter, read_mm_checkpoint
+from mm_convert.sora_commands import ParallelTarget, SoraConverter, read_mm_checkpoint
 from mm_convert.tp_split import merge_tp, split_tp
 from mm_core import hookimpl
 from mm_core.errors import ConfigError
@@ -110,14 +110,6 @@ def _check_version(version: str) -> None:
 
 
 @dataclass
-class TargetParallel:
-    """The parallel layout to cut the transformer into."""
-
-    tp_size: int = option(1, help="tensor-parallel size")
-    pp_layers: list = option([], help="layers per PP stage, [8,8,8,8], or per VPP chunk [[4,4],[4,4]]; [] no PP")
-
-
-@dataclass
 class VaeOptions:
     """Options of ``vae_convert``."""
 
@@ -132,7 +124,7 @@ class HfToMmOptions:
 
     source_path: Path = option(help="the release's transformer folder, e.g. open-sora-plan/93x480p/")
     target_path: Path = option(help="MindSpeed-MM checkpoint folder to write")
-    target_parallel_config: TargetParallel = field(default_factory=TargetParallel)
+    target_parallel_config: ParallelTarget = field(default_factory=ParallelTarget)
     version: str = option("v1.3", help="OpenSoraPlan version")
 
 
@@ -142,7 +134,7 @@ class ResplitOptions:
 
     source_path: Path = option(help="MindSpeed-MM checkpoint folder")
     target_path: Path = option(help="folder to write the re-cut checkpoint into")
-    target_parallel_config: TargetParallel = field(default_factory=TargetParallel)
+    target_parallel_config: ParallelTarget = field(default_factory=ParallelTarget)
     version: str = option("v1.3", help="OpenSoraPlan version")
 
 

@@ -38,7 +38,7 @@ from mm_convert import (
 )
 from mm_convert.dcp_io import read_dcp
 from mm_convert.megatron_layout import STALE
-from mm_convert.sora_commands import SoraConverter, read_mm_checkpoint
+from mm_convert.sora_commands import ParallelTarget, SoraConverter, read_mm_checkpoint
 from mm_convert.tp_split import merge_tp, split_tp
 from mm_core import hookimpl
 from mm_models_video.pretrained import source
@@ -133,20 +133,12 @@ def _layout(pp_layers: list, num_layers: int) -> list[list[int]]:
 
 
 @dataclass
-class TargetParallel:
-    """The parallel layout to cut the transformer into."""
-
-    tp_size: int = option(1, help="tensor-parallel size")
-    pp_layers: list = option([], help="layers per PP stage, e.g. [12,12,12,12]; [] no PP")
-
-
-@dataclass
 class HfToMmOptions:
     """Options of ``hf_to_mm``."""
 
     source_path: Path = option(help="the release's transformer folder, e.g. stepvideo-t2v/transformer/")
     target_path: Path = option(help="MindSpeed-MM checkpoint folder to write")
-    target_parallel_config: TargetParallel = field(default_factory=TargetParallel)
+    target_parallel_config: ParallelTarget = field(default_factory=ParallelTarget)
 
 
 @dataclass
@@ -155,7 +147,7 @@ class ResplitOptions:
 
     source_path: Path = option(help="MindSpeed-MM checkpoint folder")
     target_path: Path = option(help="folder to write the re-cut checkpoint into")
-    target_parallel_config: TargetParallel = field(default_factory=TargetParallel)
+    target_parallel_config: ParallelTarget = field(default_factory=ParallelTarget)
 
 
 @dataclass
