@@ -111,6 +111,7 @@ IGNORED_WITH_VALUE = {
 }
 IGNORED_SWITCHES = {
     "--use-mcore-models": "mm builds the plugin's model",
+    "--fp16": "the model section's dtypes (and --bf16's autocast) set the precision; fp16 loss scaling is not offered",
     "--use-fused-rmsnorm": "an Ascend fused kernel",
     "--use-fused-swiglu": "an Ascend fused kernel",
     "--use-fused-rotary-pos-emb": "an Ascend fused kernel",

@@ -18,7 +18,7 @@ from mm_models_video.inference_lists import lines_of, output_paths
 from mm_models_video.opensoraplan1_3.build import build_model
 from mm_models_video.opensoraplan1_3.flavors import flavor_name, model_flavor
 from mm_models_video.opensoraplan1_3.inpaint import OpenSoraPlanI2V, frame_mask
-from mm_models_video.opensoraplan1_3.mindspeed import inference_section
+from mm_models_video.opensoraplan1_3.mindspeed import inference_model, inference_section
 from mm_models_video.opensoraplan1_3.model import OpenSoraPlanT2V
 from mm_models_video.opensoraplan1_3.schema import dtype_of
 
@@ -41,7 +41,7 @@ def model_source(config: Config) -> tuple[Config, Path | None]:
     """The model section to build and the mm checkpoint to load into it (None: the model section's weights)."""
     path = config.inference.checkpoint
     if path is None:
-        return config.model, None
+        return inference_model(config), None
     path = Path(path).expanduser()
     if not path.exists():
         raise CheckpointError(f"inference.checkpoint {path} does not exist")

@@ -133,6 +133,15 @@ def check_predictor(overrides: Mapping[str, Any], loaded: Mapping[str, Any], mod
         raise ConfigError(f"the model section does not describe the predictor it loads: {'; '.join(wrong)}")
 
 
+def inference_model(config: Config) -> Config:
+    """The model section, its ``task`` from an inference model.json's ``pipeline_config.model_type`` when
+    model.task is not set (as MindSpeed-MM's inference script runs the i2v file)."""
+    named = config.model.get_path("pipeline_config.model_type")
+    if named is None or config.source_of("model.task") is not None:
+        return config.model
+    return wrap({**config.model, "task": named})
+
+
 def inference_section(config: Config) -> Config:
     """The inference section with what an inference model.json gives (its prompt file, steps, CFG, fps,
     ``pipeline_config.input_size`` and ``save_path``) where the inference section's own key was not set."""
