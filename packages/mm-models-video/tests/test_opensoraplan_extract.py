@@ -4,14 +4,17 @@ online loss; training reads the store."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 from opensoraplan_testing import osp_config
 
+from mm_core.cli import main as mm
 from mm_core.errors import ConfigError
 from mm_core.runtime import create_runtime
+from mm_core.testing import launch_script_flags
 from mm_data.features import FeatureDataset
 from mm_data.synthetic import make_moving_shapes
 from mm_models_video.flow_matching import noise_seeds
@@ -19,6 +22,7 @@ from mm_models_video.opensoraplan1_3.data import build_train_loader
 from mm_models_video.opensoraplan1_3.plugin import extract_features, loss_func, model_inputs, model_provider
 from mm_models_video.synthetic import cache_dir
 
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "opensoraplan1_3" / "mindspeed-mm"
 # Four 9-frame 32×48 clips; half the captions dropped (cfg), two blocks.
 CLIP = ["training.device=cpu", "data.dataset_param.num_frames=9", "data.dataset_param.max_height=32",
         "data.dataset_param.max_width=48", "data.dataset_param.cfg=0.5", "model.flavor=tiny",
@@ -105,3 +109,17 @@ def test_training_reads_features(tmp_path, t2v_store, mm_train) -> None:
                       "data.dataset_param.dataset_type=feature",
                       f"data.dataset_param.data_path={t2v_store / 'data.jsonl'}", output_dir=tmp_path / "run")
     assert len(result.losses) == 2
+
+
+def test_the_a3_extraction_script_with_its_files_is_a_valid_extract(tmp_path, capsys, restored_logging) -> None:
+    folder = EXAMPLES / "t2v_A3"
+    script = folder / "feature_extract" / "extract_feature.sh"
+    assert "$(which mm) extract --plugin opensoraplan1_3" in script.read_text()
+    tools = tmp_path / "tools.json"
+    tools.write_text(json.dumps({"sorafeature": {"save_path": str(tmp_path / "sora_features")}}))
+    flags = launch_script_flags(script, MM_MODEL=str(folder / "pretrain_t2v_model.json"),
+                                MM_DATA=str(folder / "feature_extract" / "data.json"), MM_TOOL=str(tools), GBS="8")
+    assert mm(["config", "--plugin", "opensoraplan1_3", *flags]) == 0
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err and "error" not in err and "model.load_video_features" in err
+    assert f"output_dir: {tmp_path / 'sora_features'}" in out and "cfg: 0.1" in out
