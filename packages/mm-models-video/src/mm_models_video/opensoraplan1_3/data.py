@@ -82,12 +82,13 @@ def frame_sampling(param: DatasetParam) -> FrameSampling:
     """``auto_interval`` / ``frame_interval`` / ``skip_frame_num`` read as the shared loader reads them; the stride
     key that does not apply (``frame_interval`` under auto_interval, else ``train_fps``) is warned once."""
     options = clip_options(param)
-    _warn_stride(tuple((key, why) for key, why in options.unused if key in STRIDE_KEYS))
+    _warn_stride(repr(param), tuple((key, why) for key, why in options.unused if key in STRIDE_KEYS))
     return options.sampling
 
 
 @functools.lru_cache(maxsize=8)
-def _warn_stride(unused: tuple[tuple[str, str], ...]) -> None:
+def _warn_stride(param: str, unused: tuple[tuple[str, str], ...]) -> None:
+    """Warn once per data section (``param``, its repr)."""
     warn_unused([(f"data.dataset_param.{key}", why) for key, why in unused], "data section")
 
 
