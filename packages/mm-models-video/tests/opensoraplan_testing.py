@@ -58,3 +58,31 @@ def parallel_run(world: int, output_dir: Path, *overrides: str) -> dict[str, lis
             os.environ["OMP_NUM_THREADS"] = old
     lines = [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()]
     return {key: [line[key] for line in lines] for key in ("loss", "grad_norm")}
+
+
+def _extract_worker(rank: int, world: int, port: int, overrides: list[str]) -> None:
+    import torch.distributed as dist
+
+    from mm_core.runtime import create_runtime
+    from mm_models_video.opensoraplan1_3.extract import extract_features
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    config = osp_config("training.device=cpu", *overrides, task="extract")
+    try:
+        extract_features(config, create_runtime(config))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def spawn_extraction(world: int, *overrides: str) -> None:
+    """``mm extract --plugin opensoraplan1_3`` with ``overrides`` on ``world`` gloo processes, as torchrun would."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_extract_worker, args=(world, port, list(overrides)), nprocs=world, join=True)
