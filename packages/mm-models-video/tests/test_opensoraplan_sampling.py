@@ -13,7 +13,7 @@ from opensoraplan_testing import osp_config
 
 from mm_core.errors import DataError
 from mm_data.synthetic import write_video
-from mm_models_video.opensoraplan1_3.data import build_dataset, parse_data
+from mm_models_video.opensoraplan1_3.data import _warn_stride, build_dataset, parse_data
 
 LEVEL0, LEVEL_STEP = 10, 12
 
@@ -48,7 +48,8 @@ def test_frame_interval_is_the_stride_when_auto_interval_is_false(counter) -> No
 
 
 def test_train_fps_sets_the_stride_under_auto_interval_and_frame_interval_is_warned(counter, caplog) -> None:
-    with caplog.at_level(logging.WARNING):
+    _warn_stride.cache_clear()  # warned once per data section in a process: this test's must be the first
+    with caplog.at_level(logging.WARNING, logger="mm"):
         frames = _frames(counter, "data.dataset_param.train_fps=12", "data.dataset_param.frame_interval=4")
     assert _strides(frames) == [2, 2, 2, 2]
     assert "auto_interval: train_fps sets the stride between frames): data.dataset_param.frame_interval" in caplog.text
