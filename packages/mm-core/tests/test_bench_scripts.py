@@ -70,3 +70,15 @@ def test_qwen_model_flops_count_each_packed_sample_alone():
     text = config.text_config
     two, one = qwen.model_flops(config, [100, 100]), qwen.model_flops(config, [200])
     assert one - two == 12 * text.num_hidden_layers * text.hidden_size * (200**2 - 2 * 100**2)
+
+
+@pytest.mark.slow
+def test_the_encoder_engines_bench_counts_half_the_encodes_per_rank_on_two_ranks(tmp_path):
+    pytest.importorskip("mm_models_video")
+    command = [sys.executable, str(BENCH / "encoder_engines.py"), "--tiny", "--device", "cpu", "--steps", "4",
+               "--results", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = json.loads((tmp_path / "encoder_engines.jsonl").read_text())
+    assert line["every_rank_encodes"] == 4 and line["encoder_dp_encodes"] == [2, 2]
+    assert line["encoder_dp_time_ratio"] == pytest.approx(line["encoder_dp_s"] / line["every_rank_encode_s"])
