@@ -4,7 +4,7 @@ MindSpeed-MM's pretrain, inference and feature-extraction model.json files load 
 the keys mm reads are in schema.MODEL, the others are :class:`Unused` (one warning line per reason). The inference
 file's run keys (``prompt``, ``image``, ``video``, ``start_frame``, ``num_frames``, ``strength``, ``save_path``,
 ``fps``, ``frame_interval``, ``pipeline_config.input_size``, the UniPC ``diffusion`` keys) feed ``mm infer`` where
-the inference section leaves them at their defaults.
+the inference section leaves them at their defaults, and so does WanPipeline's default negative prompt.
 """
 
 from __future__ import annotations
@@ -71,6 +71,16 @@ DIFFUSION_KEYS: dict[str, Any] = {
 }
 UNIPC = "UniPCMultistepScheduler"
 
+# The negative prompts MindSpeed-MM's WanPipeline.get_negative_prompt gives Wan2.1 when its run names none (its
+# inference files never do): one for T2V and I2V, FLF2V's with two more terms.
+NEGATIVE_PROMPT = (
+    "Bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, static, overall "
+    "gray, worst quality, low quality, JPEG compression residue, ugly, incomplete, extra fingers, poorly drawn hands, "
+    "poorly drawn faces, deformed, disfigured, misshapen limbs, fused fingers, still picture, messy background, three "
+    "legs, many people in the background, walking backwards"
+)
+FLF2V_NEGATIVE_PROMPT = "Lens switching, lens shaking, b" + NEGATIVE_PROMPT[1:]
+
 # MindSpeed-MM's wandit module paths (fsdp2 and recompute patterns) -> diffusers' WanTransformer3DModel in WanT2V.
 MINDSPEED_MODULES = {
     "predictor.head.head": "predictor.proj_out",
@@ -121,7 +131,7 @@ def inferred_flavor(model: Mapping[str, Any]) -> str:
 def inference_values(config: Config) -> Config:
     """The inference section with what a MindSpeed-MM inference model.json gives (prompt, image, video,
     start_frame, num_frames, strength, save_path, fps // frame_interval, input_size, num_inference_steps,
-    guidance_scale, flow_shift) where the section keeps its defaults."""
+    guidance_scale, flow_shift, and WanPipeline's default negative prompt) where the section keeps its defaults."""
     inf = Config(config.inference)
     model = config.model
     diffusion = model.diffusion
@@ -142,6 +152,7 @@ def inference_values(config: Config) -> Config:
         "steps": diffusion.num_inference_steps,
         "guidance_scale": diffusion.guidance_scale,
         "flow_shift": diffusion.flow_shift,
+        "negative_prompt": mindspeed_negative_prompt(model.predictor.model_type) if is_inference_file(config) else None,
         **(dict(zip(("num_frames", "height", "width"), frames_hw)) if frames_hw else {}),
     }
     if model.num_frames is not None:
@@ -152,6 +163,16 @@ def inference_values(config: Config) -> Config:
         if value is not None and config.source_of(f"inference.{key}") is None:
             inf[key] = value
     return inf
+
+
+def is_inference_file(config: Config) -> bool:
+    """Whether the model section is a MindSpeed-MM inference model.json (it names its ``pipeline_class``)."""
+    return config.source_of("model.pipeline_class") is not None
+
+
+def mindspeed_negative_prompt(model_type: str | None) -> str:
+    """MindSpeed-MM's default negative prompt for a Wan2.1 ``predictor.model_type``."""
+    return FLF2V_NEGATIVE_PROMPT if model_type == "flf2v" else NEGATIVE_PROMPT
 
 
 def unipc_scheduler(diffusion: Mapping[str, Any], num_train_timesteps: int) -> UniPCMultistepScheduler | None:

@@ -79,7 +79,7 @@ DATA: dict[str, Any] = {"dataset_param": {}, "dataloader_param": {}, "on_bad_sam
 INFERENCE: dict[str, Any] = {
     "checkpoint": None,
     "prompt": "a red circle moving right on a blue background",
-    "negative_prompt": "",
+    "negative_prompt": "",  # a MindSpeed-MM inference model.json's run: its WanPipeline default (FLF2V's own)
     "image": None,
     "last_image": None,
     "video": None,
