@@ -17,8 +17,9 @@ from mm_convert.registry import declared_converters
 def test_register_converters_hook_gives_both_families():
     registry = collect_converters()
     assert {"Wan21Converter", "Qwen2_5_VLConverter"} <= set(registry)
-    assert list(registry["Qwen2_5_VLConverter"].subcommands()) == ["hf_to_mm", "mm_to_hf", "resplit", "lora_hf_to_mm",
-                                                                   "dcp_to_hf", "export"]
+    assert list(registry["Qwen2_5_VLConverter"].subcommands()) == [
+        "hf_to_mm", "hf_to_mm_ldt", "hf_to_mm_dcp", "mm_to_hf", "resplit", "lora_hf_to_mm", "lora_mm_to_hf",
+        "dcp_to_hf", "export"]
 
 
 def test_a_converter_registered_twice_under_one_name_is_an_error():

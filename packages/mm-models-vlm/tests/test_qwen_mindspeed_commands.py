@@ -1,19 +1,26 @@
 """Qwen2_5_VLConverter with MindSpeed-MM's current options: resplit by source/target_parallel_config without a
-config, enable_canonical_hf_struct, and dcp_to_hf of its FSDP2 checkpoints (DCP)."""
+config, enable_canonical_hf_struct, dcp_to_hf / hf_to_mm_dcp of its FSDP2 checkpoints (DCP), the LoRA subcommands
+and hf_to_mm_ldt."""
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
+from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
 from mm_convert import TensorSource, read_megatron
 from mm_convert.cli import main
+from mm_convert.dcp_layout import read_mindspeed_dcp
 from mm_convert.tp_split import merge_tp
+from mm_core.plugins import load_plugins, make_config
+from mm_models_vlm.qwen2_5_vl.build import build_model
 from mm_models_vlm.qwen2_5_vl.convert import QwenLayout, qwen_pipeline, tp_split
+from mm_models_vlm.qwen2_5_vl.model import load_model
 
 CONVERTER = "Qwen2_5_VLConverter"
 
@@ -129,26 +136,36 @@ def test_dcp_to_hf_bad_input_is_one_error(tiny_dir, tmp_path, capsys, argv, mess
     assert not (tmp_path / "out").exists()
 
 
-def test_lora_hf_to_mm_of_a_peft_adapter_as_the_readme_writes_it(tiny_dir, tmp_path, capsys):
+# transformers >= 4.52's module names -> the weights they adapt
+LORA_MODULES = {"model.language_model.layers.1.self_attn.q_proj": "model.layers.1.self_attn.q_proj.weight",
+                "model.language_model.layers.0.self_attn.o_proj": "model.layers.0.self_attn.o_proj.weight",
+                "model.visual.blocks.1.attn.qkv": "visual.blocks.1.attn.qkv.weight"}
+LORA_NAMES = ("--cfg.common_model_config.model_prefix", "base_model.model.",
+              "--cfg.common_model_config.new_transformers_weight_key", "true")
+CANONICAL = ("--cfg.common_model_config.enable_canonical_hf_struct", "true")
+
+
+def _peft_lora(tiny_dir, folder) -> dict[str, torch.Tensor]:
+    """A rank-4 peft adapter of LORA_MODULES (peft's base_model.model. names) saved in ``folder``."""
     hf = load_file(tiny_dir / "model.safetensors")
     torch.manual_seed(3)
-    # transformers >= 4.52's module names under peft's base_model.model. -> the weights they adapt
-    modules = {"model.language_model.layers.1.self_attn.q_proj": "model.layers.1.self_attn.q_proj.weight",
-               "model.language_model.layers.0.self_attn.o_proj": "model.layers.0.self_attn.o_proj.weight",
-               "model.visual.blocks.1.attn.qkv": "visual.blocks.1.attn.qkv.weight"}
     lora = {}
-    for name, weight in modules.items():
+    for name, weight in LORA_MODULES.items():
         rows, cols = hf[weight].shape
         lora[f"base_model.model.{name}.lora_A.weight"] = torch.randn(4, cols)
         lora[f"base_model.model.{name}.lora_B.weight"] = torch.randn(rows, 4)
-    (tmp_path / "lora").mkdir()
-    save_file(lora, str(tmp_path / "lora" / "adapter_model.safetensors"))
+    folder.mkdir()
+    save_file(lora, str(folder / "adapter_model.safetensors"))
+    return lora
+
+
+def test_lora_hf_to_mm_of_a_peft_adapter_as_the_readme_writes_it(tiny_dir, tmp_path, capsys):
+    lora = _peft_lora(tiny_dir, tmp_path / "lora")
     argv = ["lora_hf_to_mm", "--cfg.mm_dir", tmp_path / "mm", "--cfg.hf_config.hf_dir", tmp_path / "lora",
-            *_parallel("parallel_config", "[[2]]", "[[2]]", 2), "--cfg.common_model_config.model_prefix",
-            "base_model.model.", "--cfg.common_model_config.new_transformers_weight_key", "true"]
+            *_parallel("parallel_config", "[[2]]", "[[2]]", 2), *LORA_NAMES]
     assert _run(*argv) == 2
     assert "give --cfg.common_model_config.enable_canonical_hf_struct true" in capsys.readouterr().err
-    assert _run(*argv, "--cfg.common_model_config.enable_canonical_hf_struct", "true") == 0
+    assert _run(*argv, *CANONICAL) == 0
     rank = torch.load(tmp_path / "mm" / "release" / "mp_rank_01" / "model_optim_rng.pt", weights_only=True)["model"]
     q = "base_model.model.model.language_model.layers.1.self_attn.q_proj"
     assert torch.equal(rank["text_decoder.decoder.layers.1.self_attention.q_proj.lora_B.default.weight"],
@@ -158,3 +175,62 @@ def test_lora_hf_to_mm_of_a_peft_adapter_as_the_readme_writes_it(tiny_dir, tmp_p
                        lora[f"{o}.lora_A.weight"].chunk(2, 1)[1])
     assert torch.equal(rank["image_encoder.encoder.blocks.layers.1.self_attention.linear_qkv.lora_A.default.weight"],
                        lora["base_model.model.model.visual.blocks.1.attn.qkv.lora_A.weight"])
+
+
+def test_lora_mm_to_hf_gives_back_the_peft_adapter(tiny_dir, tmp_path, capsys):
+    lora = _peft_lora(tiny_dir, tmp_path / "lora")
+    # TP 2 and two stages: stage 0 holds no vision LoRA, stage 1's vision block is block 1 of the model
+    assert _run("lora_hf_to_mm", "--cfg.mm_dir", tmp_path / "mm", "--cfg.hf_config.hf_dir", tmp_path / "lora",
+                *_parallel("parallel_config", "[[1,1]]", "[[1,1]]", 2), *CANONICAL, *LORA_NAMES) == 0
+    # examples/qwen2.5vl/README.md's lora_mm_to_hf: flat per-stage lists
+    back = ["lora_mm_to_hf", "--cfg.save_hf_dir", tmp_path / "back", "--cfg.mm_dir", tmp_path / "mm", *CANONICAL,
+            *LORA_NAMES]
+    assert _run(*back, *_parallel("parallel_config", "[1,1]", "[1,1]", 2), "--cfg.lora_alpha", "8") == 0
+    adapter = load_file(tmp_path / "back" / "adapter_model.safetensors")
+    assert adapter.keys() == lora.keys() and all(torch.equal(adapter[k], lora[k]) for k in lora)
+    config = json.loads((tmp_path / "back" / "adapter_config.json").read_text())
+    assert (config["peft_type"], config["r"], config["lora_alpha"]) == ("LORA", 4, 8)
+    assert sorted(config["target_modules"]) == sorted(LORA_MODULES)
+    # peft loads it onto the Hugging Face model: exactly those modules adapted, with those weights
+    peft = {k.replace(".default.", "."): v for k, v in PeftModel.from_pretrained(load_model(tiny_dir), tmp_path /
+                                                                                  "back").state_dict().items()
+            if ".lora_" in k}
+    assert peft.keys() == lora.keys() and all(torch.equal(peft[k], lora[k]) for k in lora)
+    assert _run(*back, *_parallel("parallel_config", "[2]", "[2]", 2)) == 2
+    assert "has 2 pipeline slots (stages x chunks), the vit layout [[2]] has 1" in capsys.readouterr().err
+
+
+def test_hf_to_mm_dcp_is_what_dcp_to_hf_and_load_read_back(tiny_dir, tmp_path):
+    hf = load_file(tiny_dir / "model.safetensors")
+    assert _run("hf_to_mm_dcp", "--cfg.mm_dir", tmp_path / "dcp", "--cfg.hf_config.hf_dir", tiny_dir) == 0
+    # MindSpeed-MM's save_by_dcp: release/ with model.<its fused names>, no copy of the tied embedding
+    assert (tmp_path / "dcp" / "latest_checkpointed_iteration.txt").read_text() == "release"
+    written, expected = read_mindspeed_dcp(tmp_path / "dcp" / "release"), QwenLayout(tiny_dir).rules.to_mm(_source(hf))
+    assert set(written) == set(expected) and "text_decoder.output_layer.weight" not in written
+    assert all(torch.equal(written[k], expected[k]) for k in expected)
+    assert _run("dcp_to_hf", "--load_dir", tmp_path / "dcp", "--save_dir", tmp_path / "hf", "--model_assets_dir",
+                tiny_dir) == 0
+    _assert_same_weights(tiny_dir, tmp_path / "hf")
+    # mm run --load <that checkpoint> (model.from_pretrained) builds the Hugging Face weights
+    plugin = load_plugins(["qwen2_5_vl"])
+    loaded = build_model(make_config(plugin, "run", [], {}, [
+        f"model.from_pretrained={tmp_path / 'dcp'}", f"data.dataset_param.basic_parameters.cache_dir={tmp_path}",
+        f"data.dataset_param.preprocess_parameters.model_name_or_path={tiny_dir}"])).state_dict()
+    reference = build_model(make_config(plugin, "run", [], {}, [f"model.from_pretrained={tiny_dir}"])).state_dict()
+    assert loaded.keys() == reference.keys() and all(torch.equal(loaded[k], reference[k]) for k in reference)
+
+
+def test_hf_to_mm_ldt_puts_the_llm_ends_on_the_first_stage(tiny_dir, tmp_path):
+    # layerwise_disaggregated_training.md's U shape, tiny: 2 stages x 3 chunks, the LLM's layers in chunk 1 only
+    layouts = _parallel("parallel_config", "[[1,0],[1,0],[0,0]]", "[[0,0],[0,2],[0,0]]", 2)
+    assert _run("hf_to_mm_ldt", "--cfg.mm_dir", tmp_path / "ldt", "--cfg.hf_config.hf_dir", tiny_dir, *layouts) == 0
+    stages = [torch.load(tmp_path / "ldt" / "release" / f"mp_rank_00_00{pp}" / "model_optim_rng.pt",
+                         weights_only=True) for pp in (0, 1)]
+    assert "text_decoder.embedding.word_embeddings.weight" in stages[0]["model1"]
+    assert {"text_decoder.decoder.final_layernorm.weight", "text_decoder.output_layer.weight"} == {
+        k for k in stages[0]["model2"]}
+    assert sorted({k.split(".")[3] for k in stages[1]["model1"] if k.startswith("text_decoder.")}) == ["0", "1"]
+    assert not any(k.startswith("text_decoder.") for k in stages[1]["model1"] if ".layers." not in k)
+    assert _run("mm_to_hf", "--cfg.save_hf_dir", tmp_path / "hf", "--cfg.mm_dir", tmp_path / "ldt",
+                "--cfg.hf_config.hf_dir", tiny_dir, *layouts) == 0
+    _assert_same_weights(tiny_dir, tmp_path / "hf")

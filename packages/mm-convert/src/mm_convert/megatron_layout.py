@@ -126,8 +126,10 @@ def _chunks(state: dict, path: Path) -> list[dict]:
     return [v for _, v in numbered]
 
 
-def read_megatron(path: str | Path, spec: PipelineSpec) -> MegatronCheckpoint:
-    """Open every stage file (memory-mapped) and put each stack's layers back in one global numbering."""
+def read_megatron(path: str | Path, spec: PipelineSpec,
+                  given: Mapping[str, Layout] | None = None) -> MegatronCheckpoint:
+    """Open every stage file (memory-mapped) and put each stack's layers back in one global numbering; ``given``
+    layouts give the stacks' layers per slot where the files lack some (a LoRA of some layers)."""
     root = Path(path)
     if not root.is_dir():
         raise ConvertError(f"{root} is not a directory")
@@ -153,7 +155,7 @@ def read_megatron(path: str | Path, spec: PipelineSpec) -> MegatronCheckpoint:
         if len({len(chunks) for chunks in stages}) != 1:
             raise ConvertError(f"{stage_dir}: the stages of tp rank {tp} hold different numbers of virtual chunks")
         slots = [chunks[c] for c in range(len(stages[0])) for chunks in stages]
-        source, counts = _merge(slots, spec, f"{stage_dir} (tp rank {tp})")
+        source, counts = _merge(slots, spec, f"{stage_dir} (tp rank {tp})", given or {})
         sources.append(source)
         layouts.append({name: [n[c * pp_size:(c + 1) * pp_size] for c in range(len(stages[0]))]
                         for name, n in counts.items()})
@@ -162,7 +164,13 @@ def read_megatron(path: str | Path, spec: PipelineSpec) -> MegatronCheckpoint:
     return MegatronCheckpoint(root, layouts[0], sources)
 
 
-def _merge(slots: list[dict], spec: PipelineSpec, where: str) -> tuple[TensorSource, dict[str, list[int]]]:
+def _merge(slots: list[dict], spec: PipelineSpec, where: str,
+           layouts: Mapping[str, Layout]) -> tuple[TensorSource, dict[str, list[int]]]:
+    given = {name: sum(layout, []) for name, layout in layouts.items()}
+    for name, flat in given.items():
+        if len(flat) != len(slots):
+            raise ConvertError(f"{where} has {len(slots)} pipeline slots (stages x chunks), the {name} layout "
+                               f"{layouts[name]} has {len(flat)}")
     tensors: dict[str, torch.Tensor] = {}
     counts = {stack.name: [0] * len(slots) for stack in spec.stacks}
     starts = dict.fromkeys(counts, 0)
@@ -170,6 +178,12 @@ def _merge(slots: list[dict], spec: PipelineSpec, where: str) -> tuple[TensorSou
     for slot, state in enumerate(slots):
         for stack in spec.stacks:
             local = sorted({i for k in state if (i := stack.layer_of(k)) is not None})
+            if stack.name in given:
+                if local and local[-1] >= given[stack.name][slot]:
+                    raise ConvertError(f"{where}: slot {slot} holds {stack.name} layer {local[-1]}, beyond the "
+                                       f"{given[stack.name][slot]} layers its layout gives it")
+                counts[stack.name][slot] = given[stack.name][slot]
+                continue
             if local != list(range(len(local))) and len(slots) > 1:  # one slot: its indices are the global ones
                 raise ConvertError(f"{where}: slot {slot} holds {stack.name} layers {local}, not 0..{len(local) - 1}")
             counts[stack.name][slot] = len(local)
@@ -196,8 +210,8 @@ def _merge(slots: list[dict], spec: PipelineSpec, where: str) -> tuple[TensorSou
     return TensorSource(metas, tensors.__getitem__, where), counts
 
 
-def _plan(source: TensorSource, layouts: dict[str, Layout], spec: PipelineSpec,
-          sparse: bool = False) -> list[dict[str, str]]:
+def _plan(source: TensorSource, layouts: dict[str, Layout], spec: PipelineSpec, sparse: bool = False,
+          ends: Mapping[str, tuple[int, int]] | None = None) -> list[dict[str, str]]:
     """For each slot (chunk-major), its keys: local name -> global name; ``sparse``: layers may be absent."""
     shapes = {(len(layout), len(layout[0])) for layout in layouts.values()}
     if sorted(layouts) != sorted(stack.name for stack in spec.stacks) or len(shapes) != 1:
@@ -216,7 +230,7 @@ def _plan(source: TensorSource, layouts: dict[str, Layout], spec: PipelineSpec,
                             f"but {source.where} has {have}")
         used = [s for s, n in enumerate(flat) if n] or [0]
         starts = np.cumsum([0, *flat]).tolist()
-        bounds[stack.name] = (used[0], used[-1], starts)
+        bounds[stack.name] = (*(ends or {}).get(stack.name, (used[0], used[-1])), starts)
     if problems:
         raise ConvertError("; ".join(problems))
     unplaced = []
@@ -245,17 +259,20 @@ def _plan(source: TensorSource, layouts: dict[str, Layout], spec: PipelineSpec,
 
 
 def write_megatron(path: str | Path, sources: list[TensorSource], layouts: dict[str, Layout],
-                   spec: PipelineSpec, sparse: bool = False) -> None:
+                   spec: PipelineSpec, sparse: bool = False,
+                   ends: Mapping[str, tuple[int, int]] | None = None) -> None:
     """Write a ``release/`` checkpoint cut by ``layouts``, holding one tensor in memory at a time.
 
     Each stage file is one pickle, so its tensors are first copied one by one into a scratch file
     (memory-mapped, so they live in the page cache) and ``torch.save`` streams them from there. ``sparse``: the
-    stacks may lack layers (a LoRA of some of them); each layer index need only fall inside the layout.
+    stacks may lack layers (a LoRA of some of them); each layer index need only fall inside the layout. ``ends``: a
+    stack's (first, last) slots for the keys before and after its layers, instead of the first and last slots
+    holding its layers (MindSpeed-MM's U-shaped layerwise_disaggregated_training layout).
     """
     root = Path(path)
     layout = next(iter(layouts.values()))
     pp_size, vpp_size = len(layout[0]), len(layout)
-    plans = [_plan(source, layouts, spec, sparse) for source in sources]
+    plans = [_plan(source, layouts, spec, sparse, ends) for source in sources]
     scratch = root / ".scratch"
     for tp, (source, plan) in enumerate(zip(sources, plans)):
         for pp in range(pp_size):

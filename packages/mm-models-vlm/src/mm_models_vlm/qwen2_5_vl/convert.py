@@ -12,7 +12,11 @@ columns; norms, the patch embedding and the biases of the linears split by colum
 ``common_model_config.enable_canonical_hf_struct`` is MindSpeed-MM's layout without the fusions (its LoRA layout):
 the LLM's ``self_attention.q_proj`` / ``k_proj`` / ``v_proj`` and both stacks' ``mlp.gate_proj`` / ``up_proj`` apart,
 the vision ``linear_qkv`` as Hugging Face's ``qkv``; each of them splits by rows under TP.
-``dcp_to_hf`` reads MindSpeed-MM's FSDP2 checkpoints (DCP), in either layout or in Hugging Face names.
+``dcp_to_hf`` reads MindSpeed-MM's FSDP2 checkpoints (DCP), in either layout or in Hugging Face names;
+``hf_to_mm_dcp`` writes one as MindSpeed-MM's does (``release/`` with ``model.<name>``, no tied copy).
+``lora_mm_to_hf`` writes a LoRA checkpoint back as a peft adapter folder. ``hf_to_mm_ldt`` is ``hf_to_mm`` in the
+U-shaped layout of MindSpeed-MM's layerwise_disaggregated_training: the LLM's embedding on the first stage of the
+first chunk holding LLM layers, its final norm and output layer on the first stage of the last chunk.
 """
 
 from __future__ import annotations
@@ -49,10 +53,11 @@ from mm_convert import (
     write_megatron,
     write_safetensors,
 )
-from mm_convert.dcp_layout import read_mindspeed_dcp
+from mm_convert.dcp_layout import read_mindspeed_dcp, write_mindspeed_dcp
 from mm_convert.export import export_lora
 from mm_convert.lora_weights import convert_lora, lora_split_rule
 from mm_convert.megatron_layout import STALE, Layout, MegatronCheckpoint
+from mm_convert.peft_adapter import lora_to_hf, write_peft_adapter
 from mm_convert.sources import TensorSource
 from mm_convert.tp_split import Split, merge_tp, split_tp
 from mm_core import hookimpl
@@ -119,6 +124,15 @@ class LoraModelConfig(CommonModelConfig):
 
 
 @dataclass
+class LoraOutModelConfig(CommonModelConfig):
+    """``--cfg.common_model_config.*`` of ``lora_mm_to_hf``."""
+
+    model_prefix: str | None = option(None, help="prefix put before the adapter's names (peft: base_model.model.)")
+    new_transformers_weight_key: bool = option(False, help="write the names of transformers >= 4.52 "
+                                                           "(model.language_model., model.visual.)")
+
+
+@dataclass
 class SourceParallel:
     """``--cfg.source_parallel_config.*``: the layout the checkpoint has, checked when given."""
 
@@ -173,6 +187,32 @@ class LoraHfToMmOptions:
     hf_config: HfConfig
     parallel_config: ParallelConfig
     common_model_config: LoraModelConfig = field(default_factory=LoraModelConfig)
+
+
+@dataclass
+class LoraMmToHfOptions:
+    """Options of ``lora_mm_to_hf``."""
+
+    mm_dir: Path = option(help="MindSpeed-MM LoRA checkpoint (release/ or iter_*/ with mp_rank_*), as "
+                               "lora_hf_to_mm writes it or its LoRA training saves it")
+    save_hf_dir: Path = option(help="peft adapter folder to write (adapter_model.safetensors, adapter_config.json)")
+    parallel_config: ParallelConfig
+    hf_config: OptionalHfConfig = field(default_factory=OptionalHfConfig)
+    common_model_config: LoraOutModelConfig = field(default_factory=LoraOutModelConfig)
+    lora_alpha: int | None = option(None, help="adapter_config.json's lora_alpha (the training's --lora-alpha); "
+                                               "left out: the rank (scaling 1)")
+    trust_remote_code: bool = option(False, help="accepted: Qwen2.5-VL's config is transformers' own")
+
+
+@dataclass
+class HfToMmDcpOptions:
+    """Options of ``hf_to_mm_dcp``."""
+
+    mm_dir: Path = option(help="folder to write the FSDP2 checkpoint into (release/ and "
+                               "latest_checkpointed_iteration.txt), the --load of MindSpeed-MM's FSDP2 training")
+    hf_config: HfConfig
+    trust_remote_code: bool = option(False, help="accepted: Qwen2.5-VL's config is transformers' own")
+    common_model_config: CommonModelConfig = field(default_factory=CommonModelConfig)
 
 
 @dataclass
@@ -328,6 +368,61 @@ def _saved_name(key: str) -> str:
     return key
 
 
+def ldt_ends(layout: Layout) -> tuple[int, int]:
+    """The LLM's first and last slots in layerwise_disaggregated_training's U shape: the first stage of the first
+    chunk holding layers (embedding) and of the last chunk (final norm, output layer)."""
+    stages = len(layout[0])
+    first = next((c for c, chunk in enumerate(layout) if sum(chunk)), 0)
+    return first * stages, (len(layout) - 1) * stages
+
+
+def _read_hf(qwen: QwenLayout, hf_dir: Path) -> TensorSource:
+    """The Hugging Face folder's weights, checked against its config."""
+    tensors = read_safetensors(hf_dir)
+    tensors.check(qwen.hf_shapes(), f"its config.json ({hf_dir / 'config.json'})")
+    return tensors
+
+
+def _write_mm(opts: HfToMmOptions, command: str, ldt: bool) -> str:
+    """``hf_to_mm`` / ``hf_to_mm_ldt``: the Hugging Face folder split by tp_size and cut into the stages."""
+    qwen = QwenLayout(opts.hf_config.hf_dir, opts.common_model_config.enable_canonical_hf_struct)
+    layouts = qwen.layouts(opts.parallel_config, "parallel_config")
+    tp = opts.parallel_config.tp_size
+    tensors = qwen.rules.to_mm(_read_hf(qwen, opts.hf_config.hf_dir))
+    ends = {"llm": ldt_ends(layouts["llm"])} if ldt else None
+    with staged_output(opts.mm_dir, stale=STALE) as out:
+        write_megatron(out, split_tp(tensors, tp, tp_split, "--cfg.parallel_config.tp_size"), layouts,
+                       qwen.pipeline, ends=ends)
+    return f"{command} {opts.hf_config.hf_dir} -> {opts.mm_dir} (tp {tp}, vit {layouts['vit']}, llm {layouts['llm']})"
+
+
+def _check_cut(checkpoint: MegatronCheckpoint, parallel: ParallelConfig, layouts: dict[str, Layout]) -> None:
+    """``--cfg.parallel_config.*`` must be how ``checkpoint`` is cut."""
+    if len(checkpoint.sources) != parallel.tp_size:
+        raise ConvertError(f"{checkpoint.path} has {len(checkpoint.sources)} tensor-parallel ranks, not "
+                           f"--cfg.parallel_config.tp_size {parallel.tp_size}")
+    if checkpoint.layouts != layouts:
+        raise ConvertError(f"{checkpoint.path} is cut as vit {checkpoint.layouts['vit']}, llm "
+                           f"{checkpoint.layouts['llm']}, not as --cfg.parallel_config says (vit "
+                           f"{layouts['vit']}, llm {layouts['llm']})")
+
+
+def _require_canonical(common: CommonModelConfig, command: str) -> None:
+    """MindSpeed-MM's LoRA layout is the canonical one: the flag must say so."""
+    if not common.enable_canonical_hf_struct:
+        raise ConvertError(f"{command} converts MindSpeed-MM's LoRA layout, which is the canonical one: give "
+                           "--cfg.common_model_config.enable_canonical_hf_struct true")
+
+
+def _transformers_name(saved: str) -> str:
+    """The inverse of ``_saved_name``: a saved name under transformers >= 4.52's module names."""
+    if saved.startswith("visual."):
+        return "model." + saved
+    if saved.startswith("model."):
+        return "model.language_model." + saved.removeprefix("model.")
+    return saved
+
+
 def _check_source(checkpoint: MegatronCheckpoint, source: SourceParallel) -> None:
     """``--cfg.source_parallel_config.*``, where given, must be how ``checkpoint`` is cut."""
     if source.tp_size is not None and source.tp_size != len(checkpoint.sources):
@@ -375,16 +470,20 @@ class Qwen2_5_VLConverter(Converter):
     @subcommand(HfToMmOptions)
     def hf_to_mm(self, opts: HfToMmOptions) -> str:
         """Hugging Face folder -> MindSpeed-MM checkpoint split by tp_size, cut into vit_pp_layers / llm_pp_layers."""
+        return _write_mm(opts, "hf_to_mm", ldt=False)
+
+    @subcommand(HfToMmOptions)
+    def hf_to_mm_ldt(self, opts: HfToMmOptions) -> str:
+        """hf_to_mm for layerwise_disaggregated_training (U shape): the LLM's embedding on the first stage of its
+        first chunk with layers, its final norm and output layer on the first stage of the last chunk."""
+        return _write_mm(opts, "hf_to_mm_ldt", ldt=True)
+
+    @subcommand(HfToMmDcpOptions)
+    def hf_to_mm_dcp(self, opts: HfToMmDcpOptions) -> str:
+        """Hugging Face folder -> MindSpeed-MM FSDP2 checkpoint (DCP: release/ with model.<its names>)."""
         qwen = QwenLayout(opts.hf_config.hf_dir, opts.common_model_config.enable_canonical_hf_struct)
-        layouts = qwen.layouts(opts.parallel_config, "parallel_config")
-        tp = opts.parallel_config.tp_size
-        tensors = read_safetensors(opts.hf_config.hf_dir)
-        tensors.check(qwen.hf_shapes(), f"its config.json ({opts.hf_config.hf_dir / 'config.json'})")
-        with staged_output(opts.mm_dir, stale=STALE) as out:
-            write_megatron(out, split_tp(qwen.rules.to_mm(tensors), tp, tp_split, "--cfg.parallel_config.tp_size"),
-                           layouts, qwen.pipeline)
-        return (f"hf_to_mm {opts.hf_config.hf_dir} -> {opts.mm_dir} (tp {tp}, vit {layouts['vit']}, "
-                f"llm {layouts['llm']})")
+        folder = write_mindspeed_dcp(opts.mm_dir, qwen.rules.to_mm(_read_hf(qwen, opts.hf_config.hf_dir)))
+        return f"hf_to_mm_dcp {opts.hf_config.hf_dir} -> {folder}"
 
     @subcommand(MmToHfOptions)
     def mm_to_hf(self, opts: MmToHfOptions) -> str:
@@ -393,13 +492,7 @@ class Qwen2_5_VLConverter(Converter):
         qwen = QwenLayout(opts.hf_config.hf_dir, opts.common_model_config.enable_canonical_hf_struct)
         layouts = qwen.layouts(opts.parallel_config, "parallel_config")
         checkpoint = read_megatron(opts.mm_dir, qwen.pipeline)
-        if len(checkpoint.sources) != opts.parallel_config.tp_size:
-            raise ConvertError(f"{opts.mm_dir} has {len(checkpoint.sources)} tensor-parallel ranks, not "
-                               f"--cfg.parallel_config.tp_size {opts.parallel_config.tp_size}")
-        if checkpoint.layouts != layouts:
-            raise ConvertError(f"{opts.mm_dir} is cut as vit {checkpoint.layouts['vit']}, llm "
-                               f"{checkpoint.layouts['llm']}, not as --cfg.parallel_config says (vit "
-                               f"{layouts['vit']}, llm {layouts['llm']})")
+        _check_cut(checkpoint, opts.parallel_config, layouts)
         whole = merge_tp(checkpoint.sources, tp_split)
         _check_canonical(whole, opts.common_model_config.enable_canonical_hf_struct, str(opts.mm_dir))
         qwen.write_hf(qwen.rules.to_hf(whole), opts.hf_config.hf_dir, opts.save_hf_dir, opts.shard_size)
@@ -435,9 +528,7 @@ class Qwen2_5_VLConverter(Converter):
         """peft LoRA of the Hugging Face model (adapter_model.safetensors) -> MindSpeed-MM LoRA checkpoint
         (enable_canonical_hf_struct layout), split by tp_size and cut into the pipeline stages."""
         common, parallel = opts.common_model_config, opts.parallel_config
-        if not common.enable_canonical_hf_struct:
-            raise ConvertError("lora_hf_to_mm writes MindSpeed-MM's LoRA layout, which is the canonical one: give "
-                               "--cfg.common_model_config.enable_canonical_hf_struct true")
+        _require_canonical(common, "lora_hf_to_mm")
         if parallel.tp_size < 1:
             raise ConvertError(f"--cfg.parallel_config.tp_size must be at least 1, got {parallel.tp_size}")
         layouts = parse_layouts(parallel.vit_pp_layers, parallel.llm_pp_layers, "parallel_config")
@@ -453,6 +544,23 @@ class Qwen2_5_VLConverter(Converter):
                            {s.name: layouts[s.name] for s in stacks}, PipelineSpec(stacks), sparse=True)
         return (f"lora_hf_to_mm {opts.hf_config.hf_dir} -> {opts.mm_dir} ({len(tensors) // 2} LoRA pairs, tp "
                 f"{parallel.tp_size}, {', '.join(f'{s.name} {layouts[s.name]}' for s in stacks)})")
+
+    @subcommand(LoraMmToHfOptions)
+    def lora_mm_to_hf(self, opts: LoraMmToHfOptions) -> str:
+        """MindSpeed-MM LoRA checkpoint (TP ranks merged, stages joined) -> peft adapter folder in Hugging Face
+        names (adapter_model.safetensors, adapter_config.json)."""
+        common, parallel = opts.common_model_config, opts.parallel_config
+        _require_canonical(common, "lora_mm_to_hf")
+        layouts = parse_layouts(parallel.vit_pp_layers, parallel.llm_pp_layers, "parallel_config")
+        checkpoint = read_megatron(opts.mm_dir, qwen_pipeline(tied=False), layouts)
+        _check_cut(checkpoint, parallel, layouts)
+        hf = lora_to_hf(merge_tp(checkpoint.sources, lora_split_rule(tp_split)), CANONICAL_RULES)
+        prefix = common.model_prefix or ""
+        names = {prefix + (_transformers_name(k) if common.new_transformers_weight_key else k): k for k in hf}
+        adapter = TensorSource({n: hf.meta(k) for n, k in names.items()}, lambda n: hf[names[n]], hf.where)
+        base = str(opts.hf_config.hf_dir) if opts.hf_config.hf_dir is not None else None
+        summary = write_peft_adapter(opts.save_hf_dir, adapter, prefix, opts.lora_alpha, base)
+        return f"lora_mm_to_hf {opts.mm_dir} -> {opts.save_hf_dir} ({summary})"
 
     @subcommand(DcpToHfOptions)
     def dcp_to_hf(self, opts: DcpToHfOptions) -> str:
