@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mm_core.errors import ConfigError, DataError
-from mm_data.clip_options import FEATURES, FIXED_SIZE, FPS_STRIDE, NO_PREPROCESSING, SHORT_CLIPS, clip_options
+from mm_data.clip_options import FEATURES, FIXED_SIZE, FPS_STRIDE, NO_PREPROCESSING, clip_options
 from mm_data.datasets import VideoTextDataset, collate
 from mm_data.formats import DatasetParam, parse_data_config, read_index
 from mm_data.synthetic import make_moving_shapes
@@ -69,7 +69,7 @@ def test_keys_that_cannot_be_honoured_are_named_with_why(counter_video) -> None:
                                   max_hxw=1200, video_reader_type="DecordVideo"))
     unused = dict(options.unused)
     assert unused["skip_define_frame_index"] == "MindSpeed-MM reads it nowhere"
-    assert unused["min_num_frames"] == unused["drop_short_ratio"] == SHORT_CLIPS
+    assert "min_num_frames" not in unused and "drop_short_ratio" not in unused  # honoured: test_short_clips.py
     assert unused["max_hxw"] == FIXED_SIZE and "video_reader_type" in unused
     # MindSpeed-MM drops captions only when it preprocesses them.
     unpreprocessed = clip_options(_param(counter_video, cfg=0.1, enable_text_preprocessing=False))

@@ -4,10 +4,11 @@ MindSpeed-MM's video processors read these keys: ``frame_interval`` is the strid
 ``auto_interval`` (true by default) lets ``train_fps`` set it; ``skip_frame_num`` frames at a clip's start are never
 sampled; ``speed_factor`` speeds a long clip up; ``cfg`` drops a caption (to "") with that probability, drawn
 anew each epoch; with ``force_resolution: false`` each clip keeps its aspect, scaled to at most ``max_hxw`` pixels
-and cropped to multiples of ``hw_stride`` (``min_hxw`` and ``hw_aspect_thr`` leave clips out). Every clip has
-``num_frames`` frames here, so the keys that let shorter clips train (``min_num_frames``, ``drop_short_ratio`` below
-1) cannot be honoured: they, and the keys of no meaning to mm, come back in ``unused`` with why, for one warning
-line each.
+and cropped to multiples of ``hw_stride`` (``min_hxw`` and ``hw_aspect_thr`` leave clips out). With
+``drop_short_ratio`` below 1 a clip too short for ``num_frames`` is dropped with that probability (OpenSoraPlan's
+video processor, which MindSpeed-MM's Wan2.1 files name) and otherwise read with the most frames it holds of
+``4k + 1`` (Wan2.1's VAE stride, MindSpeed-MM's default ``vae_scale_factor``), at least ``min_num_frames`` (29 by
+default): never padded. The keys of no meaning to mm come back in ``unused`` with why, for one warning line each.
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ NO_MEANING = {
 # Every dataset_param key clip_options reads or names.
 CLIP_KEYS = ("frame_interval", "auto_interval", "skip_frame_num", "speed_factor", "cfg", "force_resolution",
              *DYNAMIC_SIZE_KEYS, "min_num_frames", "drop_short_ratio", *NO_MEANING)
-SHORT_CLIPS = "every clip has num_frames frames: a shorter one is skipped as a bad sample"
+# MindSpeed-MM's OpensoraplanVideoProcessor defaults: the fewest frames of a kept short clip, and its frame step.
+MIN_NUM_FRAMES = 29
+SHORT_FRAME_STEP = 4
 FIXED_SIZE = "force_resolution is true: clips are resized and center-cropped to max_height × max_width"
 FPS_STRIDE = "auto_interval: train_fps sets the stride between frames"
 INTERVAL_STRIDE = "auto_interval is false: frame_interval sets the stride between frames"
@@ -55,13 +58,20 @@ FEATURES = "the data are extracted features: their clips were sampled and resize
 
 @dataclass(frozen=True)
 class ClipOptions:
-    """The frame sampling, caption dropout (``cfg``) and (``force_resolution: false``) per-clip size planner a
-    data.json asks for; ``unused`` lists the keys it gives that the shared loader cannot honour, as (key, why)."""
+    """The frame sampling, caption dropout (``cfg``), share of short clips left out (``drop_short_ratio``) and
+    (``force_resolution: false``) per-clip size planner a data.json asks for; ``unused`` lists the keys it gives
+    that the shared loader cannot honour, as (key, why)."""
 
     sampling: FrameSampling
     planner: ClipPlanner | None = None
     unused: tuple[tuple[str, str], ...] = ()
     cfg: float = 0.0
+    drop_short_ratio: float = 1.0
+
+    def drops_short(self, seed: int, index: int) -> bool:
+        """Whether clip ``index``, too short for ``num_frames``, is left out: drawn from the training seed and the
+        index alone, the same in every process."""
+        return random.Random(f"short {seed} {index}").random() < self.drop_short_ratio
 
     def drops_caption(self, seed: int, epoch: int, index: int) -> bool:
         """Whether sample ``index``'s caption is dropped in ``epoch``: drawn from the training seed, the epoch and
@@ -109,17 +119,17 @@ def clip_options(param: DatasetParam) -> ClipOptions:
         unused.append(("frame_interval", FPS_STRIDE))
     if by_stride and param.train_fps is not None:
         unused.append(("train_fps", INTERVAL_STRIDE))
+    drop_short_ratio = min(_number(extra, "drop_short_ratio", 1.0, 0), 1.0)
+    min_num_frames = _number(extra, "min_num_frames", MIN_NUM_FRAMES, 1, int)
     sampling = FrameSampling(
         param.num_frames,
         None if by_stride else param.train_fps,
         interval,
         _number(extra, "skip_frame_num", 0, 0, int),
         _number(extra, "speed_factor", 1.0, 1),
+        min(min_num_frames, param.num_frames) if drop_short_ratio < 1 else None,
+        SHORT_FRAME_STEP,
     )
-    if _number(extra, "min_num_frames", param.num_frames, 1, int) < param.num_frames:
-        unused.append(("min_num_frames", SHORT_CLIPS))
-    if _number(extra, "drop_short_ratio", 1.0, 0) < 1:
-        unused.append(("drop_short_ratio", SHORT_CLIPS))
     cfg = _caption_dropout(extra, unused)
     planner = None
     if extra.get("force_resolution", True) is False:
@@ -131,4 +141,4 @@ def clip_options(param: DatasetParam) -> ClipOptions:
         )
     else:
         unused += [(key, FIXED_SIZE) for key in DYNAMIC_SIZE_KEYS if key in extra]
-    return ClipOptions(sampling, planner, tuple(unused), cfg)
+    return ClipOptions(sampling, planner, tuple(unused), cfg, drop_short_ratio)

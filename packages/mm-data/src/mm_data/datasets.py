@@ -28,9 +28,11 @@ class VideoTextDataset(Dataset):
     raises DataError. The clip start is random, drawn from ``seed`` and the index so that a
     sample reads the same frames every time. ``options`` (the data.json's frame and resize keys, see
     :mod:`mm_data.clip_options`) set the frame stride, skipped first frames, speed-up, caption dropout and, with
-    ``force_resolution: false``, each clip's own size (left out when it does not fit: a bad sample). Read with an
-    ``(epoch, index)`` key (``epoch_keyed``: the sampler's ``with_epoch``), a caption is dropped per epoch; an
-    integer key reads epoch 0.
+    ``force_resolution: false``, each clip's own size (left out when it does not fit: a bad sample). With
+    ``drop_short_ratio`` below 1 a clip too short for ``num_frames`` is left out with that probability (when the
+    index states its frames, and its fps where ``train_fps`` sets the stride: here, otherwise as a bad sample when
+    read) or read with fewer frames. Read with an ``(epoch, index)`` key (``epoch_keyed``: the sampler's
+    ``with_epoch``), a caption is dropped per epoch; an integer key reads epoch 0.
     """
 
     epoch_keyed = True
@@ -49,13 +51,29 @@ class VideoTextDataset(Dataset):
         options: ClipOptions | None = None,
     ) -> None:
         self.bad = BadSamples(on_bad_sample)
-        self.records = list(records)
         self.num_frames, self.height, self.width = num_frames, height, width
         self.target_fps = target_fps
         self.tokenizer = tokenizer
         self.seed = seed
         self.backend = backend
         self.options = options or ClipOptions(FrameSampling(num_frames, target_fps))
+        self.records = [record for index, record in enumerate(records) if not self._dropped(record, index)]
+
+    def _stated_frames(self, record: VideoRecord) -> int | None:
+        """The frames a clip gives as its index states it (0: too short); None when the index cannot say."""
+        sampling = self.options.sampling
+        needs_fps = sampling.target_fps is not None and not sampling.interval
+        if record.num_frames is None or (needs_fps and record.fps is None):
+            return None
+        return sampling.frame_count(record.num_frames, record.fps or 1.0)
+
+    def _dropped(self, record: VideoRecord, index: int) -> bool:
+        """Whether the index states a short clip that ``drop_short_ratio`` leaves out (MindSpeed-MM's draw before
+        training)."""
+        if self.options.sampling.min_num_frames is None:
+            return False
+        frames = self._stated_frames(record)
+        return frames is not None and 0 < frames < self.num_frames and self.options.drops_short(self.seed, index)
 
     @classmethod
     def from_param(
@@ -91,10 +109,14 @@ class VideoTextDataset(Dataset):
         """Each sample's (num_frames, height, width) as its index states them (per-clip sizes: as planned from
         them), for bucketing."""
         planner = self.options.planner
+        shapes = [record.shape for record in self.records]
+        if self.options.sampling.min_num_frames is not None:  # short clips kept: the frames each gives
+            shapes = [(self._stated_frames(record) or frames, h, w)
+                      for record, (frames, h, w) in zip(self.records, shapes)]
         if planner is None:
-            return [record.shape for record in self.records]
-        return [(record.num_frames, *(planner.size(record.height, record.width) or (None, None)))
-                for record in self.records]
+            return shapes
+        return [(frames, *(planner.size(record.height, record.width) or (None, None)))
+                for record, (frames, _, _) in zip(self.records, shapes)]
 
     def _resize(self, index: int, frames: torch.Tensor) -> torch.Tensor:
         planner = self.options.planner
@@ -120,6 +142,10 @@ class VideoTextDataset(Dataset):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
         frames = read_video(record.path, self.num_frames, generator=generator, backend=self.backend,
                             sampling=self.options.sampling)
+        if len(frames) < self.num_frames and self._stated_frames(record) is None \
+                and self.options.drops_short(self.seed, index):
+            raise DataError(f"sample {index} ({record.path}): a short clip ({len(frames)} frames of num_frames "
+                            f"{self.num_frames}), left out by drop_short_ratio {self.options.drop_short_ratio:g}")
         caption = "" if self.options.drops_caption(self.seed, epoch, index) else record.caption
         item = {"video": self._resize(index, frames), "prompt": caption, "index": index}
         if self.tokenizer is not None:
@@ -151,9 +177,10 @@ def collate(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             shapes = sorted({tuple(value.shape) for value in values})
             if len(shapes) > 1:
                 raise DataError(f"a batch's {key!r} tensors differ in shape ({', '.join(map(str, shapes))}): "
-                                "samples of several sizes (force_resolution: false, features of such clips) batch "
-                                "grouped by size (group_resolution, the index giving each resolution) or one at a "
-                                "time (micro_batch_size 1)")
+                                "samples of several sizes (force_resolution: false, short clips kept by "
+                                "drop_short_ratio, features of such clips) batch grouped by size (group_resolution, "
+                                "group_frame, the index giving each resolution and frame count) or one at a time "
+                                "(micro_batch_size 1)")
             batch[key] = default_collate(values)
         elif isinstance(values[0], int):
             batch[key] = torch.tensor(values)

@@ -33,16 +33,21 @@ def default_backend() -> str:
 class FrameSampling:
     """Which frames of a clip to read: ``num_frames`` of them, ``interval`` source frames apart (default: as many as
     take ``target_fps`` from the source's rate, else 1), the stride raised by at most ``speed_factor`` while the clip
-    has frames to spare, never among its first ``skip`` frames."""
+    has frames to spare, never among its first ``skip`` frames. With ``min_num_frames`` a clip too short for
+    ``num_frames`` gives the most frames it holds of ``k·frame_step + 1``, at least ``min_num_frames`` (MindSpeed-MM's
+    short clips: read as they are, never padded)."""
 
     num_frames: int
     target_fps: float | None = None
     interval: float | None = None
     skip: int = 0
     speed_factor: float = 1.0
+    min_num_frames: int | None = None
+    frame_step: int = 1
 
     def offsets(self, total: int, source_fps: float) -> list[int]:
-        """Each frame's offset from the clip's start in a video of ``total`` frames at ``source_fps``."""
+        """Each of the ``num_frames`` frames' offset from the clip's start in a video of ``total`` frames at
+        ``source_fps``."""
         stride = self.interval or (source_fps / self.target_fps if self.target_fps else 1.0)
         if self.speed_factor > 1:
             # Speed a long clip up (MindSpeed-MM's speed_factor): as many of its frames at this stride as it has,
@@ -51,11 +56,23 @@ class FrameSampling:
             stride *= max(1.0, min(self.speed_factor, available / self.num_frames))
         return [math.floor(i * stride) for i in range(self.num_frames)]
 
+    def counts(self) -> list[int]:
+        """The frame counts a clip may give, most first: ``num_frames``, then (short clips kept) the shorter
+        ``k·frame_step + 1`` counts down to ``min_num_frames``."""
+        shorter = range(self.num_frames - 1, (self.min_num_frames or self.num_frames) - 1, -1)
+        return [self.num_frames, *(n for n in shorter if (n - 1) % self.frame_step == 0)]
+
+    def frame_count(self, total: int, source_fps: float) -> int:
+        """How many frames a video of ``total`` frames at ``source_fps`` gives; 0 when it is too short."""
+        offsets = self.offsets(total, source_fps)
+        return next((n for n in self.counts() if self.skip + offsets[n - 1] < total), 0)
+
     def indices(self, total: int, source_fps: float, start: int | None = None,
                 generator: torch.Generator | None = None) -> list[int]:
         """The frame indices to read; empty if ``total`` is too short. ``start`` is the first index; without it the
         start is drawn with ``generator`` from the frames past ``skip``, or is ``skip`` when there is none."""
-        offsets = self.offsets(total, source_fps)
+        count = self.frame_count(total, source_fps) if start is None else self.num_frames
+        offsets = self.offsets(total, source_fps)[: count or self.num_frames]
         last_start = total - offsets[-1] - 1
         if start is None:
             start = self.skip
@@ -131,9 +148,9 @@ def _sample(
         target = sampling.target_fps
         rate = f" at {target:g} fps from {fps:g} fps" if target and not sampling.interval else ""
         at = f" from frame {start}" if start is not None else (f" past frame {sampling.skip}" if sampling.skip else "")
-        needed = sampling.offsets(total, fps)[-1] + 1 + (sampling.skip if start is None else start)
-        raise DataError(f"video {path} has {total} frames but {needed} are needed for {sampling.num_frames} "
-                        f"frames{rate}{at}")
+        fewest = sampling.counts()[-1] if start is None else sampling.num_frames
+        needed = sampling.offsets(total, fps)[fewest - 1] + 1 + (sampling.skip if start is None else start)
+        raise DataError(f"video {path} has {total} frames but {needed} are needed for {fewest} frames{rate}{at}")
     return indices
 
 
