@@ -79,6 +79,7 @@ def test_ti2v_infer_needs_the_image(tmp_path) -> None:
     [
         ("data.dataset_param.num_frames=16", "num_frames 16 must be a multiple of 17"),
         ("data.dataset_param.max_height=40", "height 40 must be a multiple of 16"),
+        ("data.dataset_param.drop_short_ratio=0.5", "drop_short_ratio 0.5 keeps clips shorter than num_frames"),
         ("model.task=t2i", "model.task must be one of t2v, i2v"),
         # Slow: the generated clips are made at the 30b flavor's size before the model is checked.
         pytest.param("model.flavor=30b", "model.ae.from_pretrained .or model.from_pretrained. is needed for flavor "

@@ -51,6 +51,10 @@ def check_clip_fits(config: Config, patch_size: int) -> None:
     param = data_config(config).dataset_param
     if param.dataset_type != FEATURE_TYPE:
         check_clip(param.num_frames, param.max_height, param.max_width, patch_size, "data.dataset_param")
+        if float(param.extra.get("drop_short_ratio", 1.0)) < 1:
+            raise ConfigError(f"data.dataset_param.drop_short_ratio {param.extra['drop_short_ratio']} keeps clips "
+                              f"shorter than num_frames, which need not be whole {FRAME_LEN}-frame chunks (the "
+                              "Step-Video VAE encodes only those): keep it at 1")
 
 
 def video_dataset(config: Config, data: DataConfig) -> VideoTextDataset:
