@@ -70,6 +70,10 @@ def _spawned_worker(rank: int, world: int, port: int, plugins, output_dir, overr
         result = run_training(plugins, output_dir, overrides)
         if rank == 0:
             Path(output_dir, "losses.json").write_text(json.dumps(result.losses))
+        # Every rank done with its last sends before any tears the group down (a rank that left first once
+        # aborted its peer's gloo threads on a loaded machine).
+        if dist.is_initialized():
+            dist.barrier()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
