@@ -19,8 +19,8 @@ from mm_convert.dcp_layout import read_mindspeed_dcp
 from mm_convert.tp_split import merge_tp
 from mm_core.plugins import load_plugins, make_config
 from mm_models_vlm.qwen2_5_vl.build import build_model
-from mm_models_vlm.qwen2_5_vl.convert import QwenLayout, qwen_pipeline, tp_split
 from mm_models_vlm.qwen2_5_vl.model import load_model
+from mm_models_vlm.qwen2_5_vl.qwen_layout import QwenLayout, qwen_pipeline, tp_split
 
 CONVERTER = "Qwen2_5_VLConverter"
 

@@ -29,14 +29,9 @@ def as_hf_folder(checkpoint: Path, hf_dir: Path, cache: Path) -> Path:
 
 def _convert(checkpoint: Path, hf_dir: Path, target: Path) -> None:
     # convert.py reaches this module through export.py and data.py: imported here, not at the top
-    from mm_models_vlm.qwen2_5_vl.convert import (
-        CommonModelConfig,
-        DcpToHfOptions,
-        Qwen2_5_VLConverter,
-        QwenLayout,
-        is_canonical,
-        tp_split,
-    )
+    from mm_models_vlm.qwen2_5_vl.convert import Qwen2_5_VLConverter, is_canonical
+    from mm_models_vlm.qwen2_5_vl.convert_options import CommonModelConfig, DcpToHfOptions
+    from mm_models_vlm.qwen2_5_vl.qwen_layout import QwenLayout, tp_split
 
     try:
         pipeline = QwenLayout(hf_dir).pipeline
